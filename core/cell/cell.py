@@ -1,0 +1,474 @@
+"""A cell: one addressable endpoint of the cell network.
+
+Cells form a tree by connection: a cell may listen for children and may
+connect to one parent. A message to any FQCN is routed along the tree: to
+this cell, to the child whose subtree holds the target, or up to the parent.
+Handlers are registered per (channel, topic) and run on a shared dispatcher
+pool, never on a transport's receiving thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from fl_core.cell.channels import Channel
+from fl_core.cell.fqcn import SEPARATOR, validate
+from fl_core.cell.message import Header, Message, MessageType, Status
+from fl_core.cell.timer import Timer, TimerHandle
+from fl_core.errors import (
+    CellError,
+    NoHandlerError,
+    RemoteError,
+    RequestTimeoutError,
+    TargetUnreachableError,
+)
+from fl_core.spec.transport import Connection, Frame, Listener, Transport
+
+log = logging.getLogger(__name__)
+
+_HELLO = "hello"
+_HELLO_OK = "hello_ok"
+_HELLO_REJECTED = "hello_rejected"
+_CONTROL = "ctl"
+
+DEFERRED = object()
+"""Returned by a handler that will answer later with `Cell.reply`."""
+
+Handler = Callable[[Message], object]
+
+
+@dataclass
+class CellResources:
+    """Threads that many cells can share: a dispatcher pool and a timer."""
+
+    dispatcher: Executor = field(
+        default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="fl-cell")
+    )
+    timer: Timer = field(default_factory=Timer)
+
+    def close(self) -> None:
+        """Stop the timer and the dispatcher (waits for running handlers)."""
+        self.timer.close()
+        self.dispatcher.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: Future[Message]
+    target: str
+    channel: str
+    topic: str
+    timeout: float
+    link: Connection | None
+    timer: TimerHandle | None = None
+
+
+class Cell:
+    """An endpoint of the cell network named by an FQCN."""
+
+    def __init__(
+        self,
+        fqcn: str,
+        transport: Transport,
+        resources: CellResources | None = None,
+    ) -> None:
+        self.fqcn = validate(fqcn)
+        self.transport = transport
+        self._owns_resources = resources is None
+        self.resources = resources or CellResources()
+        self._lock = threading.Lock()
+        self._handlers: dict[tuple[str, str], Handler] = {}
+        self._children: dict[str, Connection] = {}
+        self._parent: Connection | None = None
+        self._listeners: list[Listener] = []
+        self._pending: dict[str, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    # --- wiring ----------------------------------------------------------------
+
+    def listen(self, url: str) -> str:
+        """Accept child cells at `url`; returns the real bound URL."""
+        listener = self.transport.listen(url, self._on_connection)
+        self._listeners.append(listener)
+        return listener.url
+
+    def connect_parent(self, url: str, timeout: float = 10.0) -> None:
+        """Connect to the parent cell listening at `url` and introduce this cell.
+
+        Returns once the parent has accepted the name; raises
+        `TargetUnreachableError` if it cannot connect and `CellError` if the
+        parent refuses (for example, the name is taken).
+        """
+        conn = self.transport.connect(url, timeout)
+        answer: Future[Frame] = Future()
+
+        def on_frame(frame: Frame) -> None:
+            if frame.headers.get(_CONTROL) in (_HELLO_OK, _HELLO_REJECTED):
+                if not answer.done():
+                    answer.set_result(frame)
+                return
+            self._on_frame(conn, frame, from_parent=True)
+
+        conn.start(on_frame, lambda exc: self._on_link_closed(conn, exc, parent=True))
+        conn.send(Frame({_CONTROL: _HELLO, Header.ORIGIN: self.fqcn}))
+        try:
+            frame = answer.result(timeout)
+        except TimeoutError:
+            conn.close()
+            raise TargetUnreachableError(url, f"no answer to hello within {timeout:g} s") from None
+        if frame.headers.get(_CONTROL) == _HELLO_REJECTED:
+            conn.close()
+            raise CellError(
+                f"{url} refused cell {self.fqcn!r}: {frame.headers.get(Header.ERROR, '')}"
+            )
+        with self._lock:
+            self._parent = conn
+
+    def _on_connection(self, conn: Connection) -> None:
+        state: dict[str, str] = {}
+
+        def on_frame(frame: Frame) -> None:
+            name = state.get("name")
+            if name is None:
+                self._on_hello(conn, frame, state)
+            else:
+                self._on_frame(conn, frame, from_parent=False)
+
+        conn.start(on_frame, lambda exc: self._on_link_closed(conn, exc, parent=False))
+
+    def _on_hello(self, conn: Connection, frame: Frame, state: dict[str, str]) -> None:
+        name = frame.headers.get(Header.ORIGIN, "")
+        problem = ""
+        if frame.headers.get(_CONTROL) != _HELLO:
+            problem = "the first frame must introduce the cell"
+        else:
+            try:
+                validate(name)
+            except CellError as exc:
+                problem = str(exc)
+        with self._lock:
+            if not problem and (name in self._children or name == self.fqcn):
+                problem = f"a cell named {name!r} is already connected"
+            if not problem:
+                self._children[name] = conn
+                state["name"] = name
+        if problem:
+            log.warning("%s: refused a connection from %s: %s", self.fqcn, conn.peer, problem)
+            conn.send(Frame({_CONTROL: _HELLO_REJECTED, Header.ERROR: problem}))
+            conn.close()
+            return
+        conn.send(Frame({_CONTROL: _HELLO_OK}))
+
+    def _on_link_closed(self, conn: Connection, exc: BaseException | None, parent: bool) -> None:
+        with self._lock:
+            if parent and self._parent is conn:
+                self._parent = None
+            gone = [n for n, c in self._children.items() if c is conn]
+            for name in gone:
+                del self._children[name]
+            lost = [(k, p) for k, p in self._pending.items() if p.link is conn]
+            for key, _ in lost:
+                del self._pending[key]
+        for _, pending in lost:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            detail = "the link to it closed" + (f" ({exc})" if exc else "")
+            pending.future.set_exception(TargetUnreachableError(pending.target, detail))
+
+    def children(self) -> list[str]:
+        """Names of the directly connected child cells."""
+        with self._lock:
+            return sorted(self._children)
+
+    # --- handlers ----------------------------------------------------------------
+
+    def register_handler(self, channel: Channel | str, topic: str, handler: Handler) -> None:
+        """Call `handler(message)` for requests and fire-and-forget messages.
+
+        The handler's return value is the reply payload (ignored for
+        fire-and-forget). Return `DEFERRED` to answer later with `reply`. An
+        exception becomes a `RemoteError` at the requester. Handlers run on
+        the shared dispatcher pool: they must not block waiting for another
+        request's reply.
+        """
+        self._handlers[(str(channel), topic)] = handler
+
+    # --- sending ---------------------------------------------------------------
+
+    def request_async(
+        self,
+        target: str,
+        channel: Channel | str,
+        topic: str,
+        payload: object = None,
+        timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> Future[Message]:
+        """Send a request; the future gets the reply or a `CellError`."""
+        msg_id = f"{self.fqcn}#{next(self._ids)}"
+        message = self._message(target, channel, topic, payload, MessageType.REQUEST, headers)
+        message.headers[Header.MSG_ID] = msg_id
+        future: Future[Message] = Future()
+        try:
+            link = self._route(target, from_parent=False)
+        except CellError as exc:
+            future.set_exception(exc)
+            return future
+        pending = _Pending(future, target, str(channel), topic, timeout, link)
+        with self._lock:
+            self._pending[msg_id] = pending
+        pending.timer = self.resources.timer.call_later(timeout, lambda: self._expire(msg_id))
+        try:
+            self._deliver(link, message)
+        except CellError as exc:
+            self._fail_pending(msg_id, exc)
+        return future
+
+    def request(
+        self,
+        target: str,
+        channel: Channel | str,
+        topic: str,
+        payload: object = None,
+        timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> Message:
+        """Send a request and wait for the reply message.
+
+        Raises `TargetUnreachableError`, `RequestTimeoutError`, `NoHandlerError`
+        or `RemoteError`.
+        """
+        return self.request_async(target, channel, topic, payload, timeout, headers).result()
+
+    def fire(
+        self,
+        target: str,
+        channel: Channel | str,
+        topic: str,
+        payload: object = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Send a message that gets no reply. Raises if there is no route."""
+        message = self._message(target, channel, topic, payload, MessageType.FIRE, headers)
+        self._deliver(self._route(target, from_parent=False), message)
+
+    def broadcast(
+        self,
+        targets: Iterable[str],
+        channel: Channel | str,
+        topic: str,
+        payload: object = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Message | CellError]:
+        """Send one request to each target; each gets its reply or its error."""
+        futures = {t: self.request_async(t, channel, topic, payload, timeout) for t in targets}
+        wait(futures.values())
+        results: dict[str, Message | CellError] = {}
+        for target, future in futures.items():
+            exc = future.exception()
+            if exc is None:
+                results[target] = future.result()
+            elif isinstance(exc, CellError):
+                results[target] = exc
+            else:
+                raise exc
+        return results
+
+    def reply(self, request: Message, payload: object = None, **headers: str) -> None:
+        """Answer `request` (from a handler that returned `DEFERRED`)."""
+        self._send_reply(request, Status.OK, payload, headers)
+
+    # --- internals ---------------------------------------------------------------
+
+    def _message(
+        self,
+        target: str,
+        channel: Channel | str,
+        topic: str,
+        payload: object,
+        kind: MessageType,
+        extra: Mapping[str, str] | None,
+    ) -> Message:
+        headers = dict(extra or {})
+        headers.update(
+            {
+                Header.CHANNEL: str(channel),
+                Header.TOPIC: topic,
+                Header.ORIGIN: self.fqcn,
+                Header.DESTINATION: target,
+                Header.MSG_TYPE: kind,
+            }
+        )
+        return Message(headers, payload)
+
+    def _route(self, target: str, from_parent: bool) -> Connection | None:
+        """The link toward `target`, or None when it is this cell."""
+        if target == self.fqcn:
+            return None
+        with self._lock:
+            if self._closed:
+                raise CellError(f"cell {self.fqcn!r} is closed")
+            link = self._children.get(target)
+            if link is not None:
+                return link
+            best = ""
+            for name, conn in self._children.items():
+                if target.startswith(name + SEPARATOR) and len(name) > len(best):
+                    best, link = name, conn
+            if link is not None:
+                return link
+            if self._parent is not None and not from_parent:
+                return self._parent
+        raise TargetUnreachableError(target, f"no route from {self.fqcn}")
+
+    def _deliver(self, link: Connection | None, message: Message) -> None:
+        if link is None:
+            self._on_message(message)
+            return
+        if not self.transport.carries_objects and not (
+            message.payload is None or isinstance(message.payload, bytes | bytearray | memoryview)
+        ):
+            raise CellError(
+                f"{type(self.transport).__name__} carries bytes payloads; got "
+                f"{type(message.payload).__name__} for {message.destination}"
+            )
+        link.send(Frame(message.headers, message.payload))
+
+    def _on_frame(self, conn: Connection, frame: Frame, from_parent: bool) -> None:
+        message = Message(frame.headers, frame.body)
+        target = message.destination
+        try:
+            link = self._route(target, from_parent)
+        except CellError as exc:
+            log.info("%s: cannot forward to %s: %s", self.fqcn, target, exc)
+            if message.get(Header.MSG_TYPE) == MessageType.REQUEST:
+                detail = exc.detail if isinstance(exc, TargetUnreachableError) else str(exc)
+                self._send_reply(message, Status.UNREACHABLE, None, {Header.ERROR: detail})
+            return
+        if link is None:
+            self._on_message(message)
+        else:
+            try:
+                link.send(frame)
+            except CellError as exc:
+                if message.get(Header.MSG_TYPE) == MessageType.REQUEST:
+                    self._send_reply(message, Status.UNREACHABLE, None, {Header.ERROR: str(exc)})
+
+    def _on_message(self, message: Message) -> None:
+        kind = message.get(Header.MSG_TYPE)
+        if kind == MessageType.REPLY:
+            self._on_reply(message)
+            return
+        handler = self._handlers.get((message.channel, message.topic))
+        if handler is None:
+            if kind == MessageType.REQUEST:
+                problem = f"no handler for {message.channel}/{message.topic} at {self.fqcn}"
+                self._send_reply(message, Status.NO_HANDLER, None, {Header.ERROR: problem})
+            else:
+                log.warning(
+                    "%s: dropped %s/%s: no handler", self.fqcn, message.channel, message.topic
+                )
+            return
+        try:
+            self.resources.dispatcher.submit(self._run_handler, handler, message)
+        except RuntimeError:
+            log.info("%s: dropped %s/%s: shutting down", self.fqcn, message.channel, message.topic)
+
+    def _run_handler(self, handler: Handler, message: Message) -> None:
+        try:
+            result = handler(message)
+        except Exception as exc:
+            log.error(
+                "%s: handler for %s/%s failed:\n%s",
+                self.fqcn,
+                message.channel,
+                message.topic,
+                traceback.format_exc(),
+            )
+            if message.get(Header.MSG_TYPE) == MessageType.REQUEST:
+                detail = f"{type(exc).__name__}: {exc}"
+                self._send_reply(message, Status.HANDLER_ERROR, None, {Header.ERROR: detail})
+            return
+        if message.get(Header.MSG_TYPE) == MessageType.REQUEST and result is not DEFERRED:
+            self._send_reply(message, Status.OK, result, {})
+
+    def _send_reply(
+        self, request: Message, status: Status, payload: object, extra: Mapping[str, str]
+    ) -> None:
+        reply = self._message(
+            request.origin,
+            request.channel,
+            request.topic,
+            payload,
+            MessageType.REPLY,
+            extra,
+        )
+        reply.headers[Header.IN_REPLY_TO] = request.get(Header.MSG_ID)
+        reply.headers[Header.STATUS] = status
+        try:
+            self._deliver(self._route(request.origin, from_parent=False), reply)
+        except CellError as exc:
+            log.info("%s: reply to %s lost: %s", self.fqcn, request.origin, exc)
+
+    def _on_reply(self, reply: Message) -> None:
+        with self._lock:
+            pending = self._pending.pop(reply.get(Header.IN_REPLY_TO), None)
+        if pending is None:
+            return  # late reply to a request that already timed out
+        if pending.timer is not None:
+            pending.timer.cancel()
+        status = reply.get(Header.STATUS)
+        detail = reply.get(Header.ERROR)
+        if status == Status.OK:
+            pending.future.set_result(reply)
+        elif status == Status.UNREACHABLE:
+            pending.future.set_exception(TargetUnreachableError(pending.target, detail))
+        elif status == Status.NO_HANDLER:
+            pending.future.set_exception(NoHandlerError(detail))
+        else:
+            pending.future.set_exception(
+                RemoteError(pending.target, pending.channel, pending.topic, detail)
+            )
+
+    def _expire(self, msg_id: str) -> None:
+        with self._lock:
+            pending = self._pending.pop(msg_id, None)
+        if pending is not None:
+            pending.future.set_exception(
+                RequestTimeoutError(pending.target, pending.channel, pending.topic, pending.timeout)
+            )
+
+    def _fail_pending(self, msg_id: str, exc: CellError) -> None:
+        with self._lock:
+            pending = self._pending.pop(msg_id, None)
+        if pending is not None:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            pending.future.set_exception(exc)
+
+    def close(self) -> None:
+        """Close links and listeners; pending requests fail with `CellError`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            links = list(self._children.values()) + ([self._parent] if self._parent else [])
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for listener in self._listeners:
+            listener.close()
+        for link in links:
+            link.close()
+        for item in pending:
+            if item.timer is not None:
+                item.timer.cancel()
+            item.future.set_exception(CellError(f"cell {self.fqcn!r} closed"))
+        if self._owns_resources:
+            self.resources.close()

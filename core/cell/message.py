@@ -1,0 +1,74 @@
+"""Cell messages: string headers plus a payload."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class MessageType(enum.StrEnum):
+    """What a message expects of its receiver."""
+
+    REQUEST = "request"
+    REPLY = "reply"
+    FIRE = "fire"
+    """Fire-and-forget: no reply is sent."""
+
+
+class Header(enum.StrEnum):
+    """Headers the cell layer reads and writes."""
+
+    CHANNEL = "channel"
+    TOPIC = "topic"
+    ORIGIN = "origin"
+    DESTINATION = "destination"
+    MSG_ID = "msg_id"
+    MSG_TYPE = "msg_type"
+    IN_REPLY_TO = "in_reply_to"
+    STATUS = "status"
+    ERROR = "error"
+
+
+class Status(enum.StrEnum):
+    """The outcome a reply carries."""
+
+    OK = "ok"
+    HANDLER_ERROR = "handler_error"
+    NO_HANDLER = "no_handler"
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(slots=True)
+class Message:
+    """A message: headers (str -> str) and a payload.
+
+    Over the in-process transport the payload is any object, handed over by
+    reference; over wire transports it is bytes (or None).
+    """
+
+    headers: dict[str, str] = field(default_factory=dict)
+    payload: object = None
+
+    def get(self, header: str, default: str = "") -> str:
+        """A header's value, or `default`."""
+        return self.headers.get(header, default)
+
+    @property
+    def channel(self) -> str:
+        """The channel this message travels on."""
+        return self.headers.get(Header.CHANNEL, "")
+
+    @property
+    def topic(self) -> str:
+        """The topic within the channel."""
+        return self.headers.get(Header.TOPIC, "")
+
+    @property
+    def origin(self) -> str:
+        """FQCN of the sending cell."""
+        return self.headers.get(Header.ORIGIN, "")
+
+    @property
+    def destination(self) -> str:
+        """FQCN of the target cell."""
+        return self.headers.get(Header.DESTINATION, "")

@@ -1,0 +1,224 @@
+"""The `fl-core` command line.
+
+fl-core run [--mode simulator] JOB [--clients N] [--threads T] [--workspace DIR]
+fl-core job check JOB
+fl-core plugins
+fl-core version
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from fl_core import __version__
+from fl_core.errors import FlCoreError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fl-core", description="Federated learning runtime.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a job (simulator by default)")
+    run.add_argument("job", type=Path, help="the job folder (holds job.yaml)")
+    run.add_argument("--mode", choices=("simulator", "poc", "production"), default="simulator")
+    run.add_argument("--clients", type=int, help="number of sites (default: min_clients)")
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="worker threads for training scripts (default: min(clients, CPUs))",
+    )
+    run.add_argument(
+        "--workspace", type=Path, help="where results go (default: ./fl-workspace/<job name>)"
+    )
+    run.add_argument("-q", "--quiet", action="store_true", help="no per-round progress")
+
+    job = sub.add_parser("job", help="job commands")
+    job_sub = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
+    check = job_sub.add_parser("check", help="validate a job folder without running it")
+    check.add_argument("job", type=Path)
+    check.add_argument("--mode", choices=("simulator", "poc", "production"), default="simulator")
+
+    sub.add_parser("plugins", help="list installed plugins and their components")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `fl-core` console script."""
+    args = _parser().parse_args(argv)
+    # The console shows warnings and up; the run's log file gets INFO too,
+    # so the level sits on the console handler, not on the root logger.
+    console = logging.StreamHandler()
+    console.setLevel(os.environ.get("FL_CORE_LOG_LEVEL", "WARNING").upper())
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(console)
+    try:
+        if args.command == "run":
+            return _run(args, sys.stdout)
+        if args.command == "job":
+            return _job_check(args, sys.stdout)
+        if args.command == "plugins":
+            return _plugins(sys.stdout)
+        print(f"fl-core {__version__}")
+        return EXIT_OK
+    except FlCoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _plugins(out: TextIO) -> int:
+    from fl_core.plugins import make_plugin_manager
+
+    pm = make_plugin_manager()
+    registry = pm.registry()
+    by_plugin: dict[str, list[str]] = {}
+    for component in registry.components():
+        by_plugin.setdefault(component.plugin, []).append(f"{component.kind}:{component.name}")
+    rows = [
+        (name, info.distribution, info.version, ", ".join(by_plugin.get(name, [])) or "-")
+        for name, info in sorted(pm.infos.items())
+    ]
+    header = ("PLUGIN", "DISTRIBUTION", "VERSION", "COMPONENTS")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)))
+        out.write(f"  {row[3]}\n")
+    return EXIT_OK
+
+
+def _containers(mode: str):  # type: ignore[no-untyped-def]
+    from fl_core.containers.poc import poc_container
+    from fl_core.containers.production import production_container
+    from fl_core.containers.simulator import simulator_container
+
+    return {
+        "simulator": simulator_container,
+        "poc": poc_container,
+        "production": production_container,
+    }[mode]
+
+
+def _job_check(args: argparse.Namespace, out: TextIO) -> int:
+    from fl_core.config import load_job
+
+    job = load_job(args.job)
+    container = _containers(args.mode)(job)
+    registry = container.registry()
+    for kind, choice in sorted(container.config.components().items()):
+        registry.check_available(kind, choice["name"])
+    registry.check_available("workflow", job.workflow.name)
+    container.workflow()  # the workflow validates its own options
+    out.write(
+        f"{args.job}: ok (job {job.name!r}, {job.rounds} rounds, min_clients {job.min_clients}, "
+        f"workflow {job.workflow.name}, script {job.executor.script.name})\n"
+    )
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
+    from fl_core.config import load_job
+    from fl_core.runtime.simulator import JobStatus, run_with_interrupt
+
+    job = load_job(args.job)
+    clients = args.clients if args.clients is not None else job.min_clients
+    threads = (
+        args.threads if args.threads is not None else max(1, min(clients, os.cpu_count() or 1))
+    )
+    workspace = args.workspace or Path("fl-workspace") / job.name
+    factory = _containers(args.mode)
+    if args.mode != "simulator":
+        factory(job, clients=clients, threads=threads, workspace=workspace).runner()
+        return EXIT_FAILED
+
+    progress = _Progress(out, job.rounds, quiet=args.quiet)
+    container = factory(job, clients=clients, threads=threads, workspace=workspace)
+    container.on_event.override(progress)
+    simulator = container.simulator()
+    out.write(
+        f"fl-core simulator: job {job.name} (id {simulator.job_id}), {clients} sites, "
+        f"{job.rounds} rounds, {threads} threads\n"
+    )
+    out.flush()
+    result = run_with_interrupt(simulator, simulator.run)
+    progress.close()
+    if result.status == JobStatus.FINISHED:
+        out.write(
+            f"finished in {result.elapsed:.2f} s: final model {workspace / 'final_model.npz'}, "
+            f"metrics {workspace / 'metrics.json'}\n"
+        )
+        return EXIT_OK
+    err = sys.stderr
+    for site, failure in sorted(result.failures.items()):
+        err.write(f"\n--- {site} failed in round {failure.round_number + 1}: {failure.reason}\n")
+        if failure.detail:
+            err.write(failure.detail.rstrip() + "\n")
+    err.write(f"\nerror: job {job.name} {result.status}: {result.reason}\n")
+    err.write(f"logs: {workspace / 'log.txt'}\n")
+    return EXIT_INTERRUPTED if result.status == JobStatus.ABORTED else EXIT_FAILED
+
+
+class _Progress:
+    """Prints round progress: one line per round; live counts on a terminal."""
+
+    def __init__(self, out: TextIO, rounds: int, quiet: bool) -> None:
+        self.out = out
+        self.rounds = rounds
+        self.quiet = quiet
+        self.live = out.isatty()
+        self.started = time.monotonic()
+        self.received = 0
+        self.failed = 0
+        self.sites = 0
+
+    def __call__(self, event: str, round_number: int, data: dict[str, object]) -> None:
+        if self.quiet:
+            return
+        label = f"round {round_number + 1}/{self.rounds}"
+        if event == "round_started":
+            self.started = time.monotonic()
+            self.received = self.failed = 0
+            sites = data.get("sites", 0)
+            self.sites = sites if isinstance(sites, int) else 0
+        elif event in ("result_received", "result_failed"):
+            if event == "result_received":
+                self.received += 1
+            else:
+                self.failed += 1
+                self.out.write(f"\r{label}: {data.get('site')} failed: {data.get('reason')}\n")
+            if self.live:
+                self.out.write(f"\r{label}: {self.received}/{self.sites} results")
+                self.out.flush()
+        elif event == "round_finished":
+            metrics = data.get("metrics") or {}
+            shown = ""
+            if isinstance(metrics, dict):
+                shown = "  ".join(
+                    f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if isinstance(v, int | float)
+                )
+            elapsed = time.monotonic() - self.started
+            self.out.write(
+                f"\r{label}: {self.received}/{self.sites} results  {shown}  ({elapsed:.2f} s)\n"
+            )
+            self.out.flush()
+
+    def close(self) -> None:
+        self.out.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

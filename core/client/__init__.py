@@ -1,0 +1,105 @@
+"""The Client API: what a training script uses to take part in a job.
+
+    import fl_core.client as flare
+
+    flare.init()
+    while flare.is_running():
+        model = flare.receive()
+        if model is None:
+            break
+        new_params = {k: v + 1 for k, v in model.params.items()}
+        flare.send(flare.FLModel(params=new_params, meta={"num_samples": 100}))
+
+The same script runs unchanged in the simulator and, later, in separate
+processes. Arrays received in the simulator are read-only views of the
+server's model: copy one (`v.copy()`) before changing it in place.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from numbers import Real
+
+import numpy as np
+
+from fl_core.client.session import ClientSession, current_session
+from fl_core.errors import FlCoreError
+from fl_core.model import FLModel, MetaKey, ParamsType
+
+__all__ = [
+    "FLModel",
+    "MetaKey",
+    "ParamsType",
+    "get_job_id",
+    "get_site_name",
+    "init",
+    "is_running",
+    "log",
+    "receive",
+    "send",
+]
+
+_state = threading.local()
+
+
+def _session() -> ClientSession:
+    session = current_session()
+    initialized: ClientSession | None = getattr(_state, "initialized", None)
+    if initialized is not session:
+        raise FlCoreError("call flare.init() before any other Client API function")
+    return session
+
+
+def init() -> None:
+    """Attach this script to the fl-core runtime that started it. Call once, first."""
+    _state.initialized = current_session()
+
+
+def receive(timeout: float | None = None) -> FLModel | None:
+    """Wait for the next task and return its model; None when there is no more work."""
+    return _session().receive(timeout)
+
+
+def send(model: FLModel) -> None:
+    """Return the result of the last received task to the server.
+
+    `model.params` must map names to numpy arrays (or be empty, to send
+    metrics only); `meta["num_samples"]` weights this site's result.
+    """
+    if not isinstance(model, FLModel):
+        raise TypeError(f"flare.send() takes an FLModel, got {type(model).__name__}")
+    if not isinstance(model.params, dict):
+        raise TypeError(f"FLModel.params must be a dict, got {type(model.params).__name__}")
+    for name, value in model.params.items():
+        if not isinstance(name, str):
+            raise TypeError(f"FLModel.params keys must be str, got {name!r}")
+        if not isinstance(value, np.ndarray):
+            raise TypeError(
+                f"FLModel.params[{name!r}] must be a numpy array, got {type(value).__name__}"
+            )
+    _session().send(model)
+
+
+def is_running() -> bool:
+    """True while the job has work for this script."""
+    return _session().is_running()
+
+
+def get_site_name() -> str:
+    """The name of the site this script trains for."""
+    return _session().site_name
+
+
+def get_job_id() -> str:
+    """The id of the running job."""
+    return _session().job_id
+
+
+def log(key: str, value: float, step: int | None = None) -> None:
+    """Record a metric (`loss`, `accuracy`) at `step`; kept in the job's workspace."""
+    if not isinstance(key, str) or not key:
+        raise TypeError("flare.log() needs a non-empty str key")
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
+        raise TypeError(f"flare.log({key!r}): value must be a finite number, got {value!r}")
+    _session().log(key, float(value), step)

@@ -1,0 +1,257 @@
+"""The plugin manager: pluggy, entry-point discovery and the component registry.
+
+There is no global manager. `make_plugin_manager()` builds one; its
+`registry()` asks every plugin to register its components and returns a
+`Registry` that maps (kind, name) to a factory and the plugin that gave it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from fl_core.errors import (
+    DuplicateComponentError,
+    InvalidComponentError,
+    MissingDependencyError,
+    PluginLoadError,
+    UnknownComponentError,
+)
+from fl_core.spec import PROJECT, ComponentKind
+from fl_core.spec.events import EventHookSpecs
+from fl_core.spec.launcher import LauncherHookSpecs
+from fl_core.spec.pipe import PipeHookSpecs
+from fl_core.spec.security import SecurityHookSpecs
+from fl_core.spec.transport import TransportHookSpecs
+from fl_core.spec.workflow import WorkflowHookSpecs
+
+DISABLE_AUTOLOAD_ENV = "FL_CORE_DISABLE_PLUGIN_AUTOLOAD"
+"""Set (to anything but empty) to skip entry-point discovery, as pytest does."""
+PLUGINS_ENV = "FL_CORE_PLUGINS"
+"""Comma-separated entry-point names to load even when autoload is disabled."""
+BLOCK_ENV = "FL_CORE_BLOCK_PLUGINS"
+"""Comma-separated plugin names never to load."""
+
+_HOOK_OF_KIND: dict[ComponentKind, str] = {
+    ComponentKind.TRANSPORT: "fl_core_register_transports",
+    ComponentKind.LAUNCHER: "fl_core_register_launchers",
+    ComponentKind.WORKFLOW: "fl_core_register_workflows",
+    ComponentKind.PIPE: "fl_core_register_pipes",
+    ComponentKind.SECURITY: "fl_core_register_security_providers",
+}
+
+_HOOKSPECS = (
+    TransportHookSpecs,
+    LauncherHookSpecs,
+    WorkflowHookSpecs,
+    PipeHookSpecs,
+    SecurityHookSpecs,
+    EventHookSpecs,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """Where a plugin came from."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """A registered factory and its provenance."""
+
+    kind: ComponentKind
+    name: str
+    plugin: str
+    factory: Callable[..., Any]
+    requires: tuple[str, ...] = ()
+    install: str = ""
+
+
+@dataclass
+class Registry:
+    """Components by kind and name, built from a plugin manager's hooks."""
+
+    _components: dict[ComponentKind, dict[str, Component]] = field(
+        default_factory=lambda: {kind: {} for kind in ComponentKind}
+    )
+
+    def add(self, component: Component) -> None:
+        """Add a component; a second one with the same kind and name is an error."""
+        existing = self._components[component.kind].get(component.name)
+        if existing is not None:
+            raise DuplicateComponentError(
+                component.kind, component.name, existing.plugin, component.plugin
+            )
+        self._components[component.kind][component.name] = component
+
+    def names(self, kind: ComponentKind | str) -> dict[str, str]:
+        """Registered names of `kind`, each mapped to the plugin that provides it."""
+        return {n: c.plugin for n, c in sorted(self._components[ComponentKind(kind)].items())}
+
+    def components(self) -> list[Component]:
+        """Every component, sorted by kind then name."""
+        return [c for kind in ComponentKind for _, c in sorted(self._components[kind].items())]
+
+    def get(self, kind: ComponentKind | str, name: str) -> Component:
+        """The component, or `UnknownComponentError` listing what is installed."""
+        kind = ComponentKind(kind)
+        component = self._components[kind].get(name)
+        if component is None:
+            raise UnknownComponentError(kind, name, self.names(kind))
+        return component
+
+    def check_available(self, kind: ComponentKind | str, name: str) -> Component:
+        """Like `get`, and also verify that the component's optional modules exist."""
+        component = self.get(kind, name)
+        for module in component.requires:
+            if importlib.util.find_spec(module) is None:
+                raise MissingDependencyError(
+                    component.kind,
+                    name,
+                    component.plugin,
+                    module,
+                    component.install or f"pip install {module}",
+                )
+        return component
+
+    def create(
+        self,
+        kind: ComponentKind | str,
+        name: str,
+        options: Mapping[str, Any] | None = None,
+        expect: type | None = None,
+    ) -> Any:
+        """Build the component `name` of `kind` with `options`.
+
+        With `expect`, the result must be an instance of that interface.
+        """
+        component = self.check_available(kind, name)
+        instance = component.factory(**dict(options or {}))
+        if expect is not None and not isinstance(instance, expect):
+            raise InvalidComponentError(
+                f"{component.kind} {name!r} from plugin {component.plugin!r} built a "
+                f"{type(instance).__name__}, which is not a {expect.__name__}"
+            )
+        return instance
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus provenance of entry-point plugins and a registry."""
+
+    def __init__(self) -> None:
+        super().__init__(PROJECT)
+        for spec in _HOOKSPECS:
+            self.add_hookspecs(spec)
+        self.infos: dict[str, PluginInfo] = {}
+
+    def add_plugin(self, module: ModuleType | object, name: str, info: PluginInfo) -> None:
+        """Register `module` as plugin `name` and remember where it came from."""
+        self.register(module, name=name)
+        self.infos[name] = info
+
+    def registry(self) -> Registry:
+        """Ask every plugin for its components; a fresh `Registry` each call."""
+        registry = Registry()
+        for kind, hook_name in _HOOK_OF_KIND.items():
+            hook = getattr(self.hook, hook_name)
+            # Called one implementation at a time so each component is
+            # attributed to the plugin that registered it.
+            for impl in hook.get_hookimpls():
+                plugin = impl.plugin_name
+                register = _registrar(registry, kind, plugin)
+                try:
+                    impl.function(**{arg: register for arg in impl.argnames})
+                except (DuplicateComponentError, InvalidComponentError):
+                    raise
+                except Exception as exc:
+                    info = self.infos.get(plugin)
+                    raise PluginLoadError(
+                        plugin, info.distribution if info else "(not installed)", exc
+                    ) from exc
+        return registry
+
+
+def _registrar(registry: Registry, kind: ComponentKind, plugin: str) -> Callable[..., None]:
+    def register(
+        name: str,
+        factory: Callable[..., Any],
+        *,
+        requires: Sequence[str] = (),
+        install: str = "",
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidComponentError(
+                f"plugin {plugin!r} registered a {kind} with an invalid name {name!r}"
+            )
+        if not callable(factory):
+            raise InvalidComponentError(
+                f"plugin {plugin!r} registered {kind} {name!r} with a factory that is not callable"
+            )
+        registry.add(Component(kind, name, plugin, factory, tuple(requires), install))
+
+    return register
+
+
+def _env_names(var: str) -> list[str]:
+    return [n.strip() for n in os.environ.get(var, "").split(",") if n.strip()]
+
+
+def _discover() -> list[EntryPoint]:
+    return sorted(entry_points(group=PROJECT), key=lambda ep: ep.name)
+
+
+def make_plugin_manager(
+    autoload: bool | None = None,
+    blocked: Iterable[str] = (),
+    extra: Iterable[tuple[str, object]] = (),
+    only: Iterable[str] | None = None,
+) -> PluginManager:
+    """Build a plugin manager.
+
+    `autoload` loads every entry point of the group `fl_core` in sorted
+    order (default: unless `FL_CORE_DISABLE_PLUGIN_AUTOLOAD` is set; the
+    names in `FL_CORE_PLUGINS` load either way). `only` restricts loading to
+    those entry-point names. `blocked` (and `FL_CORE_BLOCK_PLUGINS`) names
+    plugins never to load. `extra` adds (name, module-or-object) plugins
+    directly, as tests and embedding applications do.
+    """
+    if autoload is None:
+        autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
+    blocked_set = set(blocked) | set(_env_names(BLOCK_ENV))
+    wanted = set(only) if only is not None else None
+    forced = set(_env_names(PLUGINS_ENV))
+
+    pm = PluginManager()
+    for name in blocked_set:
+        pm.set_blocked(name)
+    for ep in _discover():
+        if ep.name in blocked_set:
+            continue
+        selected = ep.name in wanted if wanted is not None else autoload
+        if not (selected or ep.name in forced):
+            continue
+        dist = ep.dist.name if ep.dist is not None else "(unknown)"
+        version = ep.dist.version if ep.dist is not None else "?"
+        try:
+            module = ep.load()
+        except Exception as exc:
+            raise PluginLoadError(ep.name, dist, exc) from exc
+        pm.add_plugin(module, ep.name, PluginInfo(ep.name, dist, version, ep.value))
+    for name, plugin in extra:
+        if name in blocked_set:
+            continue
+        module_name = getattr(plugin, "__name__", type(plugin).__name__)
+        pm.add_plugin(plugin, name, PluginInfo(name, "(added directly)", "-", module_name))
+    return pm

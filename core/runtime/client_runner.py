@@ -1,0 +1,183 @@
+"""The client job runner: pulls tasks from its server job, runs them, returns results.
+
+It holds no thread while waiting: each step is a callback on a reply, so a
+thousand simulated sites cost a thousand small objects, not threads. Task
+pulls are long polls: the server job answers as soon as a task exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+
+from fl_core.cell.cell import Cell
+from fl_core.cell.channels import Channel
+from fl_core.cell.message import Message
+from fl_core.cell.timer import TimerHandle
+from fl_core.errors import CellError, RequestTimeoutError
+from fl_core.model import FLModel, MetaKey
+from fl_core.runtime.executor import Assignment, InProcessExecutor, Outcome
+from fl_core.runtime.protocol import Outcome as OutcomeKind
+from fl_core.runtime.protocol import TaskHeader, TaskKind, Topic
+
+log = logging.getLogger(__name__)
+
+
+class ClientRunner:
+    """Runs one site's part of one job."""
+
+    def __init__(
+        self,
+        cell: Cell,
+        site: str,
+        server_job: str,
+        executor: InProcessExecutor,
+        *,
+        poll_timeout: float = 30.0,
+        task_timeout: float | None = None,
+        request_timeout: float = 60.0,
+    ) -> None:
+        self.cell = cell
+        self.site = site
+        self.server_job = server_job
+        self.executor = executor
+        self.poll_timeout = poll_timeout
+        self.task_timeout = task_timeout
+        self.request_timeout = request_timeout
+        self.done = threading.Event()
+        self.error: str | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        """Join the job and begin pulling tasks (returns at once)."""
+        future = self.cell.request_async(
+            self.server_job, Channel.SERVER_MAIN, Topic.JOIN, None, self.request_timeout
+        )
+        future.add_done_callback(self._on_joined)
+
+    def stop(self) -> None:
+        """Stop pulling; the runner is done once any pending poll returns."""
+        self._stopping = True
+
+    def _finish(self, error: str | None = None) -> None:
+        if error and self.error is None:
+            self.error = error
+            log.error("%s: %s", self.site, error)
+        self.done.set()
+
+    def _on_joined(self, future: Future[Message]) -> None:
+        try:
+            future.result()
+        except CellError as exc:
+            self._finish(f"could not join job at {self.server_job}: {exc}")
+            return
+        self._poll()
+
+    def _poll(self) -> None:
+        if self._stopping:
+            self._finish()
+            return
+        future = self.cell.request_async(
+            self.server_job,
+            Channel.SERVER_MAIN,
+            Topic.GET_TASK,
+            None,
+            self.poll_timeout + self.request_timeout,
+        )
+        future.add_done_callback(self._on_task)
+
+    def _on_task(self, future: Future[Message]) -> None:
+        try:
+            reply = future.result()
+        except RequestTimeoutError:
+            self._poll()
+            return
+        except CellError as exc:
+            self._finish(f"lost the server job {self.server_job}: {exc}")
+            return
+        kind = reply.get(TaskHeader.KIND)
+        if kind == TaskKind.WAIT:
+            self._poll()
+        elif kind == TaskKind.END:
+            self._finish()
+        elif kind == TaskKind.TASK and isinstance(reply.payload, FLModel):
+            task = Assignment(
+                reply.get(TaskHeader.TASK_ID),
+                reply.get(TaskHeader.TASK_NAME),
+                int(reply.get(TaskHeader.ROUND, "0")),
+                reply.payload,
+            )
+            self._run(task)
+        else:
+            self._finish(f"unexpected reply to {Topic.GET_TASK}: kind {kind!r}")
+
+    def _run(self, task: Assignment) -> None:
+        lock = threading.Lock()
+        state: dict[str, TimerHandle | bool] = {}
+
+        def done(outcome: Outcome) -> None:
+            # Exactly once: the script's result and the task timeout race.
+            with lock:
+                if state.get("done"):
+                    return
+                state["done"] = True
+                timer = state.get("timer")
+            if isinstance(timer, TimerHandle):
+                timer.cancel()
+            self._submit(task, outcome)
+
+        if self.task_timeout is not None:
+            limit = self.task_timeout
+            state["timer"] = self.cell.resources.timer.call_later(
+                limit,
+                lambda: done(
+                    Outcome(reason=f"the script did not send a result within {limit:g} s")
+                ),
+            )
+        self.executor.execute(self.site, task, done)
+
+    def _submit(self, task: Assignment, outcome: Outcome) -> None:
+        headers: dict[str, str] = {TaskHeader.TASK_ID: task.task_id}
+        payload: object
+        if outcome.result is not None:
+            outcome.result.meta[MetaKey.SITE] = self.site
+            headers[TaskHeader.OUTCOME] = OutcomeKind.OK
+            payload = outcome.result
+        else:
+            headers[TaskHeader.OUTCOME] = OutcomeKind.FAILED
+            headers[TaskHeader.REASON] = outcome.reason
+            payload = outcome.detail or None
+        future = self.cell.request_async(
+            self.server_job,
+            Channel.SERVER_MAIN,
+            Topic.SUBMIT_RESULT,
+            payload,
+            self.request_timeout,
+            headers,
+        )
+        future.add_done_callback(lambda f: self._on_submitted(task, f))
+
+    def _on_submitted(self, task: Assignment, future: Future[Message]) -> None:
+        try:
+            reply = future.result()
+        except CellError as exc:
+            self._finish(f"could not return the result of task {task.task_id}: {exc}")
+            return
+        if reply.get(TaskHeader.ACCEPTED) != "yes":
+            log.warning(
+                "%s: result of task %s (round %d) not accepted: %s",
+                self.site,
+                task.task_id,
+                task.round_number,
+                reply.get(TaskHeader.REASON),
+            )
+        self._poll()
+
+    def send_log(self, key: str, value: float, step: int | None) -> None:
+        """Forward a metric the script logged to the server job."""
+        payload = {"site": self.site, "key": key, "value": value, "step": step}
+        try:
+            self.cell.fire(self.server_job, Channel.SERVER_MAIN, Topic.LOG, payload)
+        except CellError as exc:
+            log.warning("%s: metric %s not delivered: %s", self.site, key, exc)

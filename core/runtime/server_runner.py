@@ -1,0 +1,369 @@
+"""The server job runner: serves tasks to client jobs and runs the workflow.
+
+It implements `WorkflowContext`. Sites pull tasks with long polls; a pending
+poll is answered the moment the workflow assigns a task, and results are
+folded on the workflow's thread (one at a time) before the site is told its
+result was accepted, which also paces senders of large models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fl_core.cell.cell import DEFERRED, Cell
+from fl_core.cell.channels import Channel
+from fl_core.cell.message import Message
+from fl_core.cell.timer import TimerHandle
+from fl_core.errors import FlCoreError, JobFailedError
+from fl_core.model import FLModel, save_params
+from fl_core.runtime.protocol import Outcome, TaskHeader, TaskKind, Topic
+from fl_core.spec.workflow import GatherReport, ResultHandler, Task, Workflow, WorkflowEvent
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[WorkflowEvent, int, dict[str, object]], None]
+
+MODEL_FILE = "global_model.npz"
+METRICS_FILE = "metrics.json"
+SITE_LOG_FILE = "site_metrics.jsonl"
+
+
+@dataclass
+class _Site:
+    assignment: tuple[str, Task] | None = None
+    delivered: bool = False
+    waiter: Message | None = None
+    waiter_timer: TimerHandle | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteFailure:
+    """Why a site failed a task: one line, and the traceback if the script raised."""
+
+    round_number: int
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class _Abort:
+    reason: str
+
+
+@dataclass
+class RunRecord:
+    """What a finished run leaves for the caller."""
+
+    metrics: list[dict[str, object]] = field(default_factory=list)
+    failures: dict[str, SiteFailure] = field(default_factory=dict)
+
+
+class ServerRunner:
+    """Runs one job's workflow in the server job cell `server.<job_id>`."""
+
+    def __init__(
+        self,
+        cell: Cell,
+        job_id: str,
+        workspace: Path,
+        workflow: Workflow,
+        *,
+        poll_timeout: float = 30.0,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.cell = cell
+        self._job_id = job_id
+        self._workspace = workspace
+        self.workflow = workflow
+        self.poll_timeout = poll_timeout
+        self._on_event = on_event
+        self.record = RunRecord()
+        self._lock = threading.Lock()
+        self._sites: dict[str, _Site] = {}
+        self._joined = threading.Condition(self._lock)
+        self._ended = False
+        self._inbox: queue.Queue[Message | _Abort] = queue.Queue()
+        self._abort_reason: str | None = None
+        self._log_lock = threading.Lock()
+        (workspace / "models").mkdir(parents=True, exist_ok=True)
+        for topic, handler in (
+            (Topic.JOIN, self._on_join),
+            (Topic.GET_TASK, self._on_get_task),
+            (Topic.SUBMIT_RESULT, self._on_submit),
+            (Topic.LOG, self._on_log),
+        ):
+            cell.register_handler(Channel.SERVER_MAIN, topic, handler)
+
+    # --- WorkflowContext ---------------------------------------------------------
+
+    @property
+    def job_id(self) -> str:
+        return self._job_id
+
+    @property
+    def workspace(self) -> Path:
+        return self._workspace
+
+    def sites(self) -> list[str]:
+        with self._lock:
+            return sorted(self._sites)
+
+    def aborted(self) -> bool:
+        return self._abort_reason is not None
+
+    def emit(self, event: WorkflowEvent, round_number: int, **data: object) -> None:
+        if self._on_event is not None:
+            self._on_event(event, round_number, data)
+
+    def save_model(self, model: FLModel, round_number: int) -> Path:
+        path = self._workspace / "models" / MODEL_FILE
+        save_params(path, model.params)
+        return path
+
+    def record_metrics(self, round_number: int, metrics: Mapping[str, object]) -> None:
+        self.record.metrics.append({"round": round_number, **metrics})
+        path = self._workspace / METRICS_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.record.metrics, indent=2, default=str) + "\n")
+        tmp.replace(path)
+
+    def send_task(
+        self,
+        task: Task,
+        targets: Sequence[str],
+        timeout: float,
+        on_result: ResultHandler,
+    ) -> GatherReport:
+        report = GatherReport()
+        waiting: dict[str, str] = {}
+        wake: list[Message] = []
+        with self._lock:
+            for site in targets:
+                state = self._sites.get(site)
+                if state is None:
+                    report.failed[site] = "not part of this job"
+                    continue
+                task_id = uuid.uuid4().hex[:12]
+                state.assignment = (task_id, task)
+                state.delivered = False
+                waiting[site] = task_id
+                if state.waiter is not None:
+                    wake.append(self._take_waiter(state))
+        for request in wake:
+            self._answer_poll(request)
+
+        deadline = time.monotonic() + timeout
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                item = self._inbox.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if isinstance(item, _Abort):
+                break
+            self._take_result(item, task, waiting, report, on_result)
+
+        with self._lock:
+            for site in waiting:
+                report.timed_out.append(site)
+                state = self._sites[site]
+                state.assignment = None
+        self._drain_stale()
+        return report
+
+    # --- running -------------------------------------------------------------------
+
+    def wait_for_sites(self, count: int, timeout: float) -> None:
+        """Block until `count` sites joined; raises `JobFailedError` on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._joined:
+            while len(self._sites) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._abort_reason is not None:
+                    raise JobFailedError(
+                        self._job_id,
+                        f"only {len(self._sites)} of {count} sites joined within {timeout:g} s",
+                    )
+                self._joined.wait(remaining)
+
+    def run(self, initial: FLModel) -> FLModel:
+        """Run the workflow to its end; then tell every site the job is over."""
+        try:
+            return self.workflow.run(self, initial)
+        finally:
+            self.end()
+
+    def abort(self, reason: str) -> None:
+        """Ask the workflow to stop; `send_task` returns at once."""
+        self._abort_reason = reason
+        self._inbox.put(_Abort(reason))
+        with self._joined:
+            self._joined.notify_all()
+
+    def end(self) -> None:
+        """Answer every pending and future task poll with END."""
+        with self._lock:
+            self._ended = True
+            waiters = [self._take_waiter(s) for s in self._sites.values() if s.waiter]
+        for request in waiters:
+            self.cell.reply(request, None, **{TaskHeader.KIND: TaskKind.END})
+        self._drain_stale()
+
+    # --- handlers --------------------------------------------------------------------
+
+    def _on_join(self, message: Message) -> object:
+        site = message.origin.split(".", 1)[0]
+        with self._joined:
+            if self._ended:
+                raise FlCoreError(f"job {self._job_id} has ended")
+            self._sites.setdefault(site, _Site())
+            self._joined.notify_all()
+        log.info("%s joined job %s", site, self._job_id)
+        return None
+
+    def _site_of(self, message: Message) -> str:
+        site = message.origin.split(".", 1)[0]
+        if site not in self._sites:
+            raise FlCoreError(f"{message.origin} has not joined job {self._job_id}")
+        return site
+
+    def _on_get_task(self, message: Message) -> object:
+        # Replies go out after the lock is released: an in-process reply runs
+        # the requester's callbacks on this thread.
+        stale: Message | None = None
+        ready: tuple[str, Task] | None = None
+        with self._lock:
+            ended = self._ended
+            if not ended:
+                state = self._sites[self._site_of(message)]
+                if state.assignment is not None and not state.delivered:
+                    state.delivered = True
+                    ready = state.assignment
+                else:
+                    stale = self._take_waiter(state) if state.waiter is not None else None
+                    state.waiter = message
+                    state.waiter_timer = self.cell.resources.timer.call_later(
+                        self.poll_timeout, lambda: self._expire_poll(state, message)
+                    )
+        if ended:
+            self.cell.reply(message, None, **{TaskHeader.KIND: TaskKind.END})
+        elif ready is not None:
+            self._reply_task(message, ready)
+        if stale is not None:
+            self.cell.reply(stale, None, **{TaskHeader.KIND: TaskKind.WAIT})
+        return DEFERRED
+
+    def _expire_poll(self, state: _Site, message: Message) -> None:
+        with self._lock:
+            if state.waiter is not message:
+                return
+            state.waiter = None
+        self.cell.reply(message, None, **{TaskHeader.KIND: TaskKind.WAIT})
+
+    def _take_waiter(self, state: _Site) -> Message:
+        request = state.waiter
+        assert request is not None
+        state.waiter = None
+        if state.waiter_timer is not None:
+            state.waiter_timer.cancel()
+        return request
+
+    def _answer_poll(self, request: Message) -> None:
+        with self._lock:
+            state = self._sites[request.origin.split(".", 1)[0]]
+            if state.assignment is None or state.delivered:
+                kind = TaskKind.END if self._ended else TaskKind.WAIT
+                answer = None
+            else:
+                state.delivered = True
+                assignment = state.assignment
+                kind = TaskKind.TASK
+                answer = assignment
+        if answer is None:
+            self.cell.reply(request, None, **{TaskHeader.KIND: kind})
+        else:
+            self._reply_task(request, answer)
+
+    def _reply_task(self, request: Message, assignment: tuple[str, Task]) -> None:
+        task_id, task = assignment
+        self.cell.reply(
+            request,
+            task.data,
+            **{
+                TaskHeader.KIND: TaskKind.TASK,
+                TaskHeader.TASK_ID: task_id,
+                TaskHeader.TASK_NAME: task.name,
+                TaskHeader.ROUND: str(task.round_number),
+            },
+        )
+
+    def _on_submit(self, message: Message) -> object:
+        self._site_of(message)
+        self._inbox.put(message)
+        return DEFERRED
+
+    def _on_log(self, message: Message) -> object:
+        if not isinstance(message.payload, dict):
+            raise FlCoreError(f"metric from {message.origin} is not a mapping")
+        line = json.dumps({**message.payload, "time": time.time()}, default=str)
+        with self._log_lock, open(self._workspace / SITE_LOG_FILE, "a") as fh:
+            fh.write(line + "\n")
+        return None
+
+    # --- results -----------------------------------------------------------------------
+
+    def _take_result(
+        self,
+        message: Message,
+        task: Task,
+        waiting: dict[str, str],
+        report: GatherReport,
+        on_result: ResultHandler,
+    ) -> None:
+        site = message.origin.split(".", 1)[0]
+        task_id = message.get(TaskHeader.TASK_ID)
+        if waiting.get(site) != task_id:
+            self._refuse(message, f"task {task_id} is not the current task of {site}")
+            return
+        del waiting[site]
+        with self._lock:
+            self._sites[site].assignment = None
+        if message.get(TaskHeader.OUTCOME) != Outcome.OK:
+            reason = message.get(TaskHeader.REASON) or "failed without a reason"
+            detail = message.payload if isinstance(message.payload, str) else ""
+            report.failed[site] = reason
+            self.record.failures[site] = SiteFailure(task.round_number, reason, detail)
+            self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "yes"})
+            return
+        if not isinstance(message.payload, FLModel):
+            report.failed[site] = f"sent a {type(message.payload).__name__}, not a model"
+            self._refuse(message, report.failed[site])
+            return
+        try:
+            on_result(site, message.payload)
+        finally:
+            # The site must hear back even if the workflow's fold raised.
+            self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "yes"})
+        report.received.append(site)
+
+    def _refuse(self, message: Message, reason: str) -> None:
+        self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "no", TaskHeader.REASON: reason})
+
+    def _drain_stale(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, Message):
+                self._refuse(item, "the task is no longer open")

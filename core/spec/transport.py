@@ -1,0 +1,121 @@
+"""Transports: move frames between two cells.
+
+A transport knows nothing of FQCNs, channels or routing: the cell layer above
+it does all that. A transport listens on a URL, connects to a URL, and moves
+`Frame`s over the resulting `Connection`s, in order, per connection.
+
+Wire transports (tcp, grpc) carry `bytes`-like frame bodies and never look
+inside them. Large payloads are split by the cell layer into a stream of
+frames that share a `stream` header; a transport only needs to keep frames in
+order and apply back-pressure in `send` (block, bounded, until the peer has
+room). The in-process transport of the simulator sets `carries_objects`: its
+frame bodies are Python objects handed over by reference, never encoded.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from fl_core.spec import Register, hookspec
+
+
+@dataclass(slots=True)
+class Frame:
+    """One unit a transport moves: string headers and an opaque body."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    body: object = b""
+
+
+FrameHandler = Callable[[Frame], None]
+CloseHandler = Callable[[BaseException | None], None]
+
+
+class Connection(ABC):
+    """One bidirectional link to a peer.
+
+    The owner calls `start(on_frame, on_close)` once, before frames flow. The
+    transport then calls `on_frame` for each frame, and `on_close` exactly
+    once when the link ends (`None` for an orderly close, else the cause).
+    Frames sent by one thread arrive in the order sent; `on_frame` may be
+    called from several threads at once (the in-process transport delivers
+    on the sender's thread), so the owner must be thread-safe. Handlers must
+    not block for long: they run on a transport or sender thread.
+    """
+
+    @property
+    @abstractmethod
+    def peer(self) -> str:
+        """A printable address of the other end (for logs and errors)."""
+
+    @abstractmethod
+    def start(self, on_frame: FrameHandler, on_close: CloseHandler) -> None:
+        """Begin delivering frames to `on_frame`."""
+
+    @abstractmethod
+    def send(self, frame: Frame) -> None:
+        """Queue `frame` for the peer; thread-safe.
+
+        Raises `fl_core.errors.CellError` if the connection is closed.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the link; idempotent. `on_close(None)` follows."""
+
+
+class Listener(ABC):
+    """A bound listening endpoint."""
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """The real URL (port 0 in the request replaced by the bound port)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop accepting; connections already accepted stay up. Idempotent."""
+
+
+class Transport(ABC):
+    """A way to link cells: `listen` on one side, `connect` on the other."""
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+    """URL schemes this transport serves, e.g. `("tcp",)`."""
+
+    carries_objects: ClassVar[bool] = False
+    """True only for transports that hand frame bodies over by reference."""
+
+    @abstractmethod
+    def listen(self, url: str, on_connection: Callable[[Connection], None]) -> Listener:
+        """Bind `url` and call `on_connection` for every accepted connection.
+
+        Raises `fl_core.errors.CellError` if the URL cannot be bound.
+        """
+
+    @abstractmethod
+    def connect(self, url: str, timeout: float) -> Connection:
+        """Connect to a listener at `url` within `timeout` seconds.
+
+        Raises `fl_core.errors.TargetUnreachableError` if nobody listens there.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
+        """Release resources shared by this transport's listeners and connections."""
+
+
+class TransportHookSpecs:
+    """Hooks for transport plugins."""
+
+    @hookspec(historic=True)
+    def fl_core_register_transports(self, register: Register) -> None:
+        """Register transport factories.
+
+        Called once per plugin manager, when its registry is built. Call
+        `register(name, factory)`; `factory(**options)` must return a
+        `Transport`. Do not open sockets or start threads here: do that in
+        `Transport.listen` / `connect`.
+        """

@@ -1,0 +1,33 @@
+"""pytest fixtures for plugin authors: `pytest_plugins = ["fl_core.testing.fixtures"]`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fl_core.runtime.simulator import Simulator
+from fl_core.testing import simulator_for, write_job
+
+
+@pytest.fixture
+def fl_job(tmp_path: Path) -> Callable[..., Path]:
+    """Write a job folder under the test's tmp_path: `fl_job(script=..., rounds=3)`."""
+
+    def make(**kwargs: Any) -> Path:
+        return write_job(tmp_path / "job", **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def fl_simulator(tmp_path: Path) -> Callable[..., Simulator]:
+    """Build a simulator for a job folder with its workspace under tmp_path."""
+
+    def make(job: Path, **kwargs: Any) -> Simulator:
+        kwargs.setdefault("workspace", tmp_path / "workspace")
+        return simulator_for(job, **kwargs)
+
+    return make

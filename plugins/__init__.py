@@ -1,0 +1,1 @@
+"""Built-in plugins of fl-core; each sub-package registers itself via entry points."""

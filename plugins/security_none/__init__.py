@@ -1,0 +1,1 @@
+"""The `none` security provider: no credentials, every action allowed (simulator)."""

@@ -1,0 +1,111 @@
+"""The `fl-core` command line: listing plugins, checking jobs, errors users see."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from fl_core import __version__
+from fl_core.testing import write_job
+
+REPO = Path(__file__).resolve().parents[1]
+HELLO = REPO / "examples" / "hello-numpy"
+
+
+def fl_core(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fl_core.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_plugins_lists_builtins_and_the_third_party_plugin() -> None:
+    proc = fl_core("plugins")
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+    assert lines["transport_inprocess"][1:3] == ["fl-core", __version__]
+    assert "transport:inprocess" in lines["transport_inprocess"]
+    assert "workflow:sag" in lines["workflow_sag"]
+    assert "security:none" in lines["security_none"]
+    # Installed by the test set-up from tests/thirdparty_plugin, found through its entry point.
+    assert lines["evaluate"][1:4] == ["flcore-evaluate", "0.3.1", "workflow:evaluate"]
+
+
+def test_job_check_accepts_hello_numpy() -> None:
+    proc = fl_core("job", "check", str(HELLO))
+    assert proc.returncode == 0, proc.stderr
+    assert "ok (job 'hello-numpy', 5 rounds, min_clients 2, workflow sag" in proc.stdout
+
+
+def _job(tmp_path: Path, **changes: object) -> Path:
+    job = write_job(tmp_path / "job", script="pass\n", initial_params={"w": np.zeros(1)})
+    config = yaml.safe_load((job / "job.yaml").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key)
+        else:
+            config[key] = value
+    (job / "job.yaml").write_text(yaml.safe_dump(config))
+    return job
+
+
+def test_missing_key_names_the_key(tmp_path: Path) -> None:
+    proc = fl_core("job", "check", str(_job(tmp_path, rounds=None)))
+    assert proc.returncode == 1
+    assert "job.yaml: rounds: required key is missing" in proc.stderr
+
+
+def test_wrong_type_names_the_key_and_the_type(tmp_path: Path) -> None:
+    proc = fl_core("job", "check", str(_job(tmp_path, min_clients="two")))
+    assert proc.returncode == 1
+    assert "job.yaml: min_clients: expected an integer >= 1, got 'two' (str)" in proc.stderr
+
+
+def test_unknown_workflow_lists_the_installed_ones(tmp_path: Path) -> None:
+    proc = fl_core("run", str(_job(tmp_path, workflow="fedsomething")))
+    assert proc.returncode == 1
+    assert "unknown workflow 'fedsomething'" in proc.stderr
+    assert "sag (plugin workflow_sag)" in proc.stderr
+    assert "evaluate (plugin evaluate)" in proc.stderr
+
+
+def test_unknown_transport_in_components(tmp_path: Path) -> None:
+    proc = fl_core("job", "check", str(_job(tmp_path, components={"transport": "carrier-pigeon"})))
+    assert proc.returncode == 1
+    assert "unknown transport 'carrier-pigeon'; installed transports: inprocess" in proc.stderr
+
+
+def test_bad_workflow_option_names_the_option(tmp_path: Path) -> None:
+    workflow = {"name": "sag", "options": {"task_timeout": -3}}
+    proc = fl_core("job", "check", str(_job(tmp_path, workflow=workflow)))
+    assert proc.returncode == 1
+    assert "workflow.options.task_timeout" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["poc", "production"])
+def test_modes_not_built_yet_refuse_clearly(mode: str) -> None:
+    proc = fl_core("run", "--mode", mode, str(HELLO))
+    assert proc.returncode == 1
+    assert f"mode {mode!r} is not available yet" in proc.stderr
+
+
+def test_third_party_workflow_runs_in_the_simulator(tmp_path: Path) -> None:
+    script = (
+        "import fl_core.client as flare\n"
+        "flare.init()\n"
+        "m = flare.receive()\n"
+        "n = int(flare.get_site_name().split('-')[1])\n"
+        "flare.send(flare.FLModel(metrics={'accuracy': n / 10}))\n"
+    )
+    job = write_job(
+        tmp_path / "job", script=script, workflow="evaluate", initial_params={"w": np.ones(2)}
+    )
+    proc = fl_core("run", str(job), "--clients", "4", "--workspace", str(tmp_path / "ws"))
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy=0.25" in proc.stdout
+    final = np.load(tmp_path / "ws" / "final_model.npz")
+    assert final["w"].tolist() == [1.0, 1.0]
