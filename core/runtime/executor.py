@@ -101,7 +101,20 @@ class _Session(ClientSession):
             raise RuntimeError("flare.send() called with no task to answer: call receive() first")
         self._sent = True
         _, done = current
-        done(Outcome(result=model))
+        # The runtime gets its own dicts: arrays the script still reaches
+        # through its FLModel then count as referenced (see the aggregator).
+        done(
+            Outcome(
+                result=FLModel(
+                    params=dict(model.params),
+                    params_type=model.params_type,
+                    metrics=dict(model.metrics),
+                    meta=dict(model.meta),
+                    current_round=model.current_round,
+                    total_rounds=model.total_rounds,
+                )
+            )
+        )
 
 
 class _PerTaskSession(_Session):

@@ -106,7 +106,9 @@ class Workflow(ABC):
     def run(self, ctx: WorkflowContext, initial: FLModel) -> FLModel:
         """Run the whole job and return the final global model.
 
-        `initial` is the job's initial model (possibly with empty params).
+        `initial` is the job's initial model (possibly with empty params). It
+        is handed over: the workflow may take its params and empty it, so that
+        no stale copy of the first model stays alive for the whole run.
         Raise `fl_core.errors.JobFailedError` with a reason when the job cannot
         go on (for example fewer than `min_clients` results in a round).
         """

@@ -10,6 +10,7 @@ accumulator per array (plus the global model) however many sites answer.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -209,7 +210,16 @@ class WeightedAggregator:
             for key, spec in self._specs.items():
                 acc = self._acc.get(key)
                 if acc is None:
-                    acc = np.zeros(spec.shape, dtype=_accumulator_dtype(spec.dtype))
+                    dtype = _accumulator_dtype(spec.dtype)
+                    if _sole_owner(params, key, dtype):
+                        # Nobody else can see this array: it becomes the
+                        # accumulator, which saves one model of memory.
+                        acc = params[key]
+                        if weight != 1.0:
+                            np.multiply(acc, weight, out=acc)
+                        self._acc[key] = acc
+                        continue
+                    acc = np.zeros(spec.shape, dtype=dtype)
                     self._acc[key] = acc
                 _fold_scaled(acc, params[key], weight, self._scratch)
         except BaseException:
@@ -233,6 +243,31 @@ class WeightedAggregator:
                 continue
             self._metric_sums.setdefault(name, []).append(weight * number)
             self._metric_weights.setdefault(name, []).append(weight)
+
+
+_SOLE_REFCOUNT = 3
+"""References to an array held only by its params dict, as `_sole_owner` counts them:
+the dict's entry, the local name, and `sys.getrefcount`'s own argument."""
+
+
+def _sole_owner(params: Mapping[str, np.ndarray], key: str, dtype: np.dtype[np.generic]) -> bool:
+    """True if `params[key]` may be taken over as an accumulator and written to.
+
+    Only a C-contiguous, writable array of the accumulator's dtype that owns
+    its memory (not a view of the global model, of a torch tensor or of any
+    other buffer) and that nothing but `params` refers to. A site script that
+    kept the array, or the FLModel it sent, holds a reference and so keeps
+    its array untouched.
+    """
+    x = params[key]
+    return (
+        type(x) is np.ndarray
+        and x.flags.owndata
+        and x.flags.writeable
+        and x.flags.c_contiguous
+        and x.dtype == dtype
+        and sys.getrefcount(x) <= _SOLE_REFCOUNT
+    )
 
 
 def _fold_scaled(acc: np.ndarray, x: np.ndarray, weight: float, scratch: np.ndarray) -> None:

@@ -97,7 +97,10 @@ class ScatterAndGather(Workflow):
         problem = check_params(initial.params)
         if problem is not None:
             raise JobFailedError(ctx.job_id, f"initial model: {problem}")
-        global_params: Params = dict(initial.params)
+        # Take the initial params over (the spec hands `initial` to the
+        # workflow), so the first global model is freed once replaced.
+        global_params: Params = initial.params
+        initial.params = {}
         metrics: dict[str, float] = {}
         for round_number in range(self.rounds):
             global_params, metrics = self._round(ctx, round_number, global_params)
@@ -158,7 +161,6 @@ class ScatterAndGather(Workflow):
             round_number=round_number,
         )
         report = ctx.send_task(task, targets, self.task_timeout, on_result)
-        del task  # the next global model should not have to share memory with this one
 
         if fold_error:
             site, exc = fold_error[0]
