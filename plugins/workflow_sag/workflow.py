@@ -123,7 +123,7 @@ class ScatterAndGather(Workflow):
             present = ", ".join(targets) or "none"
             raise JobFailedError(
                 ctx.job_id,
-                f"round {round_number}: {len(targets)} of {self.min_clients} required sites "
+                f"round {round_number + 1}: {len(targets)} of {self.min_clients} required sites "
                 f"present ({present})",
             )
         ctx.emit(WorkflowEvent.ROUND_STARTED, round_number, sites=len(targets))
@@ -166,7 +166,7 @@ class ScatterAndGather(Workflow):
             site, exc = fold_error[0]
             raise JobFailedError(
                 ctx.job_id,
-                f"round {round_number}: folding the result of {site} failed: "
+                f"round {round_number + 1}: folding the result of {site} failed: "
                 f"{type(exc).__name__}: {exc}",
             ) from exc
         if ctx.aborted():
@@ -189,7 +189,7 @@ class ScatterAndGather(Workflow):
             reasons = describe_failures(failed)
             raise JobFailedError(
                 ctx.job_id,
-                f"round {round_number}: {count} of {self.min_responses} required results"
+                f"round {round_number + 1}: {count} of {self.min_responses} required results"
                 + (f"; {reasons}" if reasons else ""),
             )
 

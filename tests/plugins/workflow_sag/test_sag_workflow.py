@@ -248,7 +248,7 @@ def test_too_few_results_fail_the_job_naming_each_site_and_reason() -> None:
         workflow.run(_typed(ctx), initial())
     assert info.value.job == "job-1"
     assert info.value.reason == (
-        "round 0: 1 of 2 required results; "
+        "round 1: 1 of 2 required results; "
         "site-2: ZeroDivisionError: division by zero; site-3: timed out after 30 s"
     )
     assert ctx.saved == []
@@ -269,7 +269,7 @@ def test_fewer_sites_than_min_clients_fail_before_sending() -> None:
     ctx = FakeContext(["site-1"], plus(1.0))
     with pytest.raises(JobFailedError) as info:
         make_sag(min_clients=2, rounds=1).run(_typed(ctx), initial())
-    assert info.value.reason == "round 0: 1 of 2 required sites present (site-1)"
+    assert info.value.reason == "round 1: 1 of 2 required sites present (site-1)"
     assert ctx.tasks == []
 
 
