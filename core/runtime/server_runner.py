@@ -176,9 +176,10 @@ class ServerRunner:
         with self._lock:
             for site in waiting:
                 report.timed_out.append(site)
-                state = self._sites[site]
-                state.assignment = None
-        self._drain_stale()
+                self._sites[site].assignment = None
+            stale = self._take_queued()
+        for message in stale:
+            self._refuse(message, "the task is no longer open")
         return report
 
     # --- running -------------------------------------------------------------------
@@ -215,9 +216,11 @@ class ServerRunner:
         with self._lock:
             self._ended = True
             waiters = [self._take_waiter(s) for s in self._sites.values() if s.waiter]
+            stale = self._take_queued()
         for request in waiters:
             self.cell.reply(request, None, **{TaskHeader.KIND: TaskKind.END})
-        self._drain_stale()
+        for message in stale:
+            self._refuse(message, "the job has ended")
 
     # --- handlers --------------------------------------------------------------------
 
@@ -308,8 +311,16 @@ class ServerRunner:
         )
 
     def _on_submit(self, message: Message) -> object:
-        self._site_of(message)
-        self._inbox.put(message)
+        task_id = message.get(TaskHeader.TASK_ID)
+        with self._lock:
+            assignment = self._sites[self._site_of(message)].assignment
+            # Checked and queued under the lock that `send_task` holds while it
+            # closes a round, so a result is either queued for the open round
+            # (and drained if the round then closes) or refused here at once.
+            if assignment is not None and assignment[0] == task_id:
+                self._inbox.put(message)
+                return DEFERRED
+        self._refuse(message, f"task {task_id} is no longer open")
         return DEFERRED
 
     def _on_log(self, message: Message) -> object:
@@ -359,11 +370,13 @@ class ServerRunner:
     def _refuse(self, message: Message, reason: str) -> None:
         self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "no", TaskHeader.REASON: reason})
 
-    def _drain_stale(self) -> None:
+    def _take_queued(self) -> list[Message]:
+        """Results still queued; called under the lock when a round or the job closes."""
+        queued: list[Message] = []
         while True:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                return queued
             if isinstance(item, Message):
-                self._refuse(item, "the task is no longer open")
+                queued.append(item)

@@ -1,0 +1,107 @@
+"""The Client API as a training script sees it, bound to a real in-process session."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import fl_core.client as flare
+from fl_core.client.session import ClientSession, bound_session
+from fl_core.errors import FlCoreError
+from fl_core.model import FLModel
+
+
+class RecordingSession(ClientSession):
+    def __init__(self) -> None:
+        self.sent: list[FLModel] = []
+        self.logged: list[tuple[str, float, int | None]] = []
+
+    @property
+    def site_name(self) -> str:
+        return "site-7"
+
+    @property
+    def job_id(self) -> str:
+        return "job-9"
+
+    def receive(self, timeout: float | None) -> FLModel | None:
+        return FLModel(params={"w": np.zeros(2)})
+
+    def send(self, model: FLModel) -> None:
+        self.sent.append(model)
+
+    def is_running(self) -> bool:
+        return not self.sent
+
+    def log(self, key: str, value: float, step: int | None) -> None:
+        self.logged.append((key, value, step))
+
+
+def test_outside_a_runtime_init_says_how_to_run_the_script() -> None:
+    with pytest.raises(FlCoreError, match=r"run it as part of a job \(`fl-core run JOB`\)"):
+        flare.init()
+
+
+def test_calls_before_init_are_refused() -> None:
+    with bound_session(RecordingSession()), pytest.raises(FlCoreError, match="flare.init()"):
+        flare.receive()
+
+
+def test_a_script_round_trip() -> None:
+    session = RecordingSession()
+    with bound_session(session):
+        flare.init()
+        assert (flare.get_site_name(), flare.get_job_id()) == ("site-7", "job-9")
+        assert flare.is_running()
+        model = flare.receive()
+        assert model is not None
+        flare.log("loss", np.float32(0.5), step=3)
+        flare.send(FLModel(params={"w": model.params["w"] + 1}, meta={"num_samples": 4}))
+        assert not flare.is_running()
+    assert session.logged == [("loss", 0.5, 3)]
+    assert session.sent[0].params["w"].tolist() == [1.0, 1.0]
+
+
+def test_sessions_are_per_thread() -> None:
+    seen: list[str] = []
+    with bound_session(RecordingSession()):
+        flare.init()
+
+        def other() -> None:
+            try:
+                flare.get_site_name()
+            except FlCoreError as exc:
+                seen.append(str(exc))
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert seen and "no fl-core runtime" in seen[0]
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"w": np.zeros(1)}, "takes an FLModel, got dict"),
+        (FLModel(params=[np.zeros(1)]), "params must be a dict, got list"),  # type: ignore[arg-type]
+        (FLModel(params={"w": [1.0]}), r"params\['w'\] must be a numpy array, got list"),  # type: ignore[dict-item]
+        (FLModel(params={3: np.zeros(1)}), "keys must be str"),  # type: ignore[dict-item]
+    ],
+)
+def test_send_rejects_what_cannot_travel(model: object, message: str) -> None:
+    session = RecordingSession()
+    with bound_session(session):
+        flare.init()
+        with pytest.raises(TypeError, match=message):
+            flare.send(model)  # type: ignore[arg-type]
+    assert session.sent == []
+
+
+@pytest.mark.parametrize("value", [float("nan"), "0.5", True, None])
+def test_log_rejects_non_numbers(value: object) -> None:
+    with bound_session(RecordingSession()):
+        flare.init()
+        with pytest.raises(TypeError, match="must be a finite number"):
+            flare.log("loss", value)  # type: ignore[arg-type]
