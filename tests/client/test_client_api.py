@@ -45,7 +45,10 @@ def test_outside_a_runtime_init_says_how_to_run_the_script() -> None:
 
 
 def test_calls_before_init_are_refused() -> None:
-    with bound_session(RecordingSession()), pytest.raises(FlCoreError, match="flare.init()"):
+    with (
+        bound_session(RecordingSession()),
+        pytest.raises(FlCoreError, match=r"call flare\.init\(\) before"),
+    ):
         flare.receive()
 
 
