@@ -81,7 +81,17 @@ class MissingDependencyError(PluginError):
 
 
 class InvalidComponentError(PluginError):
-    """A factory returned something that does not implement its kind's interface."""
+    """A plugin registered an invalid component, or a factory returned something
+    that does not implement its kind's interface.
+
+    `kind`, `name` and `plugin` say which component it is (empty when unknown).
+    """
+
+    def __init__(self, message: str, *, kind: str = "", name: str = "", plugin: str = "") -> None:
+        self.kind = kind
+        self.name = name
+        self.plugin = plugin
+        super().__init__(message)
 
 
 # --- configuration -------------------------------------------------------------
@@ -157,7 +167,17 @@ class RemoteError(CellError):
 
 
 class NoHandlerError(CellError):
-    """The target cell has no handler for the channel and topic."""
+    """The target cell has no handler for the channel and topic.
+
+    `fqcn`, `channel` and `topic` say which request found no handler (empty
+    when unknown).
+    """
+
+    def __init__(self, message: str, *, fqcn: str = "", channel: str = "", topic: str = "") -> None:
+        self.fqcn = fqcn
+        self.channel = channel
+        self.topic = topic
+        super().__init__(message)
 
 
 # --- runtime -------------------------------------------------------------------

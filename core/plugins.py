@@ -116,7 +116,7 @@ class Registry:
         """Like `get`, and also verify that the component's optional modules exist."""
         component = self.get(kind, name)
         for module in component.requires:
-            if importlib.util.find_spec(module) is None:
+            if not _importable(module):
                 raise MissingDependencyError(
                     component.kind,
                     name,
@@ -142,7 +142,10 @@ class Registry:
         if expect is not None and not isinstance(instance, expect):
             raise InvalidComponentError(
                 f"{component.kind} {name!r} from plugin {component.plugin!r} built a "
-                f"{type(instance).__name__}, which is not a {expect.__name__}"
+                f"{type(instance).__name__}, which is not a {expect.__name__}",
+                kind=component.kind,
+                name=name,
+                plugin=component.plugin,
             )
         return instance
 
@@ -157,9 +160,28 @@ class PluginManager(pluggy.PluginManager):
         self.infos: dict[str, PluginInfo] = {}
 
     def add_plugin(self, module: ModuleType | object, name: str, info: PluginInfo) -> None:
-        """Register `module` as plugin `name` and remember where it came from."""
-        self.register(module, name=name)
+        """Register `module` as plugin `name` and remember where it came from.
+
+        Raises `PluginLoadError` if the name is taken, the object is already
+        registered, or a hook implementation does not match its spec.
+        """
+        try:
+            self.register(module, name=name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            raise PluginLoadError(name, info.distribution, exc) from exc
         self.infos[name] = info
+
+    def check_hooks(self) -> None:
+        """Raise `PluginLoadError` for a hook implementation no hookspec declares.
+
+        A misspelled hook name would otherwise be ignored without a word.
+        """
+        try:
+            self.check_pending()
+        except pluggy.PluginValidationError as exc:
+            name = self.get_name(exc.plugin) or repr(exc.plugin)
+            info = self.infos.get(name)
+            raise PluginLoadError(name, info.distribution if info else "(unknown)", exc) from exc
 
     def registry(self) -> Registry:
         """Ask every plugin for its components; a fresh `Registry` each call."""
@@ -174,7 +196,7 @@ class PluginManager(pluggy.PluginManager):
                 try:
                     impl.function(**{arg: register for arg in impl.argnames})
                 except (DuplicateComponentError, InvalidComponentError):
-                    raise
+                    raise  # already name the plugins involved
                 except Exception as exc:
                     info = self.infos.get(plugin)
                     raise PluginLoadError(
@@ -193,15 +215,30 @@ def _registrar(registry: Registry, kind: ComponentKind, plugin: str) -> Callable
     ) -> None:
         if not isinstance(name, str) or not name:
             raise InvalidComponentError(
-                f"plugin {plugin!r} registered a {kind} with an invalid name {name!r}"
+                f"plugin {plugin!r} registered a {kind} with an invalid name {name!r}",
+                kind=kind,
+                name=str(name),
+                plugin=plugin,
             )
         if not callable(factory):
             raise InvalidComponentError(
-                f"plugin {plugin!r} registered {kind} {name!r} with a factory that is not callable"
+                f"plugin {plugin!r} registered {kind} {name!r} with a factory that is not callable",
+                kind=kind,
+                name=name,
+                plugin=plugin,
             )
         registry.add(Component(kind, name, plugin, factory, tuple(requires), install))
 
     return register
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        # find_spec imports the parents of a dotted name: "a.b" with no "a"
+        # raises instead of returning None.
+        return False
 
 
 def _env_names(var: str) -> list[str]:
@@ -226,17 +263,24 @@ def make_plugin_manager(
     those entry-point names. `blocked` (and `FL_CORE_BLOCK_PLUGINS`) names
     plugins never to load. `extra` adds (name, module-or-object) plugins
     directly, as tests and embedding applications do.
+
+    Raises `PluginLoadError` naming the plugin if one fails to import or to
+    register, declares a hook no spec knows, or is requested by name (`only`,
+    `FL_CORE_PLUGINS`) but not installed.
     """
     if autoload is None:
         autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
     blocked_set = set(blocked) | set(_env_names(BLOCK_ENV))
     wanted = set(only) if only is not None else None
     forced = set(_env_names(PLUGINS_ENV))
+    extra = list(extra)  # iterated twice below
 
     pm = PluginManager()
     for name in blocked_set:
         pm.set_blocked(name)
-    for ep in _discover():
+    discovered = _discover()
+    _check_requested(discovered, (wanted or set()) | forced, blocked_set, extra)
+    for ep in discovered:
         if ep.name in blocked_set:
             continue
         selected = ep.name in wanted if wanted is not None else autoload
@@ -254,4 +298,22 @@ def make_plugin_manager(
             continue
         module_name = getattr(plugin, "__name__", type(plugin).__name__)
         pm.add_plugin(plugin, name, PluginInfo(name, "(added directly)", "-", module_name))
+    pm.check_hooks()
     return pm
+
+
+def _check_requested(
+    discovered: Sequence[EntryPoint],
+    requested: set[str],
+    blocked: set[str],
+    extra: Sequence[tuple[str, object]],
+) -> None:
+    """A plugin asked for by name (`only=`, `FL_CORE_PLUGINS`) must exist, as with
+    pytest's `-p`: a typo must not quietly run without the plugin."""
+    known = {ep.name for ep in discovered} | {name for name, _ in extra}
+    for name in sorted(requested - known - blocked):
+        installed = ", ".join(sorted(ep.name for ep in discovered)) or "none"
+        cause = LookupError(
+            f"no entry point named {name!r} in group {PROJECT!r} (installed: {installed})"
+        )
+        raise PluginLoadError(name, "(not installed)", cause)

@@ -9,12 +9,13 @@ pool, never on a transport's receiving thread.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from fl_core.cell.channels import Channel
@@ -40,6 +41,10 @@ _CONTROL = "ctl"
 DEFERRED = object()
 """Returned by a handler that will answer later with `Cell.reply`."""
 
+MAX_HOPS = 32
+"""Relays a message may pass before it is refused: a cycle of misconnected
+cells (each the other's parent) must not bounce a message forever."""
+
 Handler = Callable[[Message], object]
 
 
@@ -58,6 +63,10 @@ class CellResources:
         self.dispatcher.shutdown(wait=True, cancel_futures=True)
 
 
+class _PayloadRefusedError(CellError):
+    """A payload the transport cannot carry (an object over a bytes-only link)."""
+
+
 @dataclass(slots=True)
 class _Pending:
     future: Future[Message]
@@ -67,6 +76,16 @@ class _Pending:
     timeout: float
     link: Connection | None
     timer: TimerHandle | None = None
+
+    # A caller may cancel its future at any time; then nobody waits for the
+    # answer, and completing the future must not fail the replying thread.
+    def resolve(self, reply: Message) -> None:
+        with contextlib.suppress(InvalidStateError):
+            self.future.set_result(reply)
+
+    def fail(self, error: CellError) -> None:
+        with contextlib.suppress(InvalidStateError):
+            self.future.set_exception(error)
 
 
 class Cell:
@@ -106,11 +125,25 @@ class Cell:
         `TargetUnreachableError` if it cannot connect and `CellError` if the
         parent refuses (for example, the name is taken).
         """
+        with self._lock:
+            if self._closed:
+                raise CellError(f"cell {self.fqcn!r} is closed")
+            if self._parent is not None:
+                raise CellError(
+                    f"cell {self.fqcn!r} is already connected to a parent ({self._parent.peer})"
+                )
         conn = self.transport.connect(url, timeout)
         answer: Future[Frame] = Future()
 
         def on_frame(frame: Frame) -> None:
-            if frame.headers.get(_CONTROL) in (_HELLO_OK, _HELLO_REJECTED):
+            control = frame.headers.get(_CONTROL)
+            if control in (_HELLO_OK, _HELLO_REJECTED):
+                if control == _HELLO_OK:
+                    # Before anything else arrives on this link: the parent may
+                    # send a request right after accepting us, and its reply
+                    # must find the way back up.
+                    with self._lock:
+                        self._parent = conn
                 if not answer.done():
                     answer.set_result(frame)
                 return
@@ -128,8 +161,6 @@ class Cell:
             raise CellError(
                 f"{url} refused cell {self.fqcn!r}: {frame.headers.get(Header.ERROR, '')}"
             )
-        with self._lock:
-            self._parent = conn
 
     def _on_connection(self, conn: Connection) -> None:
         state: dict[str, str] = {}
@@ -154,6 +185,8 @@ class Cell:
             except CellError as exc:
                 problem = str(exc)
         with self._lock:
+            if not problem and self._closed:
+                problem = f"cell {self.fqcn!r} is closed"  # close() would miss this link
             if not problem and (name in self._children or name == self.fqcn):
                 problem = f"a cell named {name!r} is already connected"
             if not problem:
@@ -173,14 +206,12 @@ class Cell:
             gone = [n for n, c in self._children.items() if c is conn]
             for name in gone:
                 del self._children[name]
-            lost = [(k, p) for k, p in self._pending.items() if p.link is conn]
-            for key, _ in lost:
-                del self._pending[key]
-        for _, pending in lost:
-            if pending.timer is not None:
-                pending.timer.cancel()
-            detail = "the link to it closed" + (f" ({exc})" if exc else "")
-            pending.future.set_exception(TargetUnreachableError(pending.target, detail))
+            lost = [k for k, p in self._pending.items() if p.link is conn]
+        detail = "the link to it closed" + (f" ({exc})" if exc else "")
+        for key in lost:
+            pending = self._take(key)
+            if pending is not None:
+                pending.fail(TargetUnreachableError(pending.target, detail))
 
     def children(self) -> list[str]:
         """Names of the directly connected child cells."""
@@ -211,12 +242,16 @@ class Cell:
         timeout: float = 30.0,
         headers: Mapping[str, str] | None = None,
     ) -> Future[Message]:
-        """Send a request; the future gets the reply or a `CellError`."""
+        """Send a request; the future gets the reply or a `CellError`.
+
+        Cancelling the future forgets the request; a late reply is dropped.
+        """
         msg_id = f"{self.fqcn}#{next(self._ids)}"
-        message = self._message(target, channel, topic, payload, MessageType.REQUEST, headers)
-        message.headers[Header.MSG_ID] = msg_id
         future: Future[Message] = Future()
         try:
+            validate(target)
+            message = self._message(target, channel, topic, payload, MessageType.REQUEST, headers)
+            message.headers[Header.MSG_ID] = msg_id
             link = self._route(target, from_parent=False)
         except CellError as exc:
             future.set_exception(exc)
@@ -224,7 +259,13 @@ class Cell:
         pending = _Pending(future, target, str(channel), topic, timeout, link)
         with self._lock:
             self._pending[msg_id] = pending
-        pending.timer = self.resources.timer.call_later(timeout, lambda: self._expire(msg_id))
+        try:
+            pending.timer = self.resources.timer.call_later(timeout, lambda: self._expire(msg_id))
+        except RuntimeError:
+            # Without a timer the request could wait forever.
+            self._fail_pending(msg_id, CellError(f"cell {self.fqcn!r}: its resources are closed"))
+            return future
+        future.add_done_callback(lambda done: self._take(msg_id) if done.cancelled() else None)
         try:
             self._deliver(link, message)
         except CellError as exc:
@@ -256,6 +297,7 @@ class Cell:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         """Send a message that gets no reply. Raises if there is no route."""
+        validate(target)
         message = self._message(target, channel, topic, payload, MessageType.FIRE, headers)
         self._deliver(self._route(target, from_parent=False), message)
 
@@ -282,8 +324,15 @@ class Cell:
         return results
 
     def reply(self, request: Message, payload: object = None, **headers: str) -> None:
-        """Answer `request` (from a handler that returned `DEFERRED`)."""
-        self._send_reply(request, Status.OK, payload, headers)
+        """Answer `request` (from a handler that returned `DEFERRED`).
+
+        A reply to a requester that is gone (or gave up) is dropped. Raises
+        `CellError` if the transport cannot carry `payload`; the requester
+        then gets a `RemoteError` saying so instead of waiting for its timeout.
+        """
+        refused = self._send_reply(request, Status.OK, payload, headers)
+        if refused is not None:
+            raise refused
 
     # --- internals ---------------------------------------------------------------
 
@@ -310,11 +359,11 @@ class Cell:
 
     def _route(self, target: str, from_parent: bool) -> Connection | None:
         """The link toward `target`, or None when it is this cell."""
-        if target == self.fqcn:
-            return None
         with self._lock:
             if self._closed:
                 raise CellError(f"cell {self.fqcn!r} is closed")
+            if target == self.fqcn:
+                return None
             link = self._children.get(target)
             if link is not None:
                 return link
@@ -335,11 +384,17 @@ class Cell:
         if not self.transport.carries_objects and not (
             message.payload is None or isinstance(message.payload, bytes | bytearray | memoryview)
         ):
-            raise CellError(
-                f"{type(self.transport).__name__} carries bytes payloads; got "
-                f"{type(message.payload).__name__} for {message.destination}"
+            raise _PayloadRefusedError(
+                f"{type(self.transport).__name__} carries only bytes payloads (or None); got "
+                f"{type(message.payload).__name__} for {message.destination} on "
+                f"{message.channel}/{message.topic}"
             )
-        link.send(Frame(message.headers, message.payload))
+        try:
+            link.send(Frame(message.headers, message.payload))
+        except TargetUnreachableError:
+            raise
+        except CellError as exc:
+            raise TargetUnreachableError(message.destination, str(exc)) from exc
 
     def _on_frame(self, conn: Connection, frame: Frame, from_parent: bool) -> None:
         message = Message(frame.headers, frame.body)
@@ -354,12 +409,21 @@ class Cell:
             return
         if link is None:
             self._on_message(message)
-        else:
-            try:
-                link.send(frame)
-            except CellError as exc:
-                if message.get(Header.MSG_TYPE) == MessageType.REQUEST:
-                    self._send_reply(message, Status.UNREACHABLE, None, {Header.ERROR: str(exc)})
+            return
+        hops = _hops(frame) + 1
+        if hops > MAX_HOPS:
+            log.warning("%s: dropped a message to %s: relayed %d times", self.fqcn, target, hops)
+            if message.get(Header.MSG_TYPE) == MessageType.REQUEST:
+                detail = f"relayed more than {MAX_HOPS} times (are cells connected in a cycle?)"
+                self._send_reply(message, Status.UNREACHABLE, None, {Header.ERROR: detail})
+            return
+        # A copy: over the in-process transport the headers dict is shared
+        # with the sender.
+        try:
+            link.send(Frame({**frame.headers, Header.HOPS: str(hops)}, frame.body))
+        except CellError as exc:
+            if message.get(Header.MSG_TYPE) == MessageType.REQUEST:
+                self._send_reply(message, Status.UNREACHABLE, None, {Header.ERROR: str(exc)})
 
     def _on_message(self, message: Message) -> None:
         kind = message.get(Header.MSG_TYPE)
@@ -380,6 +444,10 @@ class Cell:
             self.resources.dispatcher.submit(self._run_handler, handler, message)
         except RuntimeError:
             log.info("%s: dropped %s/%s: shutting down", self.fqcn, message.channel, message.topic)
+            if kind == MessageType.REQUEST:
+                # Answer now: the requester would otherwise wait for its timeout.
+                problem = f"cell {self.fqcn} is shutting down"
+                self._send_reply(message, Status.UNREACHABLE, None, {Header.ERROR: problem})
 
     def _run_handler(self, handler: Handler, message: Message) -> None:
         try:
@@ -397,11 +465,20 @@ class Cell:
                 self._send_reply(message, Status.HANDLER_ERROR, None, {Header.ERROR: detail})
             return
         if message.get(Header.MSG_TYPE) == MessageType.REQUEST and result is not DEFERRED:
-            self._send_reply(message, Status.OK, result, {})
+            refused = self._send_reply(message, Status.OK, result, {})
+            if refused is not None:
+                log.error(
+                    "%s: handler for %s/%s returned an unsendable reply: %s",
+                    self.fqcn,
+                    message.channel,
+                    message.topic,
+                    refused,
+                )
 
     def _send_reply(
         self, request: Message, status: Status, payload: object, extra: Mapping[str, str]
-    ) -> None:
+    ) -> CellError | None:
+        """Send a reply; returns the refusal if the transport cannot carry `payload`."""
         reply = self._message(
             request.origin,
             request.channel,
@@ -414,44 +491,53 @@ class Cell:
         reply.headers[Header.STATUS] = status
         try:
             self._deliver(self._route(request.origin, from_parent=False), reply)
+        except _PayloadRefusedError as exc:
+            # The requester would wait for its timeout; tell it what happened.
+            self._send_reply(request, Status.HANDLER_ERROR, None, {Header.ERROR: str(exc)})
+            return exc
         except CellError as exc:
+            # The requester is gone (closed, or its link dropped): nobody waits.
             log.info("%s: reply to %s lost: %s", self.fqcn, request.origin, exc)
+        return None
 
     def _on_reply(self, reply: Message) -> None:
-        with self._lock:
-            pending = self._pending.pop(reply.get(Header.IN_REPLY_TO), None)
+        pending = self._take(reply.get(Header.IN_REPLY_TO))
         if pending is None:
-            return  # late reply to a request that already timed out
-        if pending.timer is not None:
-            pending.timer.cancel()
+            return  # late reply to a request that timed out or was cancelled
         status = reply.get(Header.STATUS)
         detail = reply.get(Header.ERROR)
         if status == Status.OK:
-            pending.future.set_result(reply)
+            pending.resolve(reply)
         elif status == Status.UNREACHABLE:
-            pending.future.set_exception(TargetUnreachableError(pending.target, detail))
+            pending.fail(TargetUnreachableError(pending.target, detail))
         elif status == Status.NO_HANDLER:
-            pending.future.set_exception(NoHandlerError(detail))
+            facts = {"fqcn": pending.target, "channel": pending.channel, "topic": pending.topic}
+            pending.fail(NoHandlerError(detail, **facts))
         else:
-            pending.future.set_exception(
-                RemoteError(pending.target, pending.channel, pending.topic, detail)
-            )
+            pending.fail(RemoteError(pending.target, pending.channel, pending.topic, detail))
 
     def _expire(self, msg_id: str) -> None:
-        with self._lock:
-            pending = self._pending.pop(msg_id, None)
+        pending = self._take(msg_id)
         if pending is not None:
-            pending.future.set_exception(
+            pending.fail(
                 RequestTimeoutError(pending.target, pending.channel, pending.topic, pending.timeout)
             )
 
     def _fail_pending(self, msg_id: str, exc: CellError) -> None:
-        with self._lock:
-            pending = self._pending.pop(msg_id, None)
+        pending = self._take(msg_id)
         if pending is not None:
-            if pending.timer is not None:
-                pending.timer.cancel()
-            pending.future.set_exception(exc)
+            pending.fail(exc)
+
+    def _take(self, msg_id: str) -> _Pending | None:
+        """Remove a request from the table (each is completed once) and stop its timer."""
+        with self._lock:
+            return self._take_locked(msg_id)
+
+    def _take_locked(self, msg_id: str) -> _Pending | None:
+        pending = self._pending.pop(msg_id, None)
+        if pending is not None and pending.timer is not None:
+            pending.timer.cancel()  # takes only the timer's lock
+        return pending
 
     def close(self) -> None:
         """Close links and listeners; pending requests fail with `CellError`."""
@@ -460,15 +546,19 @@ class Cell:
                 return
             self._closed = True
             links = list(self._children.values()) + ([self._parent] if self._parent else [])
-            pending = list(self._pending.values())
-            self._pending.clear()
+            pending = [p for p in map(self._take_locked, list(self._pending)) if p is not None]
+        for item in pending:
+            item.fail(CellError(f"cell {self.fqcn!r} closed"))
         for listener in self._listeners:
             listener.close()
         for link in links:
             link.close()
-        for item in pending:
-            if item.timer is not None:
-                item.timer.cancel()
-            item.future.set_exception(CellError(f"cell {self.fqcn!r} closed"))
         if self._owns_resources:
             self.resources.close()
+
+
+def _hops(frame: Frame) -> int:
+    try:
+        return int(frame.headers.get(Header.HOPS, "0"))
+    except ValueError:
+        return MAX_HOPS  # a garbled count: allow no further relaying

@@ -14,7 +14,8 @@ from fl_core.errors import InvalidFQCNError
 
 SEPARATOR = "."
 MAX_LENGTH = 255
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# fullmatch, not `$`: `$` also matches before a trailing newline ("server\n").
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,7 @@ class FQCN:
         for index, part in enumerate(parts):
             if not part:
                 raise InvalidFQCNError(text, f"segment {index + 1} is empty")
-            if not _SEGMENT.match(part):
+            if not _SEGMENT.fullmatch(part):
                 raise InvalidFQCNError(
                     text,
                     f"segment {part!r} must start with a letter or digit and hold only "
@@ -58,7 +59,15 @@ class FQCN:
         return FQCN(self.parts[:-1]) if len(self.parts) > 1 else None
 
     def child(self, segment: str) -> FQCN:
-        """The name one level down; `segment` is validated."""
+        """The name one level down; `segment` must be exactly one valid segment."""
+        if not isinstance(segment, str):
+            raise InvalidFQCNError(
+                repr(segment), f"a segment must be a string, got {type(segment).__name__}"
+            )
+        if SEPARATOR in segment:
+            raise InvalidFQCNError(
+                str(self) + SEPARATOR + segment, f"child segment {segment!r} contains {SEPARATOR!r}"
+            )
         return FQCN.parse(str(self) + SEPARATOR + segment)
 
     def is_ancestor_of(self, other: FQCN) -> bool:

@@ -27,6 +27,8 @@ class Header(enum.StrEnum):
     IN_REPLY_TO = "in_reply_to"
     STATUS = "status"
     ERROR = "error"
+    HOPS = "hops"
+    """How many cells have relayed the message; bounds routing loops."""
 
 
 class Status(enum.StrEnum):

@@ -16,19 +16,37 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
+_COMPACT_MIN = 256
+"""Cancelled entries tolerated in the heap before it is rebuilt without them."""
+
+
+def _noop() -> None:
+    pass
+
+
 class TimerHandle:
     """A scheduled callback; `cancel()` stops it if it has not run."""
 
-    __slots__ = ("callback", "cancelled", "when")
+    __slots__ = ("_timer", "callback", "cancelled", "when")
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+    def __init__(
+        self, when: float, callback: Callable[[], None], timer: Timer | None = None
+    ) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
+        self._timer = timer
 
     def cancel(self) -> None:
         """Prevent the callback from running (no effect once it ran)."""
+        if self.cancelled:
+            return
         self.cancelled = True
+        # Release the closure now (it often holds a cell and a message), not
+        # when the entry finally leaves the heap.
+        self.callback = _noop
+        if self._timer is not None:
+            self._timer._on_cancel()
 
 
 class Timer:
@@ -43,12 +61,13 @@ class Timer:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
+        self._cancelled = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        """Run `callback` after `delay` seconds."""
-        handle = TimerHandle(time.monotonic() + max(0.0, delay), callback)
+        """Run `callback` after `delay` seconds; raises `RuntimeError` once closed."""
+        handle = TimerHandle(time.monotonic() + max(0.0, delay), callback, self)
         with self._cond:
             if self._closed:
                 raise RuntimeError("timer is closed")
@@ -57,11 +76,23 @@ class Timer:
                 self._cond.notify()
         return handle
 
+    def _on_cancel(self) -> None:
+        # Most timers (request timeouts) are cancelled long before they are
+        # due; without compaction a busy cell keeps every one of them, and
+        # its closure, alive for the full timeout.
+        with self._cond:
+            self._cancelled += 1
+            if self._cancelled > _COMPACT_MIN and self._cancelled * 2 > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
+
     def close(self) -> None:
         """Stop the thread; pending callbacks never run."""
         with self._cond:
             self._closed = True
             self._heap.clear()
+            self._cancelled = 0
             self._cond.notify()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
@@ -80,6 +111,11 @@ class Timer:
                 if self._closed:
                     return
                 _, _, handle = heapq.heappop(self._heap)
+                # Detach: a later cancel() of a handle that left the heap must
+                # not count towards compaction.
+                handle._timer = None
+                if handle.cancelled and self._cancelled > 0:
+                    self._cancelled -= 1
             if not handle.cancelled:
                 try:
                     handle.callback()

@@ -22,7 +22,11 @@ def _make_none(**options: Any) -> NoSecurity:
     if options:
         from fl_core.errors import ConfigError
 
-        raise ConfigError("job.yaml", "components.security.options", "`none` takes no options")
+        raise ConfigError(
+            "job.yaml",
+            f"components.security.options.{sorted(options)[0]}",
+            "`none` takes no options",
+        )
     return NoSecurity()
 
 

@@ -69,16 +69,19 @@ class _Endpoint(Connection):
 
 
 class _Listener(Listener):
-    def __init__(self, transport: InProcessTransport, url: str) -> None:
+    def __init__(
+        self, transport: InProcessTransport, name: str, accept: Callable[[Connection], None]
+    ) -> None:
         self._transport = transport
-        self._url = url
+        self.name = name
+        self.accept = accept
 
     @property
     def url(self) -> str:
-        return self._url
+        return f"{SCHEME}://{self.name}"
 
     def close(self) -> None:
-        self._transport._unbind(self._url)
+        self._transport._unbind(self)
 
 
 class InProcessTransport(Transport):
@@ -89,7 +92,7 @@ class InProcessTransport(Transport):
     carries_objects: ClassVar[bool] = True
 
     def __init__(self) -> None:
-        self._listeners: dict[str, Callable[[Connection], None]] = {}
+        self._listeners: dict[str, _Listener] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
 
@@ -100,30 +103,39 @@ class InProcessTransport(Transport):
         return parsed.netloc + parsed.path
 
     def listen(self, url: str, on_connection: Callable[[Connection], None]) -> Listener:
+        """Bind `inprocess://NAME` (empty NAME: a fresh one); `CellError` if taken."""
         name = self._normalize(url)
         with self._lock:
             if not name:
-                name = f"listener-{next(self._ids)}"
-            if name in self._listeners:
+                # Like port 0: a name no caller has bound.
+                fresh = (f"listener-{i}" for i in self._ids)
+                name = next(n for n in fresh if n not in self._listeners)
+            elif name in self._listeners:
                 raise CellError(f"{SCHEME}://{name} is already bound")
-            self._listeners[name] = on_connection
-        return _Listener(self, f"{SCHEME}://{name}")
+            listener = _Listener(self, name, on_connection)
+            self._listeners[name] = listener
+        return listener
 
-    def _unbind(self, url: str) -> None:
+    def _unbind(self, listener: _Listener) -> None:
         with self._lock:
-            self._listeners.pop(self._normalize(url), None)
+            # Only this binding: once closed, the name may belong to a new
+            # listener, which a repeated close() must leave alone.
+            if self._listeners.get(listener.name) is listener:
+                del self._listeners[listener.name]
 
     def connect(self, url: str, timeout: float) -> Connection:
+        """Link to the listener at `url`; `TargetUnreachableError` if there is none."""
         name = self._normalize(url)
         with self._lock:
-            accept = self._listeners.get(name)
-        if accept is None:
+            listener = self._listeners.get(name)
+        if listener is None:
             raise TargetUnreachableError(url, "nothing listens there")
         near, far = _Endpoint(url), _Endpoint(f"{SCHEME}-client-{next(self._ids)}")
         near.other, far.other = far, near
-        accept(far)
+        listener.accept(far)
         return near
 
     def close(self) -> None:
+        """Unbind every listener; links already made stay up until closed."""
         with self._lock:
             self._listeners.clear()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from fl_core.config import (
     ComponentChoice,
     ExecutorConfig,
