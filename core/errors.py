@@ -34,6 +34,11 @@ class PluginLoadError(PluginError):
         )
 
 
+def _plural(kind: str, count: int = 2) -> str:
+    noun = "security provider" if kind == "security" else kind
+    return noun if count == 1 else noun + "s"
+
+
 class UnknownComponentError(PluginError):
     """A config names a component that no installed plugin registered."""
 
@@ -43,9 +48,9 @@ class UnknownComponentError(PluginError):
         self.available = dict(available)
         if available:
             listed = ", ".join(f"{n} (plugin {p})" for n, p in sorted(available.items()))
-            hint = f"installed {kind}s: {listed}"
+            hint = f"installed {_plural(kind)}: {listed}"
         else:
-            hint = f"no {kind} is installed"
+            hint = f"no {_plural(kind, 1)} is installed"
         super().__init__(
             f"unknown {kind} {name!r}; {hint}. Install a plugin that provides it, or fix the name."
         )

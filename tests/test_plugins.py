@@ -410,3 +410,11 @@ def test_a_hook_with_a_wrong_parameter_is_a_load_error() -> None:
     with pytest.raises(PluginLoadError, match="plugin 'wrong'") as info:
         make_plugin_manager(autoload=False, extra=[("wrong", WrongArgument())])
     assert "registrar" in str(info.value)
+
+
+def test_unknown_security_provider_reads_as_english() -> None:
+    from fl_core.errors import UnknownComponentError
+
+    error = UnknownComponentError("security", "pki", {"none": "security_none"})
+    assert "installed security providers: none (plugin security_none)" in str(error)
+    assert "no security provider is installed" in str(UnknownComponentError("security", "x", {}))

@@ -9,24 +9,21 @@ pool, never on a transport's receiving thread.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from fl_core.cell.channels import Channel
 from fl_core.cell.fqcn import SEPARATOR, validate
 from fl_core.cell.message import Header, Message, MessageType, Status
-from fl_core.cell.timer import Timer, TimerHandle
+from fl_core.cell.pending import PendingRequest, PendingRequests
+from fl_core.cell.timer import Timer
 from fl_core.errors import (
     CellError,
-    NoHandlerError,
-    RemoteError,
-    RequestTimeoutError,
     TargetUnreachableError,
 )
 from fl_core.spec.transport import Connection, Frame, Listener, Transport
@@ -67,27 +64,6 @@ class _PayloadRefusedError(CellError):
     """A payload the transport cannot carry (an object over a bytes-only link)."""
 
 
-@dataclass(slots=True)
-class _Pending:
-    future: Future[Message]
-    target: str
-    channel: str
-    topic: str
-    timeout: float
-    link: Connection | None
-    timer: TimerHandle | None = None
-
-    # A caller may cancel its future at any time; then nobody waits for the
-    # answer, and completing the future must not fail the replying thread.
-    def resolve(self, reply: Message) -> None:
-        with contextlib.suppress(InvalidStateError):
-            self.future.set_result(reply)
-
-    def fail(self, error: CellError) -> None:
-        with contextlib.suppress(InvalidStateError):
-            self.future.set_exception(error)
-
-
 class Cell:
     """An endpoint of the cell network named by an FQCN."""
 
@@ -106,7 +82,7 @@ class Cell:
         self._children: dict[str, Connection] = {}
         self._parent: Connection | None = None
         self._listeners: list[Listener] = []
-        self._pending: dict[str, _Pending] = {}
+        self._pending = PendingRequests(self.resources.timer)
         self._ids = itertools.count(1)
         self._closed = False
 
@@ -206,12 +182,7 @@ class Cell:
             gone = [n for n, c in self._children.items() if c is conn]
             for name in gone:
                 del self._children[name]
-            lost = [k for k, p in self._pending.items() if p.link is conn]
-        detail = "the link to it closed" + (f" ({exc})" if exc else "")
-        for key in lost:
-            pending = self._take(key)
-            if pending is not None:
-                pending.fail(TargetUnreachableError(pending.target, detail))
+        self._pending.fail_link(conn, "the link to it closed" + (f" ({exc})" if exc else ""))
 
     def children(self) -> list[str]:
         """Names of the directly connected child cells."""
@@ -256,20 +227,15 @@ class Cell:
         except CellError as exc:
             future.set_exception(exc)
             return future
-        pending = _Pending(future, target, str(channel), topic, timeout, link)
-        with self._lock:
-            self._pending[msg_id] = pending
-        try:
-            pending.timer = self.resources.timer.call_later(timeout, lambda: self._expire(msg_id))
-        except RuntimeError:
-            # Without a timer the request could wait forever.
-            self._fail_pending(msg_id, CellError(f"cell {self.fqcn!r}: its resources are closed"))
+        self._pending.add(
+            msg_id, PendingRequest(future, target, str(channel), topic, timeout, link)
+        )
+        if future.done():
             return future
-        future.add_done_callback(lambda done: self._take(msg_id) if done.cancelled() else None)
         try:
             self._deliver(link, message)
         except CellError as exc:
-            self._fail_pending(msg_id, exc)
+            self._pending.fail(msg_id, exc)
         return future
 
     def request(
@@ -428,7 +394,7 @@ class Cell:
     def _on_message(self, message: Message) -> None:
         kind = message.get(Header.MSG_TYPE)
         if kind == MessageType.REPLY:
-            self._on_reply(message)
+            self._pending.on_reply(message)
             return
         handler = self._handlers.get((message.channel, message.topic))
         if handler is None:
@@ -500,45 +466,6 @@ class Cell:
             log.info("%s: reply to %s lost: %s", self.fqcn, request.origin, exc)
         return None
 
-    def _on_reply(self, reply: Message) -> None:
-        pending = self._take(reply.get(Header.IN_REPLY_TO))
-        if pending is None:
-            return  # late reply to a request that timed out or was cancelled
-        status = reply.get(Header.STATUS)
-        detail = reply.get(Header.ERROR)
-        if status == Status.OK:
-            pending.resolve(reply)
-        elif status == Status.UNREACHABLE:
-            pending.fail(TargetUnreachableError(pending.target, detail))
-        elif status == Status.NO_HANDLER:
-            facts = {"fqcn": pending.target, "channel": pending.channel, "topic": pending.topic}
-            pending.fail(NoHandlerError(detail, **facts))
-        else:
-            pending.fail(RemoteError(pending.target, pending.channel, pending.topic, detail))
-
-    def _expire(self, msg_id: str) -> None:
-        pending = self._take(msg_id)
-        if pending is not None:
-            pending.fail(
-                RequestTimeoutError(pending.target, pending.channel, pending.topic, pending.timeout)
-            )
-
-    def _fail_pending(self, msg_id: str, exc: CellError) -> None:
-        pending = self._take(msg_id)
-        if pending is not None:
-            pending.fail(exc)
-
-    def _take(self, msg_id: str) -> _Pending | None:
-        """Remove a request from the table (each is completed once) and stop its timer."""
-        with self._lock:
-            return self._take_locked(msg_id)
-
-    def _take_locked(self, msg_id: str) -> _Pending | None:
-        pending = self._pending.pop(msg_id, None)
-        if pending is not None and pending.timer is not None:
-            pending.timer.cancel()  # takes only the timer's lock
-        return pending
-
     def close(self) -> None:
         """Close links and listeners; pending requests fail with `CellError`."""
         with self._lock:
@@ -546,9 +473,7 @@ class Cell:
                 return
             self._closed = True
             links = list(self._children.values()) + ([self._parent] if self._parent else [])
-            pending = [p for p in map(self._take_locked, list(self._pending)) if p is not None]
-        for item in pending:
-            item.fail(CellError(f"cell {self.fqcn!r} closed"))
+        self._pending.close(f"cell {self.fqcn!r} closed")
         for listener in self._listeners:
             listener.close()
         for link in links:
