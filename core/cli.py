@@ -60,8 +60,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # The console shows warnings and up; the run's log file gets INFO too,
     # so the level sits on the console handler, not on the root logger.
+    level = os.environ.get("FL_CORE_LOG_LEVEL", "WARNING").upper()
+    if level not in logging.getLevelNamesMapping():
+        print(
+            f"error: FL_CORE_LOG_LEVEL={level!r} is not a log level; "
+            "use DEBUG, INFO, WARNING, ERROR or CRITICAL",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     console = logging.StreamHandler()
-    console.setLevel(os.environ.get("FL_CORE_LOG_LEVEL", "WARNING").upper())
+    console.setLevel(level)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(console)
     try:
@@ -118,6 +126,8 @@ def _job_check(args: argparse.Namespace, out: TextIO) -> int:
 
     job = load_job(args.job)
     container = _containers(args.mode)(job)
+    if args.mode != "simulator":
+        container.runner()  # refuses clearly until the mode is built
     registry = container.registry()
     for kind, choice in sorted(container.config.components().items()):
         registry.check_available(kind, choice["name"])
@@ -154,7 +164,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         f"{job.rounds} rounds, {threads} threads\n"
     )
     out.flush()
-    result = run_with_interrupt(simulator, simulator.run)
+    result = run_with_interrupt(simulator)
     progress.close()
     if result.status == JobStatus.FINISHED:
         out.write(

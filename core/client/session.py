@@ -66,7 +66,7 @@ def current_session() -> ClientSession:
     session: ClientSession | None = getattr(_bound, "session", None)
     if session is None:
         raise FlCoreError(
-            "no fl-core runtime is attached to this script: run it as part of a job "
-            "(`fl-core run JOB`), not directly"
+            "no fl-core runtime is attached to this thread: run the script as part of a job "
+            "(`fl-core run JOB`), and call the Client API from the script's own thread"
         )
     return session

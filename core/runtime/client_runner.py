@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from fl_core.cell.cell import Cell
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
-from fl_core.cell.timer import TimerHandle
 from fl_core.errors import CellError, RequestTimeoutError
 from fl_core.model import FLModel, MetaKey
 from fl_core.runtime.executor import Assignment, InProcessExecutor, Outcome
@@ -35,7 +35,6 @@ class ClientRunner:
         executor: InProcessExecutor,
         *,
         poll_timeout: float = 30.0,
-        task_timeout: float | None = None,
         request_timeout: float = 60.0,
     ) -> None:
         self.cell = cell
@@ -43,7 +42,6 @@ class ClientRunner:
         self.server_job = server_job
         self.executor = executor
         self.poll_timeout = poll_timeout
-        self.task_timeout = task_timeout
         self.request_timeout = request_timeout
         self.done = threading.Event()
         self.error: str | None = None
@@ -54,11 +52,29 @@ class ClientRunner:
         future = self.cell.request_async(
             self.server_job, Channel.SERVER_MAIN, Topic.JOIN, None, self.request_timeout
         )
-        future.add_done_callback(self._on_joined)
+        future.add_done_callback(self._guarded(self._on_joined))
 
     def stop(self) -> None:
         """Stop pulling; the runner is done once any pending poll returns."""
         self._stopping = True
+
+    def _guarded(
+        self, callback: Callable[[Future[Message]], None]
+    ) -> Callable[[Future[Message]], None]:
+        """`callback`, but an exception in it ends the runner with that error.
+
+        Future callbacks swallow exceptions; unguarded, a failure here would
+        leave the site silently stuck and `done` never set.
+        """
+
+        def run(future: Future[Message]) -> None:
+            try:
+                callback(future)
+            except Exception as exc:
+                log.exception("%s: client runner step failed", self.site)
+                self._finish(f"client runner failed: {type(exc).__name__}: {exc}")
+
+        return run
 
     def _finish(self, error: str | None = None) -> None:
         if error and self.error is None:
@@ -85,7 +101,7 @@ class ClientRunner:
             None,
             self.poll_timeout + self.request_timeout,
         )
-        future.add_done_callback(self._on_task)
+        future.add_done_callback(self._guarded(self._on_task))
 
     def _on_task(self, future: Future[Message]) -> None:
         try:
@@ -101,7 +117,11 @@ class ClientRunner:
             self._poll()
         elif kind == TaskKind.END:
             self._finish()
-        elif kind == TaskKind.TASK and isinstance(reply.payload, FLModel):
+        elif kind == TaskKind.TASK and not isinstance(reply.payload, FLModel):
+            got = type(reply.payload).__name__
+            self._finish(f"the server job sent a task whose payload is a {got}, not a model")
+        elif kind == TaskKind.TASK:
+            assert isinstance(reply.payload, FLModel)
             task = Assignment(
                 reply.get(TaskHeader.TASK_ID),
                 reply.get(TaskHeader.TASK_NAME),
@@ -113,29 +133,7 @@ class ClientRunner:
             self._finish(f"unexpected reply to {Topic.GET_TASK}: kind {kind!r}")
 
     def _run(self, task: Assignment) -> None:
-        lock = threading.Lock()
-        state: dict[str, TimerHandle | bool] = {}
-
-        def done(outcome: Outcome) -> None:
-            # Exactly once: the script's result and the task timeout race.
-            with lock:
-                if state.get("done"):
-                    return
-                state["done"] = True
-                timer = state.get("timer")
-            if isinstance(timer, TimerHandle):
-                timer.cancel()
-            self._submit(task, outcome)
-
-        if self.task_timeout is not None:
-            limit = self.task_timeout
-            state["timer"] = self.cell.resources.timer.call_later(
-                limit,
-                lambda: done(
-                    Outcome(reason=f"the script did not send a result within {limit:g} s")
-                ),
-            )
-        self.executor.execute(self.site, task, done)
+        self.executor.execute(self.site, task, lambda outcome: self._submit(task, outcome))
 
     def _submit(self, task: Assignment, outcome: Outcome) -> None:
         headers: dict[str, str] = {TaskHeader.TASK_ID: task.task_id}
@@ -156,7 +154,7 @@ class ClientRunner:
             self.request_timeout,
             headers,
         )
-        future.add_done_callback(lambda f: self._on_submitted(task, f))
+        future.add_done_callback(self._guarded(lambda f: self._on_submitted(task, f)))
 
     def _on_submitted(self, task: Assignment, future: Future[Message]) -> None:
         try:

@@ -12,15 +12,16 @@ import builtins
 import logging
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from types import CodeType, TracebackType
 
 import numpy as np
 
+from fl_core.cell.timer import Timer, TimerHandle
 from fl_core.client.session import ClientSession, bound_session
 from fl_core.config import LaunchMode
 from fl_core.model import FLModel
@@ -141,8 +142,8 @@ class _OnceSession(_Session):
         super().__init__(site, job_id, logs)
         self.inbox: queue.Queue[tuple[Assignment, Done] | None] = queue.Queue()
         self._ended = False
-        self.finished: str | None = None
-        """Why the script thread ended, once it has."""
+        self.finished: Outcome | None = None
+        """How the script thread ended, once it has."""
 
     def receive(self, timeout: float | None) -> FLModel | None:
         if self._ended:
@@ -170,51 +171,102 @@ def _script_traceback(exc: BaseException, script: Path) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
+class _Once:
+    """Calls a `Done` at most once and stops the task's timeout when it does."""
+
+    def __init__(self, done: Done) -> None:
+        self._done = done
+        self._lock = threading.Lock()
+        self._called = False
+        self.timer: TimerHandle | None = None
+
+    def __call__(self, outcome: Outcome) -> None:
+        with self._lock:
+            if self._called:
+                return
+            self._called = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self._done(outcome)
+
+
 class InProcessExecutor:
-    """Runs one job's training script for many sites inside this process."""
+    """Runs one job's training script for many sites inside this process.
+
+    `per_task` scripts run on `threads` daemon workers (a hung script can
+    never keep the process alive); `once` scripts get a daemon thread per
+    site. A task's `timeout` counts from the moment its script starts.
+    """
 
     def __init__(
         self,
         script: Path,
         launch: LaunchMode,
-        pool: Executor,
+        *,
+        threads: int,
         job_id: str,
         logs: LogSink,
+        timer: Timer,
+        task_timeout: float | None = None,
     ) -> None:
         self.script = script
         self.launch = launch
-        self._pool = pool
         self._job_id = job_id
         self._logs = logs
+        self._timer = timer
+        self._task_timeout = task_timeout
         self._code: CodeType = compile(script.read_bytes(), str(script), "exec")
         self._once: dict[str, _OnceSession] = {}
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._stopped: str | None = None
+        self._work: queue.SimpleQueue[tuple[_PerTaskSession, _Once] | None] = queue.SimpleQueue()
+        if launch is LaunchMode.PER_TASK:
+            for index in range(threads):
+                self._start_thread(self._worker, f"fl-site-worker-{index + 1}")
+
+    def _start_thread(self, target: Callable[..., None], name: str, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def execute(self, site: str, task: Assignment, done: Done) -> None:
         """Run `task` for `site`; `done(outcome)` is called exactly once."""
-        if self.launch is LaunchMode.PER_TASK:
-            session = _PerTaskSession(site, self._job_id, self._logs, task, done)
-            self._pool.submit(self._run_script, session, done)
-            return
+        once_done = _Once(done)
         with self._lock:
-            once = self._once.get(site)
-            if once is None:
-                once = self._once[site] = _OnceSession(site, self._job_id, self._logs)
-                thread = threading.Thread(
-                    target=self._run_script,
-                    args=(once, None),
-                    name=f"fl-script-{site}",
-                    daemon=True,
-                )
-                self._threads.append(thread)
-                thread.start()
-            if once.finished is None:
-                once.inbox.put((task, done))
+            stopped = self._stopped
+            if stopped is None and self.launch is LaunchMode.PER_TASK:
+                session = _PerTaskSession(site, self._job_id, self._logs, task, once_done)
+                self._work.put((session, once_done))
                 return
-        done(Outcome(reason=f"the script of site {site} ended: {once.finished}"))
+            if stopped is None:
+                once = self._once.get(site)
+                if once is None:
+                    once = self._once[site] = _OnceSession(site, self._job_id, self._logs)
+                    self._start_thread(self._run_script, f"fl-script-{site}", once)
+                if once.finished is None:
+                    self._arm_timeout(once_done)
+                    once.inbox.put((task, once_done))
+                    return
+                stopped = f"the script of site {site} ended: {once.finished.reason}"
+        once_done(Outcome(reason=stopped))
 
-    def _run_script(self, session: _Session, done: Done | None) -> None:
+    def _arm_timeout(self, done: _Once) -> None:
+        limit = self._task_timeout
+        if limit is not None:
+            reason = f"the script did not send a result within {limit:g} s"
+            done.timer = self._timer.call_later(limit, lambda: done(Outcome(reason=reason)))
+
+    def _worker(self) -> None:
+        while (item := self._work.get()) is not None:
+            session, done = item
+            if self._stopped is not None:
+                done(Outcome(reason=self._stopped))
+                continue
+            self._arm_timeout(done)
+            self._run_script(session)
+
+    def _run_script(self, session: _Session) -> None:
         failure: Outcome | None = None
         namespace = {
             "__name__": "__main__",
@@ -237,29 +289,48 @@ class InProcessExecutor:
         if leftover is not None:
             _, pending_done = leftover
             pending_done(failure or Outcome(reason="the script ended without calling flare.send()"))
+        elif failure is not None:
+            # Nothing is waiting for this failure (the result was already sent),
+            # so the log is the only place it can be seen.
+            log.error(
+                "%s: the training script failed after sending its result: %s\n%s",
+                session.site_name,
+                failure.reason,
+                failure.detail,
+            )
         if isinstance(session, _OnceSession):
             with self._lock:
-                session.finished = failure.reason if failure else "it returned"
+                session.finished = failure or Outcome(reason="the script returned")
             self._fail_queued(session)
 
     def _fail_queued(self, session: _OnceSession) -> None:
-        why = session.finished
+        ended = session.finished
+        assert ended is not None
         while True:
             try:
                 item = session.inbox.get_nowait()
             except queue.Empty:
                 return
             if item is not None:
-                item[1](Outcome(reason=f"the script of site {session.site_name} ended: {why}"))
+                reason = f"the script of site {session.site_name} ended: {ended.reason}"
+                item[1](Outcome(reason=reason, detail=ended.detail))
 
-    def stop(self) -> None:
-        """Tell `once` scripts that the job is over and wait briefly for them."""
+    def stop(self, reason: str, grace: float = 5.0) -> list[str]:
+        """End the job for every script; returns the threads still running after `grace` s.
+
+        Queued tasks fail with `reason`; `once` scripts see `receive()` return
+        None. Running scripts cannot be interrupted: they are daemon threads,
+        so they never keep the process alive.
+        """
         with self._lock:
+            self._stopped = reason
             sessions = list(self._once.values())
             threads = list(self._threads)
         for session in sessions:
             session.inbox.put(None)
+        for _ in threads:
+            self._work.put(None)
+        deadline = time.monotonic() + grace
         for thread in threads:
-            thread.join(timeout=10)
-            if thread.is_alive():
-                log.warning("training script thread %s did not end", thread.name)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return [t.name for t in threads if t.is_alive()]

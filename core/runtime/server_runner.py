@@ -172,6 +172,8 @@ class ServerRunner:
             if isinstance(item, _Abort):
                 break
             self._take_result(item, task, waiting, report, on_result)
+            # The loop variable would keep the last result alive until the next one.
+            del item
 
         with self._lock:
             for site in waiting:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ from fl_core.spec.workflow import Workflow
 log = logging.getLogger(__name__)
 
 MODE = "simulator"
+ONCE_THREAD_WARNING = 256
 FINAL_MODEL_FILE = "final_model.npz"
 SUMMARY_FILE = "summary.json"
 LOG_FILE = "log.txt"
@@ -91,12 +92,12 @@ class Simulator:
             )
         if threads < 1:
             raise ConfigError("--threads", "", f"must be at least 1, got {threads}")
-        if job.executor.launch is LaunchMode.ONCE and threads < clients:
-            raise ConfigError(
-                str(job.source),
-                "executor.launch",
-                f"`once` keeps one thread per site for the whole job, but --threads {threads} "
-                f"< --clients {clients}; use `launch: per_task` or raise --threads",
+        if job.executor.launch is LaunchMode.ONCE and clients > ONCE_THREAD_WARNING:
+            log.warning(
+                "launch: once keeps one thread per site: %d sites mean %d threads; "
+                "consider launch: per_task",
+                clients,
+                clients,
             )
         self.job = job
         self.transport = transport
@@ -110,6 +111,7 @@ class Simulator:
         self.join_timeout = join_timeout
         self.job_id = uuid.uuid4().hex[:8]
         self._server: ServerRunner | None = None
+        self._abort_reason: str | None = None
 
     def initial_model(self) -> FLModel:
         """The job's initial model (empty params if the job names none)."""
@@ -118,7 +120,8 @@ class Simulator:
         return FLModel(params=load_params(self.job.initial_model))
 
     def abort(self, reason: str) -> None:
-        """Stop the run from another thread (Ctrl-C)."""
+        """Stop the run from another thread (Ctrl-C); safe at any moment."""
+        self._abort_reason = reason
         if self._server is not None:
             self._server.abort(reason)
 
@@ -131,6 +134,7 @@ class Simulator:
             logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
         )
         root = logging.getLogger()
+        saved_level = root.level
         root.addHandler(handler)
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)
@@ -141,6 +145,7 @@ class Simulator:
             result.elapsed = time.monotonic() - start
             self._write_summary(result)
             root.removeHandler(handler)
+            root.setLevel(saved_level)
             handler.close()
         return result
 
@@ -152,80 +157,97 @@ class Simulator:
             ),
             timer=Timer(),
         )
-        workers = ThreadPoolExecutor(self.threads, thread_name_prefix="fl-site")
         cells: list[Cell] = []
         runners: dict[str, ClientRunner] = {}
+        server: ServerRunner | None = None
+        executor: InProcessExecutor | None = None
         saved_argv, saved_path = list(sys.argv), list(sys.path)
-        # Job arguments are the same for every site, so the process-wide argv
-        # can carry them for scripts that parse sys.argv.
-        sys.argv = [str(job.executor.script), *job.executor.args]
-        sys.path.insert(0, str(job.job_dir))
-        self.pm.hook.fl_core_job_started(job_id=self.job_id, mode=MODE)
+        known_modules = set(sys.modules)
         try:
-            server = self._cell("server", None, resources, cells)
-            server_url = server.listen(f"inprocess://{self.job_id}-server")
+            self.pm.hook.fl_core_job_started(job_id=self.job_id, mode=MODE)
+            # Job arguments are the same for every site, so the process-wide
+            # argv can carry them for scripts that parse sys.argv.
+            sys.argv = [str(job.executor.script), *job.executor.args]
+            sys.path.insert(0, str(job.job_dir))
+            root_cell = self._cell("server", None, resources, cells)
+            server_url = root_cell.listen(f"inprocess://{self.job_id}-server")
             server_job = self._cell(f"server.{self.job_id}", server_url, resources, cells)
-            runner = ServerRunner(
-                server_job,
-                self.job_id,
-                self.workspace,
-                self.workflow,
-                on_event=self.on_event,
+            server = ServerRunner(
+                server_job, self.job_id, self.workspace, self.workflow, on_event=self.on_event
             )
-            self._server = runner
+            self._server = server
+            if self._abort_reason is not None:
+                server.abort(self._abort_reason)
             executor = InProcessExecutor(
                 job.executor.script,
                 job.executor.launch,
-                workers,
-                self.job_id,
-                lambda site, key, value, step: runners[site].send_log(key, value, step),
+                threads=self.threads,
+                job_id=self.job_id,
+                logs=lambda site, key, value, step: runners[site].send_log(key, value, step),
+                timer=resources.timer,
+                task_timeout=job.executor.task_timeout,
             )
             for site in site_names(self.clients):
                 parent = self._cell(site, server_url, resources, cells)
                 site_url = parent.listen(f"inprocess://{self.job_id}-{site}")
                 cell = self._cell(f"{site}.{self.job_id}", site_url, resources, cells)
-                runners[site] = ClientRunner(
-                    cell,
-                    site,
-                    server_job.fqcn,
-                    executor,
-                    task_timeout=job.executor.task_timeout,
-                )
+                runners[site] = ClientRunner(cell, site, server_job.fqcn, executor)
             for client in runners.values():
                 client.start()
-            runner.wait_for_sites(self.clients, self.join_timeout)
+            server.wait_for_sites(self.clients, self.join_timeout)
             log.info("job %s: %d sites joined", self.job_id, self.clients)
-            try:
-                final = runner.run(self.initial_model())
-            except JobFailedError as exc:
-                result.status = JobStatus.ABORTED if runner.aborted() else JobStatus.FAILED
-                result.reason = exc.reason
-            else:
-                result.status = JobStatus.FINISHED
-                result.final_model = final
-                save_params(self.workspace / FINAL_MODEL_FILE, final.params)
-            finally:
-                result.metrics = runner.record.metrics
-                result.failures = runner.record.failures
-            executor.stop()
-            for client in runners.values():
-                client.stop()
-                if not client.done.wait(10):
-                    log.warning("%s did not finish", client.site)
-        except FlCoreError as exc:
+            final = server.run(self.initial_model())
+            result.status = JobStatus.FINISHED
+            result.final_model = final
+            save_params(self.workspace / FINAL_MODEL_FILE, final.params)
+        except Exception as exc:
+            if not isinstance(exc, FlCoreError):
+                log.exception("job %s: unexpected error", self.job_id)
             result.status = JobStatus.FAILED
-            result.reason = result.reason or str(exc)
+            result.reason = exc.reason if isinstance(exc, JobFailedError) else _describe(exc)
         finally:
+            if self._abort_reason is not None and result.status != JobStatus.FINISHED:
+                result.status = JobStatus.ABORTED
+                result.reason = self._abort_reason
+            if server is not None:
+                result.metrics = server.record.metrics
+                result.failures = server.record.failures
+            self._shut_down(server, executor, runners, result)
             sys.argv[:] = saved_argv
             sys.path[:] = saved_path
+            _forget_job_modules(job.job_dir, known_modules)
             for cell in reversed(cells):
                 cell.close()
-            workers.shutdown(wait=False, cancel_futures=True)
             resources.close()
             self.transport.close()
-            self.pm.hook.fl_core_job_finished(
-                job_id=self.job_id, mode=MODE, status=result.status, reason=result.reason
-            )
+            try:
+                self.pm.hook.fl_core_job_finished(
+                    job_id=self.job_id, mode=MODE, status=result.status, reason=result.reason
+                )
+            except Exception:
+                log.exception("a fl_core_job_finished hook failed")
+
+    def _shut_down(
+        self,
+        server: ServerRunner | None,
+        executor: InProcessExecutor | None,
+        runners: dict[str, ClientRunner],
+        result: SimulationResult,
+        grace: float = 5.0,
+    ) -> None:
+        """End every site's work within one shared `grace` period."""
+        deadline = time.monotonic() + grace
+        if server is not None:
+            server.end()
+        for client in runners.values():
+            client.stop()
+        if executor is not None:
+            busy = executor.stop(f"job {result.status}", grace)
+            if busy:
+                log.warning("training scripts still running after the job ended: %s", busy)
+        for client in runners.values():
+            if not client.done.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("%s did not finish", client.site)
 
     def _cell(
         self, name: str, parent_url: str | None, resources: CellResources, cells: list[Cell]
@@ -256,26 +278,46 @@ class Simulator:
         path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def run_with_interrupt(
-    simulator: Simulator, run: Callable[[], SimulationResult]
-) -> SimulationResult:
-    """Run in a worker thread so Ctrl-C in the main thread aborts cleanly."""
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, FlCoreError) else f"{type(exc).__name__}: {exc}"
+
+
+def _forget_job_modules(job_dir: Path, known: set[str]) -> None:
+    """Drop modules imported from the job folder, so the next job imports its own."""
+    root = str(job_dir.resolve())
+    for name in set(sys.modules) - known:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path and os.path.abspath(path).startswith(root + os.sep):
+            del sys.modules[name]
+
+
+def run_with_interrupt(simulator: Simulator) -> SimulationResult:
+    """Run in a worker thread so Ctrl-C in the main thread aborts cleanly.
+
+    A first Ctrl-C aborts the job and waits for it to wind down; a second
+    one gives up waiting.
+    """
     box: dict[str, SimulationResult | BaseException] = {}
+    finished = threading.Event()
 
     def target() -> None:
         try:
-            box["result"] = run()
+            box["result"] = simulator.run()
         except BaseException as exc:
             box["error"] = exc
+        finally:
+            finished.set()
 
-    thread = threading.Thread(target=target, name="fl-simulator", daemon=True)
-    thread.start()
+    threading.Thread(target=target, name="fl-simulator", daemon=True).start()
+    # An Event, not Thread.join: on Python 3.11 a KeyboardInterrupt inside
+    # join() can leave the thread marked as finished while it still runs.
     try:
-        while thread.is_alive():
-            thread.join(0.2)
+        while not finished.wait(0.2):
+            pass
     except KeyboardInterrupt:
         simulator.abort("interrupted (Ctrl-C)")
-        thread.join()
+        while not finished.wait(0.2):
+            pass
     error = box.get("error")
     if isinstance(error, BaseException):
         raise error

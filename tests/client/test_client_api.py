@@ -40,7 +40,7 @@ class RecordingSession(ClientSession):
 
 
 def test_outside_a_runtime_init_says_how_to_run_the_script() -> None:
-    with pytest.raises(FlCoreError, match=r"run it as part of a job \(`fl-core run JOB`\)"):
+    with pytest.raises(FlCoreError, match=r"run the script as part of a job \(`fl-core run JOB`\)"):
         flare.init()
 
 
