@@ -7,12 +7,13 @@ Tests override a slot with `container.transport.override(...)`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dependency_injector import containers, providers
 
 from fl_core.config import ComponentChoice, JobConfig
+from fl_core.errors import ModeNotAvailableError
 from fl_core.plugins import Registry, make_plugin_manager
 from fl_core.spec import ComponentKind
 from fl_core.spec.security import SecurityProvider
@@ -85,6 +86,15 @@ class BaseContainer(containers.DeclarativeContainer):
         config.job.min_clients,
         config.job.rounds,
     )
+
+
+def not_available(mode: str, reason: str) -> Callable[..., Any]:
+    """A runner factory for a mode whose runtime is not built yet: it refuses clearly."""
+
+    def refuse(**_: Any) -> Any:
+        raise ModeNotAvailableError(mode, reason)
+
+    return refuse
 
 
 def settings(

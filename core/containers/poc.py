@@ -13,23 +13,21 @@ from typing import Any
 from dependency_injector import providers
 
 from fl_core.config import JobConfig
-from fl_core.containers.base import BaseContainer, settings
-from fl_core.errors import ModeNotAvailableError
+from fl_core.containers.base import BaseContainer, not_available, settings
 
 DEFAULTS: Mapping[str, str] = {"transport": "tcp", "launcher": "process", "security": "none"}
-
-
-def _not_yet(**_: Any) -> Any:
-    raise ModeNotAvailableError(
-        "poc", "separate server and client processes are not built yet; use --mode simulator"
-    )
 
 
 class PocContainer(BaseContainer):
     """Wires a POC federation."""
 
     job = providers.Dependency(instance_of=JobConfig)
-    runner = providers.Factory(_not_yet, job=job)
+    runner = providers.Factory(
+        not_available(
+            "poc", "separate server and client processes are not built yet; use --mode simulator"
+        ),
+        job=job,
+    )
 
 
 def poc_container(job: JobConfig, **run: Any) -> PocContainer:

@@ -12,23 +12,21 @@ from typing import Any
 from dependency_injector import providers
 
 from fl_core.config import JobConfig
-from fl_core.containers.base import BaseContainer, settings
-from fl_core.errors import ModeNotAvailableError
+from fl_core.containers.base import BaseContainer, not_available, settings
 
 DEFAULTS: Mapping[str, str] = {"transport": "grpc", "launcher": "process", "security": "pki"}
-
-
-def _not_yet(**_: Any) -> Any:
-    raise ModeNotAvailableError(
-        "production", "provisioning and mutual TLS are not built yet; use --mode simulator"
-    )
 
 
 class ProductionContainer(BaseContainer):
     """Wires a production federation."""
 
     job = providers.Dependency(instance_of=JobConfig)
-    runner = providers.Factory(_not_yet, job=job)
+    runner = providers.Factory(
+        not_available(
+            "production", "provisioning and mutual TLS are not built yet; use --mode simulator"
+        ),
+        job=job,
+    )
 
 
 def production_container(job: JobConfig, **run: Any) -> ProductionContainer:

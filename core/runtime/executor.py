@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import CodeType, TracebackType
 
@@ -59,14 +59,7 @@ def _read_only(model: FLModel) -> FLModel:
         view = array.view()
         view.flags.writeable = False
         params[name] = view
-    return FLModel(
-        params=params,
-        params_type=model.params_type,
-        metrics=dict(model.metrics),
-        meta=dict(model.meta),
-        current_round=model.current_round,
-        total_rounds=model.total_rounds,
-    )
+    return replace(model, params=params, metrics=dict(model.metrics), meta=dict(model.meta))
 
 
 class _Session(ClientSession):
@@ -106,13 +99,11 @@ class _Session(ClientSession):
         # through its FLModel then count as referenced (see the aggregator).
         done(
             Outcome(
-                result=FLModel(
+                result=replace(
+                    model,
                     params=dict(model.params),
-                    params_type=model.params_type,
                     metrics=dict(model.metrics),
                     meta=dict(model.meta),
-                    current_round=model.current_round,
-                    total_rounds=model.total_rounds,
                 )
             )
         )
