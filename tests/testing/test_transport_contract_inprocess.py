@@ -1,0 +1,21 @@
+"""The transport contract suite run against the in-process transport."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from fl_core.spec.transport import Transport
+from fl_core.testing.transport_contract import TransportContract
+from fl_plugins.transport_inprocess.transport import InProcessTransport
+
+
+class TestInProcessTransport(TransportContract):
+    """Every contract test, against `InProcessTransport`."""
+
+    listen_url = "inprocess://"
+
+    @pytest.fixture
+    def transport_factory(self) -> Callable[[], Transport]:
+        return InProcessTransport
