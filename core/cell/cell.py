@@ -21,6 +21,7 @@ from fl_core.cell.channels import Channel
 from fl_core.cell.fqcn import SEPARATOR, validate
 from fl_core.cell.message import Header, Message, MessageType, Status
 from fl_core.cell.pending import PendingRequest, PendingRequests
+from fl_core.cell.relay import RelayedRequests
 from fl_core.cell.timer import Timer
 from fl_core.errors import (
     CellError,
@@ -83,6 +84,7 @@ class Cell:
         self._parent: Connection | None = None
         self._listeners: list[Listener] = []
         self._pending = PendingRequests(self.resources.timer)
+        self._relayed = RelayedRequests(self.resources.timer)
         self._ids = itertools.count(1)
         self._closed = False
 
@@ -183,6 +185,9 @@ class Cell:
             for name in gone:
                 del self._children[name]
         self._pending.fail_link(conn, "the link to it closed" + (f" ({exc})" if exc else ""))
+        for request in self._relayed.lost(conn):
+            detail = f"the link from {self.fqcn} toward it closed"
+            self._send_reply(request, Status.UNREACHABLE, None, {Header.ERROR: detail})
 
     def children(self) -> list[str]:
         """Names of the directly connected child cells."""
@@ -223,6 +228,7 @@ class Cell:
             validate(target)
             message = self._message(target, channel, topic, payload, MessageType.REQUEST, headers)
             message.headers[Header.MSG_ID] = msg_id
+            message.headers[Header.TIMEOUT] = f"{timeout:g}"
             link = self._route(target, from_parent=False)
         except CellError as exc:
             future.set_exception(exc)
@@ -385,10 +391,16 @@ class Cell:
             return
         # A copy: over the in-process transport the headers dict is shared
         # with the sender.
+        kind = message.get(Header.MSG_TYPE)
+        if kind == MessageType.REQUEST:
+            self._relayed.forwarded(message, link)
+        elif kind == MessageType.REPLY:
+            self._relayed.answered(message.get(Header.IN_REPLY_TO))
         try:
             link.send(Frame({**frame.headers, Header.HOPS: str(hops)}, frame.body))
         except CellError as exc:
-            if message.get(Header.MSG_TYPE) == MessageType.REQUEST:
+            if kind == MessageType.REQUEST:
+                self._relayed.answered(message.get(Header.MSG_ID))
                 self._send_reply(message, Status.UNREACHABLE, None, {Header.ERROR: str(exc)})
 
     def _on_message(self, message: Message) -> None:

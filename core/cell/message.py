@@ -28,6 +28,8 @@ class Header(enum.StrEnum):
     STATUS = "status"
     ERROR = "error"
     HOPS = "hops"
+    TIMEOUT = "timeout"
+    """Seconds the requester waits; relays forget a forwarded request after it."""
     """How many cells have relayed the message; bounds routing loops."""
 
 

@@ -509,6 +509,19 @@ class TransportContract:
         assert isinstance(error, TargetUnreachableError), error
         assert error.fqcn == "server.j"
 
+    def test_a_request_two_hops_away_fails_promptly_when_its_target_goes(
+        self, tree: CellTree
+    ) -> None:
+        # server.j -> server -> site-1 -> site-1.j: the relay site-1 sees the link close.
+        requests = deferring(tree["site-1.j"], "hold")
+        future = tree["server.j"].request_async("site-1.j", AUX, "hold", b"", timeout=60.0)
+        requests.get(timeout=self.wait)
+        tree["site-1.j"].close()
+        error = _outcome(future, self.wait)
+        assert isinstance(error, TargetUnreachableError), error
+        assert error.fqcn == "site-1.j"
+        assert "toward it closed" in error.detail
+
     def test_cells_time_out_a_request_nobody_answers(self, tree: CellTree) -> None:
         deferring(tree["server.j"], "never")
         future = tree["site-1.j"].request_async("server.j", AUX, "never", b"", timeout=0.3)
