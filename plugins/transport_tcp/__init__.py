@@ -1,0 +1,1 @@
+"""The TCP transport: frames over TCP sockets, optionally mutual TLS."""

@@ -1,0 +1,50 @@
+"""Registers the `tcp` transport."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fl_core.spec import Register, hookimpl
+from fl_core.spec.transport import Transport
+
+_OPTIONS = {
+    "tls": bool,
+    "certfile": str,
+    "keyfile": str,
+    "cafile": str,
+    "require_client_cert": bool,
+    "max_body_size": int,
+    "send_timeout": float,
+    "handshake_timeout": float,
+}
+
+
+def _type_ok(value: object, expected: type) -> bool:
+    if expected is bool or isinstance(value, bool):
+        return expected is bool and isinstance(value, bool)
+    return isinstance(value, int | float if expected is float else expected)
+
+
+def _make_tcp(**options: Any) -> Transport:
+    from fl_core.errors import ConfigError
+
+    for name, value in options.items():
+        expected = _OPTIONS.get(name)
+        key = f"components.transport.options.{name}"
+        if expected is None:
+            raise ConfigError(
+                "job.yaml", key, f"`tcp` has no such option; known: {', '.join(sorted(_OPTIONS))}"
+            )
+        if not _type_ok(value, expected):
+            raise ConfigError("job.yaml", key, f"expected {expected.__name__}, got {value!r}")
+        if expected in (int, float) and value <= 0:
+            raise ConfigError("job.yaml", key, f"must be positive, got {value!r}")
+    from fl_plugins.transport_tcp.transport import TcpTransport
+
+    return TcpTransport(**options)
+
+
+@hookimpl
+def fl_core_register_transports(register: Register) -> None:
+    """Provide `tcp`: frames over TCP, with (mutual) TLS when `tls: true`."""
+    register("tcp", _make_tcp)

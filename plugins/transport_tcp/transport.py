@@ -1,0 +1,377 @@
+"""The `tcp` transport: frames over TCP, optionally TLS (mutual by default).
+
+URLs are `tcp://HOST:PORT`; port 0 binds a free port and `Listener.url`
+reports the real one. Each `TcpTransport` runs one asyncio loop on one daemon
+thread, started by the first `listen` or `connect` and stopped by `close`.
+Public methods are called from ordinary threads and hand their work to the
+loop; frame and close handlers run on the loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar, Final, TypeVar
+from urllib.parse import urlparse
+
+from fl_core.errors import CellError, ConfigError, TargetUnreachableError
+from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE
+from fl_core.spec.transport import Connection, Listener, Transport
+from fl_plugins.transport_tcp.connection import FrameProtocol, TcpConnection
+
+log = logging.getLogger("fl_plugins.transport_tcp")
+
+SCHEME: Final = "tcp"
+OPTION_SOURCE: Final = "job.yaml"
+BACKOFF_START: Final = 0.05
+BACKOFF_MAX: Final = 1.0
+CLOSE_GRACE: Final = 2.0
+"""Seconds `TcpTransport.close` lets links close in order before aborting them."""
+
+T = TypeVar("T")
+
+
+def _option_error(name: str, problem: str) -> ConfigError:
+    return ConfigError(OPTION_SOURCE, f"components.transport.options.{name}", problem)
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """`tcp://host:port` -> (host, port); `CellError` if it is not one."""
+    try:
+        parsed = urlparse(url)
+        port = parsed.port
+    except ValueError as exc:
+        raise CellError(f"bad tcp URL {url!r}: {exc}") from exc
+    if parsed.scheme != SCHEME or not parsed.hostname or port is None:
+        raise CellError(f"bad tcp URL {url!r}: expected tcp://HOST:PORT")
+    return parsed.hostname, port
+
+
+def _format_url(host: str, port: int) -> str:
+    return f"{SCHEME}://[{host}]:{port}" if ":" in host else f"{SCHEME}://{host}:{port}"
+
+
+def _tls_contexts(
+    certfile: str | None, keyfile: str | None, cafile: str | None, require_client_cert: bool
+) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    for name, value in (("certfile", certfile), ("keyfile", keyfile), ("cafile", cafile)):
+        if not value:
+            raise _option_error(name, "required when tls is true (a PEM file path)")
+    assert certfile and keyfile and cafile
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for context in (server, client):
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(certfile, keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise _option_error("certfile", f"cannot load {certfile} / {keyfile}: {exc}") from exc
+        try:
+            context.load_verify_locations(cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise _option_error("cafile", f"cannot load {cafile}: {exc}") from exc
+    server.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
+    # The chain is verified against cafile, but not the host name: cells are
+    # reached by address, and checking that a peer is the cell it claims to
+    # be comes with the PKI security provider (identity in the certificate).
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_REQUIRED
+    return server, client
+
+
+class TcpListener(Listener):
+    """A bound TCP server; closing it keeps accepted links up."""
+
+    def __init__(self, transport: TcpTransport, server: asyncio.Server, url: str) -> None:
+        self._transport = transport
+        self._server = server
+        self._url = url
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def close(self) -> None:
+        self._transport._close_server(self._server)
+
+
+class TcpTransport(Transport):
+    """Frames over TCP (TLS when `tls=True`); see the module docstring."""
+
+    schemes: ClassVar[tuple[str, ...]] = (SCHEME,)
+    carries_objects: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        tls: bool = False,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        cafile: str | None = None,
+        require_client_cert: bool = True,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        send_timeout: float = 60.0,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self._server_ssl: ssl.SSLContext | None = None
+        self._client_ssl: ssl.SSLContext | None = None
+        if tls:
+            self._server_ssl, self._client_ssl = _tls_contexts(
+                certfile, keyfile, cafile, require_client_cert
+            )
+        self._max_body_size = max_body_size
+        self._send_timeout = send_timeout
+        self._handshake_timeout = handshake_timeout
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # Touched only on the loop thread.
+        self._servers: set[asyncio.Server] = set()
+        self._connections: set[TcpConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- the loop thread -----------------------------------------------------------
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._closed:
+                raise CellError("the tcp transport is closed")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                thread = threading.Thread(target=run, name="fl-tcp-loop", daemon=True)
+                thread.start()
+                ready.wait()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        loop = self._ensure_loop()
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def _new_connection(self, peer: str) -> TcpConnection:
+        assert self._loop is not None
+        conn = TcpConnection(
+            self._loop, peer, max_body_size=self._max_body_size, send_timeout=self._send_timeout
+        )
+        self._connections.add(conn)
+        conn.on_lost.append(self._connections.discard)
+        return conn
+
+    # --- listening ---------------------------------------------------------------
+
+    def listen(self, url: str, on_connection: Callable[[Connection], None]) -> Listener:
+        """Bind `tcp://host:port`; `CellError` if it cannot be bound."""
+        host, port = parse_url(url)
+        return self._run(self._listen(host, port, url, on_connection), 30.0)
+
+    async def _listen(
+        self, host: str, port: int, url: str, on_connection: Callable[[Connection], None]
+    ) -> TcpListener:
+        loop = asyncio.get_running_loop()
+
+        def accepted(conn: TcpConnection) -> None:
+            try:
+                on_connection(conn)
+            except Exception:
+                log.exception("tcp: on_connection for %s (listener %s) failed", conn.peer, url)
+                conn.close()
+
+        def factory() -> asyncio.BaseProtocol:
+            if self._server_ssl is None:
+                return _PlainAcceptor(self, accepted)
+            return _TlsAcceptor(self, accepted)
+
+        try:
+            server = await loop.create_server(factory, host, port, reuse_address=True)
+        except OSError as exc:
+            raise CellError(f"cannot listen on {url}: {exc}") from exc
+        self._servers.add(server)
+        bound = server.sockets[0].getsockname()[1]
+        return TcpListener(self, server, _format_url(host, bound))
+
+    def _close_server(self, server: asyncio.Server) -> None:
+        def close() -> None:
+            self._servers.discard(server)
+            server.close()
+
+        with self._lock:
+            loop = self._loop if not self._closed else None
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(close)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _tls_accept(
+        self, raw: asyncio.Transport, peer: str, accepted: Callable[[TcpConnection], None]
+    ) -> None:
+        assert self._server_ssl is not None
+        loop = asyncio.get_running_loop()
+        conn = self._new_connection(peer)
+        protocol = FrameProtocol(conn, accepted)
+        try:
+            tls = await loop.start_tls(
+                raw,
+                protocol,
+                self._server_ssl,
+                server_side=True,
+                ssl_handshake_timeout=self._handshake_timeout,
+            )
+        except Exception as exc:  # whatever the peer did, only this link ends
+            reason = str(exc) or type(exc).__name__
+            log.warning(
+                "tcp: closed the connection from %s: TLS handshake failed: %s", peer, reason
+            )
+            raw.abort()
+            conn._lost(exc)
+            return
+        except asyncio.CancelledError:
+            raw.abort()
+            conn._lost(None)
+            raise
+        assert tls is not None
+        protocol.connection_made(tls)
+
+    # --- connecting ----------------------------------------------------------------
+
+    def connect(self, url: str, timeout: float) -> Connection:
+        """Connect, retrying with backoff until `timeout`; `TargetUnreachableError` then."""
+        host, port = parse_url(url)
+        try:
+            return self._run(self._connect(host, port, url, timeout), timeout + 5.0)
+        except TimeoutError:
+            raise TargetUnreachableError(url, f"no connection within {timeout:g} s") from None
+
+    async def _connect(self, host: str, port: int, url: str, timeout: float) -> TcpConnection:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = BACKOFF_START
+        last: BaseException | None = None
+        peer = f"{host}:{port}"
+        while True:
+            conn = self._new_connection(url)
+            left = deadline - loop.time()
+            try:
+                async with asyncio.timeout(max(left, 0.001)):
+                    await loop.create_connection(
+                        lambda conn=conn: FrameProtocol(conn),
+                        host,
+                        port,
+                        ssl=self._client_ssl,
+                        server_hostname=host if self._client_ssl else None,
+                        ssl_handshake_timeout=(
+                            self._handshake_timeout if self._client_ssl else None
+                        ),
+                    )
+                return conn
+            except ssl.SSLCertVerificationError as exc:
+                # Retrying cannot help: the server is not one our CA vouches for.
+                self._connections.discard(conn)
+                raise TargetUnreachableError(url, f"TLS: {exc}") from exc
+            except (OSError, TimeoutError) as exc:
+                self._connections.discard(conn)
+                last = exc
+            if loop.time() + delay >= deadline:
+                detail = f"{type(last).__name__}: {last}" if str(last) else type(last).__name__
+                raise TargetUnreachableError(
+                    url, f"could not connect to {peer} within {timeout:g} s ({detail})"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    # --- closing ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close listeners and links (on_close fires for each), stop the loop thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+        try:
+            future.result(CLOSE_GRACE + 5.0)
+        except Exception:
+            log.exception("tcp: error while closing the transport")
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+    async def _shutdown(self) -> None:
+        for server in list(self._servers):
+            server.close()
+        self._servers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        conns = list(self._connections)
+        for conn in conns:
+            conn.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_GRACE
+        while self._connections and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self._connections):
+            conn._abort()
+        await asyncio.sleep(0)  # let connection_lost callbacks run
+        for conn in list(self._connections):
+            conn._lost(CellError("the tcp transport closed"))
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class _PlainAcceptor(FrameProtocol):
+    """The protocol of an accepted plaintext connection."""
+
+    def __init__(self, transport: TcpTransport, accepted: Callable[[TcpConnection], None]) -> None:
+        # The peer is known only in connection_made; the name is fixed there.
+        super().__init__(transport._new_connection("?"), accepted)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn._peer = _peername(transport)
+        super().connection_made(transport)
+
+
+class _TlsAcceptor(asyncio.Protocol):
+    """Holds an accepted socket until its TLS handshake is done."""
+
+    def __init__(self, transport: TcpTransport, accepted: Callable[[TcpConnection], None]) -> None:
+        self._owner = transport
+        self._accepted = accepted
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # start_tls takes over the socket
+        self._owner._spawn(self._owner._tls_accept(transport, _peername(transport), self._accepted))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # before start_tls took over: the handshake task reports it
+
+
+def _peername(transport: asyncio.BaseTransport) -> str:
+    name = transport.get_extra_info("peername")
+    if isinstance(name, tuple) and len(name) >= 2:
+        host, port = name[0], name[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(name)
