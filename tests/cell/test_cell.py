@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 
 import pytest
 
-from fl_core.cell.cell import DEFERRED, Cell, CellResources
+from fl_core.cell.cell import Cell, CellResources
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
 from fl_core.errors import (
@@ -28,6 +28,7 @@ from fl_core.errors import (
     TargetUnreachableError,
 )
 from fl_core.spec.transport import CloseHandler, Connection, Frame, FrameHandler, Listener
+from fl_core.testing.transport_contract import deferring
 from fl_plugins.transport_inprocess.transport import InProcessTransport
 
 AUX = Channel.AUX_COMMUNICATION
@@ -93,18 +94,6 @@ def tree() -> Iterator[Tree]:
     tree = Tree()
     yield tree
     tree.close()
-
-
-def deferring(cell: Cell, topic: str) -> queue.Queue[Message]:
-    """A handler on `topic` that answers later; the test gets each request."""
-    requests: queue.Queue[Message] = queue.Queue()
-
-    def handler(message: Message) -> object:
-        requests.put(message)
-        return DEFERRED
-
-    cell.register_handler(AUX, topic, handler)
-    return requests
 
 
 def outcome(future: Future[T]) -> T | BaseException:
