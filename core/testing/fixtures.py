@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +32,21 @@ def fl_simulator(tmp_path: Path) -> Callable[..., Simulator]:
         return simulator_for(job, **kwargs)
 
     return make
+
+
+THREAD_JOIN_WAIT = 10.0
+"""How long a test's leftover thread may take to end; reached only when something is broken."""
+
+
+@pytest.fixture
+def fl_no_threads_left() -> Iterator[None]:
+    """Fail the test if a thread it started (timer, dispatcher, event loop) outlives it.
+
+    Use it module-wide with `pytestmark = pytest.mark.usefixtures("fl_no_threads_left")`.
+    """
+    before = set(threading.enumerate())
+    yield
+    leftover = [t for t in threading.enumerate() if t not in before]
+    for thread in leftover:
+        thread.join(THREAD_JOIN_WAIT)
+    assert [t.name for t in leftover if t.is_alive()] == []

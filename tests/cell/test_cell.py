@@ -33,21 +33,11 @@ from fl_plugins.transport_inprocess.transport import InProcessTransport
 
 AUX = Channel.AUX_COMMUNICATION
 WAIT = 10.0
+pytestmark = pytest.mark.usefixtures("fl_no_threads_left")
 """Bounds every wait in these tests; only reached when something is broken."""
 NAMES = ("server", "server.j", "site-1", "site-1.j")
 
 T = TypeVar("T")
-
-
-@pytest.fixture(autouse=True)
-def no_threads_left() -> Iterator[None]:
-    """Every thread a test starts (timer, dispatcher, repliers) ends with it."""
-    before = set(threading.enumerate())
-    yield
-    leftover = [t for t in threading.enumerate() if t not in before]
-    for thread in leftover:
-        thread.join(WAIT)
-    assert [t.name for t in leftover if t.is_alive()] == []
 
 
 class Tree:
@@ -388,7 +378,7 @@ def test_a_cell_owning_its_resources_stops_their_threads_on_close() -> None:
     assert cell.request("server", AUX, "echo", 1, timeout=WAIT).payload["payload"] == 1  # type: ignore[index]
     cell.close()
     cell.close()  # idempotent
-    # no_threads_left checks that the dispatcher and timer threads ended.
+    # fl_no_threads_left checks that the dispatcher and timer threads ended.
 
 
 # --- load ----------------------------------------------------------------------

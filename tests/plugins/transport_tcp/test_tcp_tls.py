@@ -22,6 +22,7 @@ from fl_core.spec.transport import Connection, Frame
 from fl_plugins.transport_tcp.transport import TcpTransport
 
 WAIT = 10.0
+pytestmark = pytest.mark.usefixtures("fl_no_threads_left")
 """Bounds every wait; reached only when something is broken."""
 
 
@@ -95,16 +96,6 @@ class Pki:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(autouse=True)
-def no_threads_left() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    leftover = [t for t in threading.enumerate() if t not in before]
-    for thread in leftover:
-        thread.join(WAIT)
-    assert [t.name for t in leftover if t.is_alive()] == []
 
 
 class Box:

@@ -28,6 +28,7 @@ from fl_plugins.transport_tcp import hooks
 from fl_plugins.transport_tcp.transport import TcpTransport
 
 WAIT = 10.0
+pytestmark = pytest.mark.usefixtures("fl_no_threads_left")
 """Bounds every wait; reached only when something is broken."""
 MIB = 1024 * 1024
 
@@ -86,17 +87,6 @@ class Server:
     def wait_accepted(self, n: int) -> None:
         with self._cond:
             assert self._cond.wait_for(lambda: len(self.accepted) >= n, WAIT)
-
-
-@pytest.fixture(autouse=True)
-def no_threads_left() -> Iterator[None]:
-    """The loop thread (and every other) ends with the test."""
-    before = set(threading.enumerate())
-    yield
-    leftover = [t for t in threading.enumerate() if t not in before]
-    for thread in leftover:
-        thread.join(WAIT)
-    assert [t.name for t in leftover if t.is_alive()] == []
 
 
 @pytest.fixture
