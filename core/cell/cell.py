@@ -14,20 +14,24 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures import Future, wait
 
 from fl_core.cell.channels import Channel
 from fl_core.cell.fqcn import SEPARATOR, validate
+from fl_core.cell.incoming import IncomingPayload
 from fl_core.cell.message import Header, Message, MessageType, Status
+from fl_core.cell.payload import PayloadRefusedError
 from fl_core.cell.pending import PendingRequest, PendingRequests
 from fl_core.cell.relay import RelayedRequests
-from fl_core.cell.timer import Timer
+from fl_core.cell.resources import CellResources
+from fl_core.cell.streams import StreamEngine, StreamSettings
 from fl_core.errors import (
     CellError,
     TargetUnreachableError,
 )
 from fl_core.spec.transport import Connection, Frame, Listener, Transport
+
+__all__ = ["DEFERRED", "MAX_HOPS", "Cell", "CellResources", "Handler"]
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +50,6 @@ cells (each the other's parent) must not bounce a message forever."""
 Handler = Callable[[Message], object]
 
 
-@dataclass
-class CellResources:
-    """Threads that many cells can share: a dispatcher pool and a timer."""
-
-    dispatcher: Executor = field(
-        default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="fl-cell")
-    )
-    timer: Timer = field(default_factory=Timer)
-
-    def close(self) -> None:
-        """Stop the timer and the dispatcher (waits for running handlers)."""
-        self.timer.close()
-        self.dispatcher.shutdown(wait=True, cancel_futures=True)
-
-
-class _PayloadRefusedError(CellError):
-    """A payload the transport cannot carry (an object over a bytes-only link)."""
-
-
 class Cell:
     """An endpoint of the cell network named by an FQCN."""
 
@@ -73,6 +58,7 @@ class Cell:
         fqcn: str,
         transport: Transport,
         resources: CellResources | None = None,
+        streams: StreamSettings | None = None,
     ) -> None:
         self.fqcn = validate(fqcn)
         self.transport = transport
@@ -80,6 +66,8 @@ class Cell:
         self.resources = resources or CellResources()
         self._lock = threading.Lock()
         self._handlers: dict[tuple[str, str], Handler] = {}
+        self._streaming: set[tuple[str, str]] = set()
+        self._streams = StreamEngine(self, streams or StreamSettings())
         self._children: dict[str, Connection] = {}
         self._parent: Connection | None = None
         self._listeners: list[Listener] = []
@@ -127,6 +115,7 @@ class Cell:
                 return
             self._on_frame(conn, frame, from_parent=True)
 
+        conn.receive_into(self._streams.body_buffer)
         conn.start(on_frame, lambda exc: self._on_link_closed(conn, exc, parent=True))
         conn.send(Frame({_CONTROL: _HELLO, Header.ORIGIN: self.fqcn}))
         try:
@@ -150,6 +139,7 @@ class Cell:
             else:
                 self._on_frame(conn, frame, from_parent=False)
 
+        conn.receive_into(self._streams.body_buffer)
         conn.start(on_frame, lambda exc: self._on_link_closed(conn, exc, parent=False))
 
     def _on_hello(self, conn: Connection, frame: Frame, state: dict[str, str]) -> None:
@@ -184,10 +174,16 @@ class Cell:
             gone = [n for n, c in self._children.items() if c is conn]
             for name in gone:
                 del self._children[name]
-        self._pending.fail_link(conn, "the link to it closed" + (f" ({exc})" if exc else ""))
+        detail = "the link to it closed" + (f" ({exc})" if exc else "")
+        self._pending.fail_link(conn, detail)
+        self._streams.link_closed(conn, detail)
         for request in self._relayed.lost(conn):
             detail = f"the link from {self.fqcn} toward it closed"
             self._send_reply(request, Status.UNREACHABLE, None, {Header.ERROR: detail})
+
+    def streams_in_flight(self) -> dict[str, int]:
+        """Streams this cell is sending, receiving and relaying right now."""
+        return self._streams.counts()
 
     def children(self) -> list[str]:
         """Names of the directly connected child cells."""
@@ -196,7 +192,9 @@ class Cell:
 
     # --- handlers ----------------------------------------------------------------
 
-    def register_handler(self, channel: Channel | str, topic: str, handler: Handler) -> None:
+    def register_handler(
+        self, channel: Channel | str, topic: str, handler: Handler, *, streaming: bool = False
+    ) -> None:
         """Call `handler(message)` for requests and fire-and-forget messages.
 
         The handler's return value is the reply payload (ignored for
@@ -204,8 +202,18 @@ class Cell:
         exception becomes a `RemoteError` at the requester. Handlers run on
         the shared dispatcher pool: they must not block waiting for another
         request's reply.
+
+        With `streaming=True` the handler is called as soon as a large
+        payload starts to arrive, and `message.payload` is an
+        `IncomingPayload` to consume while the rest travels (a model array
+        by array); whatever it leaves unconsumed is dropped when it returns.
         """
-        self._handlers[(str(channel), topic)] = handler
+        key = (str(channel), topic)
+        self._handlers[key] = handler
+        if streaming:
+            self._streaming.add(key)
+        else:
+            self._streaming.discard(key)
 
     # --- sending ---------------------------------------------------------------
 
@@ -353,23 +361,18 @@ class Cell:
         if link is None:
             self._on_message(message)
             return
-        if not self.transport.carries_objects and not (
-            message.payload is None or isinstance(message.payload, bytes | bytearray | memoryview)
-        ):
-            raise _PayloadRefusedError(
-                f"{type(self.transport).__name__} carries only bytes payloads (or None); got "
-                f"{type(message.payload).__name__} for {message.destination} on "
-                f"{message.channel}/{message.topic}"
-            )
         try:
-            link.send(Frame(message.headers, message.payload))
-        except TargetUnreachableError:
+            if self.transport.carries_objects:
+                link.send(Frame(message.headers, message.payload))
+            else:
+                self._streams.send(link, message)
+        except (TargetUnreachableError, PayloadRefusedError):
             raise
         except CellError as exc:
             raise TargetUnreachableError(message.destination, str(exc)) from exc
 
     def _on_frame(self, conn: Connection, frame: Frame, from_parent: bool) -> None:
-        message = Message(frame.headers, frame.body)
+        message = Message(frame.headers, None)
         target = message.destination
         try:
             link = self._route(target, from_parent)
@@ -380,7 +383,9 @@ class Cell:
                 self._send_reply(message, Status.UNREACHABLE, None, {Header.ERROR: detail})
             return
         if link is None:
-            self._on_message(message)
+            local = self._streams.on_frame(conn, frame)
+            if local is not None:
+                self._on_message(local)
             return
         hops = _hops(frame) + 1
         if hops > MAX_HOPS:
@@ -396,18 +401,36 @@ class Cell:
             self._relayed.forwarded(message, link)
         elif kind == MessageType.REPLY:
             self._relayed.answered(message.get(Header.IN_REPLY_TO))
+        self._streams.on_relay(conn, link, frame)
         try:
             link.send(Frame({**frame.headers, Header.HOPS: str(hops)}, frame.body))
         except CellError as exc:
+            self._streams.relay_failed(frame, f"{self.fqcn} could not forward it: {exc}")
             if kind == MessageType.REQUEST:
                 self._relayed.answered(message.get(Header.MSG_ID))
                 self._send_reply(message, Status.UNREACHABLE, None, {Header.ERROR: str(exc)})
+
+    def _wants_stream(self, message: Message) -> bool:
+        """Whether a stream carrying `message` goes to a streaming handler as it arrives."""
+        return (
+            message.get(Header.MSG_TYPE) in (MessageType.REQUEST, MessageType.FIRE)
+            and (message.channel, message.topic) in self._streaming
+        )
+
+    def _refuse_request(self, request: Message, reason: str) -> None:
+        """Answer a request whose payload this cell refused."""
+        self._send_reply(request, Status.HANDLER_ERROR, None, {Header.ERROR: reason})
 
     def _on_message(self, message: Message) -> None:
         kind = message.get(Header.MSG_TYPE)
         if kind == MessageType.REPLY:
             self._pending.on_reply(message)
             return
+        if kind not in (MessageType.REQUEST, MessageType.FIRE):
+            log.warning("%s: dropped a %r message from %s", self.fqcn, kind, message.origin)
+            return
+        if self._wants_stream(message):
+            self._streams.wrap_for_streaming(message)
         handler = self._handlers.get((message.channel, message.topic))
         if handler is None:
             if kind == MessageType.REQUEST:
@@ -431,6 +454,8 @@ class Cell:
         try:
             result = handler(message)
         except Exception as exc:
+            if isinstance(message.payload, IncomingPayload):
+                message.payload.discard()
             log.error(
                 "%s: handler for %s/%s failed:\n%s",
                 self.fqcn,
@@ -442,6 +467,8 @@ class Cell:
                 detail = f"{type(exc).__name__}: {exc}"
                 self._send_reply(message, Status.HANDLER_ERROR, None, {Header.ERROR: detail})
             return
+        if isinstance(message.payload, IncomingPayload):
+            message.payload.discard()
         if message.get(Header.MSG_TYPE) == MessageType.REQUEST and result is not DEFERRED:
             refused = self._send_reply(message, Status.OK, result, {})
             if refused is not None:
@@ -469,7 +496,7 @@ class Cell:
         reply.headers[Header.STATUS] = status
         try:
             self._deliver(self._route(request.origin, from_parent=False), reply)
-        except _PayloadRefusedError as exc:
+        except PayloadRefusedError as exc:
             # The requester would wait for its timeout; tell it what happened.
             self._send_reply(request, Status.HANDLER_ERROR, None, {Header.ERROR: str(exc)})
             return exc
@@ -486,6 +513,7 @@ class Cell:
             self._closed = True
             links = list(self._children.values()) + ([self._parent] if self._parent else [])
         self._pending.close(f"cell {self.fqcn!r} closed")
+        self._streams.close(f"cell {self.fqcn!r} closed")
         for listener in self._listeners:
             listener.close()
         for link in links:

@@ -13,6 +13,12 @@ class MessageType(enum.StrEnum):
     REPLY = "reply"
     FIRE = "fire"
     """Fire-and-forget: no reply is sent."""
+    CHUNK = "chunk"
+    """A later chunk of a streamed payload (the first travels as its message)."""
+    ACK = "ack"
+    """A stream receiver's report of the bytes it has consumed."""
+    ABORT = "abort"
+    """A stream ended early; sent to whichever end is still waiting."""
 
 
 class Header(enum.StrEnum):
@@ -28,9 +34,21 @@ class Header(enum.StrEnum):
     STATUS = "status"
     ERROR = "error"
     HOPS = "hops"
+    """How many cells have relayed the message; bounds routing loops."""
     TIMEOUT = "timeout"
     """Seconds the requester waits; relays forget a forwarded request after it."""
-    """How many cells have relayed the message; bounds routing loops."""
+    PAYLOAD = "payload"
+    """What the body holds on a wire transport (a `PayloadKind`)."""
+    STREAM = "stream"
+    """The stream id, unique per sending cell, on every frame of a streamed payload."""
+    SEQ = "seq"
+    """A chunk's position in its stream, from 0."""
+    SIZE = "size"
+    """The whole streamed payload's size in bytes (on its first frame)."""
+    ACKED = "acked"
+    """Bytes of a stream the receiver has consumed (on ACK messages)."""
+    STREAM_ORIGIN = "stream_origin"
+    """The sending cell of the stream an ABORT is about."""
 
 
 class Status(enum.StrEnum):

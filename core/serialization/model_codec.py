@@ -63,6 +63,7 @@ Allocator = Callable[[str, tuple[int, ...], np.dtype[Any]], np.ndarray]
 
 _UNBOUNDED: Final = ModelLimits(max_total_bytes=sys.maxsize)
 _PADDING: Final = memoryview(bytes(ALIGNMENT))
+_RELEASED: Final = np.empty(0, dtype=np.uint8)
 
 
 def _byte_view(array: np.ndarray) -> memoryview:
@@ -238,6 +239,7 @@ class ModelReceiver:
             self._views.append(_byte_view(array))
         self._pos = 0
         self._done = 0  # arrays [0, _done) are complete and have been reported
+        self._released = 0  # arrays [0, _released) were dropped by `release`
         self._scratch = memoryview(bytearray(ALIGNMENT))
         self._last_buffer = 0
         self._error: WireFormatError | None = None
@@ -336,10 +338,27 @@ class ModelReceiver:
             completed += self.buffer_updated(n)
         return completed
 
+    def release(self) -> None:
+        """Forget the arrays already reported, so they are freed once their user drops them.
+
+        For a consumer that folds each array as it arrives: memory then stays
+        near the arrays in flight instead of the whole model. `finish` is
+        unavailable afterwards.
+        """
+        for index in range(self._released, self._done):
+            self._arrays[index] = _RELEASED
+            self._views[index] = memoryview(b"")
+        self._released = self._done
+
     def finish(self) -> FLModel:
-        """The complete model; `WireFormatError` if body bytes are missing."""
+        """The complete model; `WireFormatError` if body bytes are missing.
+
+        Raises `RuntimeError` after `release`: the model is no longer whole.
+        """
         if self._error is not None:
             raise self._error
+        if self._released:
+            raise RuntimeError("finish() after release(): the arrays were handed out and dropped")
         if self._pos < self.layout.body_size:
             missing = next(s.name for s in self.layout.arrays if s.end > self._pos)
             raise self._fail(

@@ -32,6 +32,10 @@ class Frame:
 
 FrameHandler = Callable[[Frame], None]
 CloseHandler = Callable[[BaseException | None], None]
+BodyBufferProvider = Callable[[dict[str, str], int], memoryview | None]
+"""`provider(headers, body_size)`: where to receive the body of the frame whose
+header just arrived; a writable memoryview of exactly `body_size` bytes, or
+None to let the transport allocate one."""
 
 
 class Connection(ABC):
@@ -65,6 +69,17 @@ class Connection(ABC):
     @abstractmethod
     def close(self) -> None:
         """Close the link; idempotent. `on_close(None)` follows."""
+
+    def receive_into(self, provider: BodyBufferProvider) -> None:  # noqa: B027 - optional
+        """Offer buffers to receive frame bodies in place (optional).
+
+        A transport that reads a stream of bytes may call `provider` on its
+        receiving thread, in frame order, once a frame's header is known; if
+        it returns a buffer, the body is received straight into it and
+        `on_frame` gets that buffer (a memoryview) as the body. This is how
+        a large model lands in its final arrays without a copy. Transports
+        that receive whole messages ignore it (the default).
+        """
 
 
 class Listener(ABC):

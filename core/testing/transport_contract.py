@@ -50,6 +50,7 @@ from fl_core.errors import (
     TargetUnreachableError,
 )
 from fl_core.spec.transport import Connection, Frame, Listener, Transport
+from fl_core.testing.stream_contract import StreamContract
 
 __all__ = [
     "AUX",
@@ -256,8 +257,11 @@ HEADERS = {"k": "v", "empty": "", "unicode": "grüße ✓", "spaces": "a b  c", 
 # --- the suite ---------------------------------------------------------------------
 
 
-class TransportContract:
-    """Tests every transport must pass; subclass it as `Test...` (see the module docstring)."""
+class TransportContract(StreamContract):
+    """Tests every transport must pass; subclass it as `Test...` (see the module docstring).
+
+    The streaming tests come from `StreamContract`.
+    """
 
     listen_url: ClassVar[str] = ""
     """A URL that binds a fresh address on each `listen` ("tcp://127.0.0.1:0")."""
@@ -528,16 +532,3 @@ class TransportContract:
         error = _outcome(future, self.wait)
         assert isinstance(error, RequestTimeoutError), error
         assert (error.fqcn, error.topic) == ("server.j", "never")
-
-    def test_cells_send_objects_only_if_the_transport_carries_them(self, tree: CellTree) -> None:
-        tree["site-1.j"].register_handler(AUX, "object", lambda m: m.payload)
-        payload = {"w": 1}
-        future = tree["server"].request_async("site-1.j", AUX, "object", payload, self.wait)
-        result = _outcome(future, self.wait)
-        if tree.transport.carries_objects:
-            assert isinstance(result, Message), result
-            assert result.payload == payload
-        else:
-            # Refused at once, saying why, not lost to a timeout.
-            assert isinstance(result, CellError), result
-            assert not isinstance(result, TargetUnreachableError | RequestTimeoutError)

@@ -35,7 +35,13 @@ from fl_core.serialization.envelope import (
     decode_prefix,
     encode_frame_head,
 )
-from fl_core.spec.transport import CloseHandler, Connection, Frame, FrameHandler
+from fl_core.spec.transport import (
+    BodyBufferProvider,
+    CloseHandler,
+    Connection,
+    Frame,
+    FrameHandler,
+)
 
 log = logging.getLogger("fl_plugins.transport_tcp")
 
@@ -72,6 +78,7 @@ class TcpConnection(Connection):
         self._close_delivered = False
         self._paused = False
         self._queued = 0
+        self._body_buffer: BodyBufferProvider | None = None
         self.on_lost: list[Callable[[TcpConnection], None]] = []
         """Callbacks `f(conn)` the transport uses to forget this connection."""
 
@@ -125,6 +132,10 @@ class TcpConnection(Connection):
             with self._cond:
                 self._queued -= size
             raise self._unreachable("the transport is closed") from None
+
+    def receive_into(self, provider: BodyBufferProvider) -> None:
+        """Receive bodies into buffers `provider` offers (see `Connection.receive_into`)."""
+        self._body_buffer = provider
 
     def close(self) -> None:
         """Close after pending frames are written; `on_close(None)` follows."""
@@ -233,7 +244,22 @@ class TcpConnection(Connection):
             self._paused = paused
             self._cond.notify_all()
 
-    def _deliver(self, headers: FrameHeader, body: bytearray | None) -> None:
+    def _target_for(self, header: FrameHeader) -> bytearray | memoryview | None:
+        """Where a body goes: the owner's buffer if it offers one, else a new bytearray."""
+        if header.body_kind is BodyKind.NONE:
+            return None
+        provider = self._body_buffer
+        if provider is not None and header.body_size:
+            try:
+                offered = provider(header.headers, header.body_size)
+            except Exception:
+                log.exception("tcp: the body buffer provider for %s failed", self._peer)
+                offered = None
+            if offered is not None and offered.nbytes == header.body_size and not offered.readonly:
+                return offered
+        return bytearray(header.body_size)
+
+    def _deliver(self, headers: FrameHeader, body: bytearray | memoryview | None) -> None:
         handler = self._on_frame
         if handler is None:
             return
@@ -280,7 +306,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._head = bytearray(HEAD_BUFFER_SIZE)
         self._head_view = memoryview(self._head)
         self._head_end = 0
-        self._body: bytearray | None = None
+        self._body: bytearray | memoryview | None = None
         self._body_view: memoryview | None = None
         self._body_got = 0
         self._body_header: FrameHeader | None = None
@@ -352,7 +378,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
             )
             pos = start + header_size
             size = header.body_size
-            body = None if header.body_kind is BodyKind.NONE else bytearray(size)
+            body = self.conn._target_for(header)
             take = min(size, end - pos)
             if body is not None and take:
                 body[:take] = view[pos : pos + take]

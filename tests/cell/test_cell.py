@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import pytest
 
 from fl_core.cell.cell import Cell, CellResources
@@ -27,6 +28,7 @@ from fl_core.errors import (
     RequestTimeoutError,
     TargetUnreachableError,
 )
+from fl_core.model import FLModel
 from fl_core.spec.transport import CloseHandler, Connection, Frame, FrameHandler, Listener
 from fl_core.testing.transport_contract import deferring
 from fl_plugins.transport_inprocess.transport import InProcessTransport
@@ -514,39 +516,51 @@ def test_a_wire_transport_carries_bytes(wire: tuple[Cell, Cell]) -> None:
     assert server.request("server.j", AUX, "bytes", bytearray(b"xy"), timeout=WAIT).payload == b"yx"
 
 
-def test_a_wire_transport_refuses_an_object_payload_clearly(wire: tuple[Cell, Cell]) -> None:
+def test_a_wire_transport_carries_json_data_and_models(wire: tuple[Cell, Cell]) -> None:
     server, job = wire
     job.register_handler(AUX, "echo", echo(job))
-    error = outcome(server.request_async("server.j", AUX, "echo", {"w": 1}, timeout=WAIT))
+    reply = server.request("server.j", AUX, "echo", {"w": [1, 2.5, None]}, timeout=WAIT)
+    assert reply.payload == {"at": "server.j", "from": "server", "payload": {"w": [1, 2.5, None]}}
+    job.register_handler(AUX, "model", lambda message: message.payload)
+    model = FLModel(params={"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, metrics={"a": 1.0})
+    back = server.request("server.j", AUX, "model", model, timeout=WAIT).payload
+    assert isinstance(back, FLModel) and back is not model
+    assert np.array_equal(back.params["w"], model.params["w"]) and back.metrics == {"a": 1.0}
+
+
+def test_a_wire_transport_refuses_an_unencodable_payload_clearly(wire: tuple[Cell, Cell]) -> None:
+    server, job = wire
+    job.register_handler(AUX, "echo", echo(job))
+    error = outcome(server.request_async("server.j", AUX, "echo", {1, 2}, timeout=WAIT))
     assert isinstance(error, CellError)
     assert not isinstance(error, TargetUnreachableError | RequestTimeoutError)
-    assert "BytesOnlyTransport carries only bytes payloads" in str(error)
-    assert "got dict for server.j" in str(error)
-    with pytest.raises(CellError, match="carries only bytes payloads"):
-        server.fire("server.j", AUX, "echo", [1, 2])
+    assert "(set) cannot be sent" in str(error)
+    assert "server -> server.j on aux_communication/echo" in str(error)
+    with pytest.raises(CellError, match="send an FLModel, bytes, or plain JSON data"):
+        server.fire("server.j", AUX, "echo", object())
 
 
-def test_a_handler_returning_an_object_over_a_wire_is_a_remote_error(
+def test_a_handler_returning_an_unencodable_object_over_a_wire_is_a_remote_error(
     wire: tuple[Cell, Cell],
 ) -> None:
     server, job = wire
-    job.register_handler(AUX, "dict", lambda message: {"not": "bytes"})
-    error = outcome(server.request_async("server.j", AUX, "dict", b"", timeout=WAIT))
+    job.register_handler(AUX, "odd", lambda message: {"not": {1, 2}})
+    error = outcome(server.request_async("server.j", AUX, "odd", b"", timeout=WAIT))
     assert isinstance(error, RemoteError)  # not a timeout: the requester learns why
-    assert "carries only bytes payloads" in error.detail
+    assert "cannot be sent" in error.detail
 
 
-def test_a_deferred_object_reply_over_a_wire_raises_at_the_replier(
+def test_a_deferred_unencodable_reply_over_a_wire_raises_at_the_replier(
     wire: tuple[Cell, Cell],
 ) -> None:
     server, job = wire
     requests = deferring(job, "later")
     future = server.request_async("server.j", AUX, "later", b"", timeout=WAIT)
-    with pytest.raises(CellError, match="got dict"):
-        job.reply(requests.get(timeout=WAIT), {"not": "bytes"})
+    with pytest.raises(CellError, match="cannot be sent"):
+        job.reply(requests.get(timeout=WAIT), object())
     error = outcome(future)
     assert isinstance(error, RemoteError)
-    assert "got dict" in error.detail
+    assert "(object) cannot be sent" in error.detail
 
 
 def test_a_wire_transport_still_passes_objects_to_the_cell_itself(

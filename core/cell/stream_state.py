@@ -1,0 +1,114 @@
+"""The records behind streams: settings, and the state of each stream in flight."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fl_core.cell.message import Header, Message
+from fl_core.cell.payload import MiB, PayloadAssembler, PayloadLimits
+from fl_core.errors import CellError, TargetUnreachableError
+from fl_core.spec.transport import Connection
+
+if TYPE_CHECKING:
+    from fl_core.cell.incoming import IncomingPayload
+    from fl_core.cell.timer import TimerHandle
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """How a cell chunks, paces and bounds payloads on wire transports."""
+
+    chunk_size: int = 2 * MiB
+    """Bytes per chunk frame; payloads up to this size travel as one frame."""
+    window: int = 16 * MiB
+    """Unacknowledged bytes a sender may have in flight per stream."""
+    idle_timeout: float = 60.0
+    """Seconds without data (receiver) or acknowledgement (sender) before a stream fails."""
+    limits: PayloadLimits = field(default_factory=PayloadLimits)
+    """What this cell accepts from peers."""
+
+    def __post_init__(self) -> None:
+        if self.chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, not {self.chunk_size}")
+        if self.window < self.chunk_size:
+            raise ValueError(f"window ({self.window}) must hold a chunk ({self.chunk_size})")
+        if not self.idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be positive, not {self.idle_timeout}")
+
+
+def describe(headers: dict[str, str]) -> str:
+    return (
+        f"{headers.get(Header.MSG_TYPE, 'message')} {headers.get(Header.ORIGIN, '?')} -> "
+        f"{headers.get(Header.DESTINATION, '?')} on {headers.get(Header.CHANNEL, '?')}/"
+        f"{headers.get(Header.TOPIC, '?')}"
+    )
+
+
+def int_header(headers: dict[str, str], name: str) -> int:
+    value = headers.get(name, "")
+    if not value.isdigit() or len(value) > 20:
+        raise CellError(f"bad {name} header {value!r}")
+    return int(value)
+
+
+class Outgoing:
+    """A stream this cell sends: what the receiver acknowledged, or why it failed."""
+
+    def __init__(self, target: str, link: Connection, message: Message) -> None:
+        self.target = target
+        self.link = link
+        self.message = message
+        self.cond = threading.Condition()
+        self.acked = 0
+        self.error: CellError | None = None
+
+    def acknowledge(self, count: int) -> None:
+        with self.cond:
+            if count > self.acked:
+                self.acked = count
+                self.cond.notify_all()
+
+    def fail(self, error: CellError) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = error
+            self.cond.notify_all()
+
+    def wait_for_room(self, sent: int, need: int, window: int, idle_timeout: float) -> None:
+        with self.cond:
+            last, deadline = self.acked, time.monotonic() + idle_timeout
+            while self.error is None and self.acked < sent and sent - self.acked + need > window:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TargetUnreachableError(
+                        self.target, f"it acknowledged no stream data for {idle_timeout:g} s"
+                    )
+                self.cond.wait(left)
+                if self.acked != last:
+                    last, deadline = self.acked, time.monotonic() + idle_timeout
+            if self.error is not None:
+                raise self.error
+
+
+class Incoming:
+    """A stream this cell receives."""
+
+    def __init__(self, headers: dict[str, str], link: Connection, size: int) -> None:
+        self.headers = headers
+        self.link = link
+        self.size = size
+        self.received = 0
+        self.next_seq = 1
+        self.acked = 0  # the last count sent in an ACK
+        self.checked = -1  # `received` at the last idle check
+        self.assembler: PayloadAssembler | None = None
+        self.reserved: memoryview | None = None  # the next chunk is received into this
+        self.payload: IncomingPayload | None = None
+        self.timer: TimerHandle | None = None
+
+    @property
+    def origin(self) -> str:
+        return self.headers.get(Header.ORIGIN, "")

@@ -1,0 +1,487 @@
+"""Streams: payloads larger than one frame, as chunks under a flow-control window.
+
+On a bytes-only transport a cell encodes every payload (see `payload`). One
+that fits in `chunk_size` travels as one frame. A larger one is a stream:
+
+- the first frame is the message itself (all its headers) carrying chunk 0
+  and the stream's id and total size; later frames are `CHUNK` messages with
+  only the routing headers, the stream id and a sequence number;
+- the sender keeps at most `window` bytes unacknowledged; the receiver sends
+  `ACK` messages (cumulative bytes consumed) back to the sender, so memory on
+  the sender, on every relay and on the receiver is bounded by the window,
+  whatever the payload's size and whichever transport is below;
+- relays forward chunks without decoding them, and track each stream only to
+  send an `ABORT` to the far end when one of its two links closes;
+- a stream that breaks (a link closes, the receiver refuses the payload, no
+  data or no acknowledgement for `idle_timeout`) fails promptly at both ends:
+  a request whose payload or reply was streamed fails with an error naming
+  the target, never by waiting for its timeout.
+
+Chunks are sent from a small pool of sender threads, never from the
+caller's or a transport's thread: waiting for the window must not block
+whoever hands a message to the cell.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from typing import TYPE_CHECKING, Final
+
+from fl_core.cell.incoming import IncomingPayload
+from fl_core.cell.message import Header, Message, MessageType
+from fl_core.cell.payload import (
+    PayloadAssembler,
+    PayloadKind,
+    check_size,
+    decode_payload,
+    encode_payload,
+    parse_kind,
+)
+from fl_core.cell.relay import RelayedStreams
+from fl_core.cell.stream_state import (
+    Incoming,
+    Outgoing,
+    StreamSettings,
+    describe,
+    int_header,
+)
+from fl_core.errors import CellError, RemoteError, TargetUnreachableError
+from fl_core.spec.transport import Connection, Frame
+
+if TYPE_CHECKING:
+    from fl_core.cell.cell import Cell
+
+__all__ = ["StreamEngine", "StreamSettings"]
+
+log = logging.getLogger("fl_core.cell")
+
+_STARTERS: Final = frozenset({MessageType.REQUEST, MessageType.REPLY, MessageType.FIRE})
+
+
+class StreamEngine:
+    """A cell's streams: sending, receiving, relaying. Owned by one `Cell`."""
+
+    def __init__(self, cell: Cell, settings: StreamSettings) -> None:
+        self._cell = cell
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._out: dict[str, Outgoing] = {}
+        self._in: dict[tuple[str, str], Incoming] = {}
+        self._relayed = RelayedStreams()
+        self._closed: str | None = None
+
+    # --- sending -------------------------------------------------------------------
+
+    def send(self, link: Connection, message: Message) -> None:
+        """Send `message` over `link`, encoding its payload; streams go to the sender pool.
+
+        Raises `PayloadRefusedError` (a `CellError`) if the payload cannot be
+        encoded, and `CellError` if the link refuses a single frame. A stream
+        that fails later fails the request it carries (if it is one).
+        """
+        encoded = encode_payload(message.payload, where=describe(message.headers))
+        headers = {**message.headers, Header.PAYLOAD: encoded.kind}
+        if encoded.size <= self.settings.chunk_size:
+            link.send(Frame(headers, encoded.joined()))
+            return
+        sid = str(next(self._ids))
+        stream = Outgoing(message.destination, link, message)
+        with self._lock:
+            if self._closed is not None:
+                raise CellError(self._closed)
+            self._out[sid] = stream
+        headers.update({Header.STREAM: sid, Header.SEQ: "0", Header.SIZE: str(encoded.size)})
+        try:
+            self._cell.resources.streamer.submit(self._pump, sid, stream, headers, encoded)
+        except RuntimeError:
+            with self._lock:
+                self._out.pop(sid, None)
+            raise CellError(f"cell {self._cell.fqcn!r} is shutting down") from None
+
+    def _pump(self, sid: str, stream: Outgoing, first: dict[str, str], encoded: object) -> None:
+        from fl_core.cell.payload import EncodedPayload
+
+        assert isinstance(encoded, EncodedPayload)
+        settings = self.settings
+        chunk_headers: dict[str, str] = {
+            Header.DESTINATION: stream.target,
+            Header.ORIGIN: self._cell.fqcn,
+            Header.MSG_TYPE: MessageType.CHUNK,
+            Header.STREAM: sid,
+        }
+        sent = 0
+        try:
+            for seq, chunk in enumerate(encoded.chunks(settings.chunk_size)):
+                size = memoryview(chunk).nbytes
+                stream.wait_for_room(sent, size, settings.window, settings.idle_timeout)
+                headers: dict[str, str] = (
+                    first if seq == 0 else {**chunk_headers, Header.SEQ: str(seq)}
+                )
+                try:
+                    stream.link.send(Frame(headers, chunk))
+                except TargetUnreachableError:
+                    raise
+                except CellError as exc:
+                    raise TargetUnreachableError(stream.target, str(exc)) from exc
+                sent += size
+        except CellError as exc:
+            if sent:
+                self._abort(stream.target, self._cell.fqcn, sid, f"the sender stopped: {exc}")
+            self._failed(stream.message, exc)
+        finally:
+            with self._lock:
+                self._out.pop(sid, None)
+
+    def _failed(self, message: Message, error: CellError) -> None:
+        kind = message.get(Header.MSG_TYPE)
+        if kind == MessageType.REQUEST:
+            self._cell._pending.fail(message.get(Header.MSG_ID), error)
+        else:
+            log.warning(
+                "%s: streaming %s failed: %s", self._cell.fqcn, describe(message.headers), error
+            )
+
+    def _control(self, target: str, headers: dict[str, str]) -> None:
+        """Send an ACK or ABORT toward `target`; lost if there is no route any more."""
+        headers[Header.DESTINATION] = target
+        headers[Header.ORIGIN] = self._cell.fqcn
+        try:
+            link = self._cell._route(target, from_parent=False)
+            if link is not None:
+                link.send(Frame(headers, None))
+        except CellError as exc:
+            log.info("%s: stream control to %s lost: %s", self._cell.fqcn, target, exc)
+
+    def _abort(self, target: str, stream_origin: str, sid: str, reason: str) -> None:
+        self._control(
+            target,
+            {
+                Header.MSG_TYPE: MessageType.ABORT,
+                Header.STREAM: sid,
+                Header.STREAM_ORIGIN: stream_origin,
+                Header.ERROR: reason,
+            },
+        )
+
+    # --- receiving -------------------------------------------------------------------
+
+    def on_frame(self, conn: Connection, frame: Frame) -> Message | None:
+        """A frame addressed to this cell: the message to dispatch, or None.
+
+        None for stream control and for chunks of a stream still arriving.
+        A frame whose payload is refused is answered here (an error reply,
+        or an ABORT to the stream's sender).
+        """
+        headers = frame.headers
+        kind = headers.get(Header.MSG_TYPE)
+        if kind == MessageType.ACK:
+            with self._lock:
+                stream = self._out.get(headers.get(Header.STREAM, ""))
+            if stream is not None:
+                try:
+                    stream.acknowledge(int_header(headers, Header.ACKED))
+                except CellError as exc:
+                    stream.fail(CellError(f"{stream.target} sent a bad acknowledgement: {exc}"))
+            return None
+        if kind == MessageType.ABORT:
+            self._on_abort(headers)
+            return None
+        if kind == MessageType.CHUNK:
+            self._on_chunk(headers, frame.body)
+            return None
+        if Header.STREAM in headers:
+            self._on_first_chunk(conn, headers, frame.body)
+            return None
+        message = Message(headers, frame.body)
+        if Header.PAYLOAD in headers:
+            try:
+                payload_kind = parse_kind(headers[Header.PAYLOAD])
+                body = frame.body
+                if body is not None and not isinstance(body, bytes | bytearray | memoryview):
+                    raise CellError(f"a frame body is {type(body).__name__}, not bytes")
+                message.payload = decode_payload(payload_kind, body, self.settings.limits)
+            except CellError as exc:
+                self._refuse(headers, f"{self._cell.fqcn} refused the payload: {exc}")
+                return None
+        return message
+
+    def wrap_for_streaming(self, message: Message) -> None:
+        """Give a streaming handler an `IncomingPayload` for a payload that came whole."""
+        if isinstance(message.payload, IncomingPayload):
+            return
+        value = message.payload
+        kind = _kind_of(value)
+        message.payload = IncomingPayload.of(value, kind, source=message.origin)
+
+    def _on_first_chunk(self, conn: Connection, headers: dict[str, str], body: object) -> None:
+        try:
+            if headers.get(Header.MSG_TYPE) not in _STARTERS:
+                raise CellError(f"a stream cannot start with {headers.get(Header.MSG_TYPE)!r}")
+            kind = parse_kind(headers.get(Header.PAYLOAD, ""))
+            size = int_header(headers, Header.SIZE)
+            check_size(kind, size, self.settings.limits)
+            if int_header(headers, Header.SEQ) != 0:
+                raise CellError("a stream must start with chunk 0")
+        except CellError as exc:
+            self._refuse(headers, f"{self._cell.fqcn} refused the stream: {exc}")
+            return
+        key = (headers.get(Header.ORIGIN, ""), headers[Header.STREAM])
+        incoming = Incoming(headers, conn, size)
+        message = Message(headers, None)
+        streaming = self._cell._wants_stream(message)
+        if streaming:
+            incoming.payload = IncomingPayload(
+                kind,
+                size,
+                self.settings.limits,
+                source=message.origin,
+                idle_timeout=self.settings.idle_timeout,
+                on_consumed=lambda count: self._consumed(incoming, count),
+            )
+        else:
+            try:
+                incoming.assembler = PayloadAssembler(kind, size, self.settings.limits)
+            except CellError as exc:
+                self._refuse(headers, f"{self._cell.fqcn} refused the stream: {exc}")
+                return
+        with self._lock:
+            if self._closed is not None or key in self._in:
+                refused = self._closed or f"stream {key[1]} from {key[0]} is already open"
+            else:
+                refused = None
+                self._in[key] = incoming
+        if refused is not None:
+            self._refuse(headers, refused)
+            return
+        self._schedule_idle_check(key, incoming)
+        if incoming.payload is not None:
+            message.payload = incoming.payload
+            self._cell._on_message(message)
+        self._take_chunk(key, incoming, body)
+
+    def body_buffer(self, headers: dict[str, str], size: int) -> memoryview | None:
+        """Where a transport may receive a chunk in place: the model's own arrays."""
+        if (
+            headers.get(Header.MSG_TYPE) != MessageType.CHUNK
+            or headers.get(Header.DESTINATION) != self._cell.fqcn
+        ):
+            return None
+        with self._lock:
+            incoming = self._in.get(
+                (headers.get(Header.ORIGIN, ""), headers.get(Header.STREAM, ""))
+            )
+        if (
+            incoming is None
+            or incoming.assembler is None
+            or headers.get(Header.SEQ) != str(incoming.next_seq)
+        ):
+            return None
+        incoming.reserved = incoming.assembler.reserve(size)
+        return incoming.reserved
+
+    def _on_chunk(self, headers: dict[str, str], body: object) -> None:
+        key = (headers.get(Header.ORIGIN, ""), headers.get(Header.STREAM, ""))
+        with self._lock:
+            incoming = self._in.get(key)
+        if incoming is None:
+            return  # a stream that already failed here; its sender was told
+        try:
+            seq = int_header(headers, Header.SEQ)
+        except CellError as exc:
+            self._fail_incoming(key, f"bad chunk: {exc}")
+            return
+        if seq != incoming.next_seq:
+            self._fail_incoming(key, f"chunk {seq} arrived where {incoming.next_seq} was due")
+            return
+        incoming.next_seq += 1
+        self._take_chunk(key, incoming, body)
+
+    def _take_chunk(self, key: tuple[str, str], incoming: Incoming, body: object) -> None:
+        if not isinstance(body, bytes | bytearray | memoryview):
+            self._fail_incoming(key, f"a chunk body is {type(body).__name__}, not bytes")
+            return
+        size = memoryview(body).nbytes
+        if size > incoming.size - incoming.received:
+            self._fail_incoming(
+                key, f"more data than announced: {incoming.received + size} of {incoming.size}"
+            )
+            return
+        incoming.received += size
+        if incoming.payload is not None:
+            incoming.payload.put(body)
+            if incoming.received == incoming.size:
+                self._forget(key)
+            return
+        assert incoming.assembler is not None
+        reserved, incoming.reserved = incoming.reserved, None
+        try:
+            if body is reserved:
+                incoming.assembler.commit(size)  # the transport received it in place
+            else:
+                incoming.assembler.feed(body)
+        except CellError as exc:
+            self._fail_incoming(key, str(exc))
+            return
+        self._consumed(incoming, incoming.received)
+        if incoming.received < incoming.size:
+            return
+        self._forget(key)
+        try:
+            payload = incoming.assembler.result()
+        except CellError as exc:
+            self._refuse(incoming.headers, f"{self._cell.fqcn} refused the payload: {exc}")
+            return
+        self._cell._on_message(Message(incoming.headers, payload))
+
+    def _consumed(self, incoming: Incoming, count: int) -> None:
+        """Acknowledge consumed bytes, every quarter window and at the end."""
+        if count - incoming.acked < self.settings.window // 4 and count < incoming.size:
+            return
+        incoming.acked = count
+        sid = incoming.headers[Header.STREAM]
+        self._control(
+            incoming.origin,
+            {Header.MSG_TYPE: MessageType.ACK, Header.STREAM: sid, Header.ACKED: str(count)},
+        )
+
+    def _refuse(self, headers: dict[str, str], reason: str) -> None:
+        """Tell whoever waits that a message or stream from a peer was refused here."""
+        log.warning("%s: %s (%s)", self._cell.fqcn, reason, describe(headers))
+        kind = headers.get(Header.MSG_TYPE)
+        if Header.STREAM in headers:
+            sid = headers[Header.STREAM]
+            self._abort(headers.get(Header.ORIGIN, ""), headers.get(Header.ORIGIN, ""), sid, reason)
+        if kind == MessageType.REQUEST and Header.STREAM not in headers:
+            self._cell._refuse_request(Message(headers, None), reason)
+        elif kind == MessageType.REPLY:
+            self._cell._pending.fail(headers.get(Header.IN_REPLY_TO, ""), CellError(reason))
+
+    def _fail_incoming(self, key: tuple[str, str], reason: str) -> None:
+        incoming = self._forget(key)
+        if incoming is None:
+            return
+        if incoming.payload is not None:
+            incoming.payload.fail(CellError(f"the payload from {key[0]} broke off: {reason}"))
+        self._refuse(incoming.headers, f"stream {key[1]} from {key[0]}: {reason}")
+
+    def _forget(self, key: tuple[str, str]) -> Incoming | None:
+        with self._lock:
+            incoming = self._in.pop(key, None)
+        if incoming is not None and incoming.timer is not None:
+            incoming.timer.cancel()
+        return incoming
+
+    def _schedule_idle_check(self, key: tuple[str, str], incoming: Incoming) -> None:
+        try:
+            incoming.timer = self._cell.resources.timer.call_later(
+                self.settings.idle_timeout, lambda: self._idle_check(key, incoming)
+            )
+        except RuntimeError:
+            pass  # closing: close() fails every stream
+
+    def _idle_check(self, key: tuple[str, str], incoming: Incoming) -> None:
+        with self._lock:
+            if self._in.get(key) is not incoming:
+                return
+        # A sender with a full window waits for us, not the other way round.
+        sender_blocked = incoming.received - incoming.acked >= self.settings.window
+        if incoming.received == incoming.checked and not sender_blocked:
+            self._fail_incoming(
+                key,
+                f"no data for {self.settings.idle_timeout:g} s "
+                f"({incoming.received} of {incoming.size} bytes arrived)",
+            )
+            return
+        incoming.checked = incoming.received
+        self._schedule_idle_check(key, incoming)
+
+    def _on_abort(self, headers: dict[str, str]) -> None:
+        sid = headers.get(Header.STREAM, "")
+        stream_origin = headers.get(Header.STREAM_ORIGIN, "")
+        reason = headers.get(Header.ERROR, "no reason given")
+        if stream_origin == self._cell.fqcn:
+            with self._lock:
+                stream = self._out.get(sid)
+            if stream is not None:
+                message = stream.message
+                stream.fail(RemoteError(stream.target, message.channel, message.topic, reason))
+            return
+        incoming = self._forget((stream_origin, sid))
+        if incoming is None:
+            return
+        error = CellError(f"the payload from {stream_origin} broke off: {reason}")
+        if incoming.payload is not None:
+            incoming.payload.fail(error)
+        if incoming.headers.get(Header.MSG_TYPE) == MessageType.REPLY:
+            self._cell._pending.fail(incoming.headers.get(Header.IN_REPLY_TO, ""), error)
+
+    # --- relaying ----------------------------------------------------------------------
+
+    def on_relay(self, inbound: Connection, outbound: Connection, frame: Frame) -> None:
+        """Track a stream frame this cell forwards (headers only, never the body)."""
+        self._relayed.track(inbound, outbound, frame)
+
+    def relay_failed(self, frame: Frame, reason: str) -> None:
+        """A stream frame could not be forwarded: tell its sender."""
+        headers = frame.headers
+        sid = headers.get(Header.STREAM)
+        if sid is None or headers.get(Header.MSG_TYPE) in (MessageType.ACK, MessageType.ABORT):
+            return
+        origin = headers.get(Header.ORIGIN, "")
+        self._relayed.forget(origin, sid)
+        self._abort(origin, origin, sid, reason)
+
+    # --- links and shutdown ----------------------------------------------------------
+
+    def link_closed(self, conn: Connection, detail: str) -> None:
+        """Fail every stream that used `conn`, here and at the far ends of relayed ones."""
+        with self._lock:
+            outgoing = [s for s in self._out.values() if s.link is conn]
+            incoming = [k for k, s in self._in.items() if s.link is conn]
+        for stream in outgoing:
+            stream.fail(TargetUnreachableError(stream.target, detail))
+        for key in incoming:
+            self._fail_incoming(key, f"the link it came on closed ({detail})")
+        me = self._cell.fqcn
+        for record in self._relayed.lost(conn):
+            if record.outbound is conn:
+                why = f"the link from {me} toward {record.destination} closed ({detail})"
+                self._abort(record.origin, record.origin, record.sid, why)
+            else:
+                why = f"the link from {me} toward {record.origin} closed ({detail})"
+                self._abort(record.destination, record.origin, record.sid, why)
+
+    def close(self, reason: str) -> None:
+        """Fail every stream in either direction; refuse new ones."""
+        with self._lock:
+            self._closed = reason
+            outgoing = list(self._out.values())
+            incoming = list(self._in)
+        self._relayed.clear()
+        for stream in outgoing:
+            stream.fail(CellError(reason))
+        for key in incoming:
+            found = self._forget(key)
+            if found is not None and found.payload is not None:
+                found.payload.fail(CellError(reason))
+
+    def counts(self) -> dict[str, int]:
+        """Streams in flight, by direction (for tests and diagnostics)."""
+        with self._lock:
+            counts = {"out": len(self._out), "in": len(self._in)}
+        return {**counts, "relayed": len(self._relayed)}
+
+
+def _kind_of(value: object) -> PayloadKind:
+    from fl_core.model import FLModel
+
+    if value is None:
+        return PayloadKind.NONE
+    if isinstance(value, bytes | bytearray | memoryview):
+        return PayloadKind.BYTES
+    if isinstance(value, FLModel):
+        return PayloadKind.MODEL
+    return PayloadKind.JSON

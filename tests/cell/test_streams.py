@@ -1,0 +1,200 @@
+"""Streams at the cell level, over a bytes-only in-process link with tiny settings."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from fl_core.cell.cell import _CONTROL, _HELLO, Cell, CellResources
+from fl_core.cell.channels import Channel
+from fl_core.cell.incoming import IncomingPayload
+from fl_core.cell.message import Header, Message, MessageType
+from fl_core.cell.payload import PayloadLimits
+from fl_core.cell.streams import StreamSettings
+from fl_core.errors import CellError, RequestTimeoutError
+from fl_core.model import FLModel
+from fl_core.spec.transport import Connection, Frame
+from fl_core.testing.stream_contract import digests, wait_until
+from fl_plugins.transport_inprocess.transport import InProcessTransport
+
+AUX = Channel.AUX_COMMUNICATION
+WAIT = 10.0
+KiB = 1024
+SMALL = StreamSettings(chunk_size=64 * KiB, window=256 * KiB, idle_timeout=0.3)
+
+
+class BytesOnly(InProcessTransport):
+    carries_objects: ClassVar[bool] = False
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Cell, Cell]]:
+    transport, resources = BytesOnly(), CellResources()
+    server = Cell("server", transport, resources, streams=SMALL)
+    job = Cell("server.j", transport, resources, streams=SMALL)
+    job.connect_parent(server.listen("inprocess://"), timeout=WAIT)
+    yield server, job
+    job.close()
+    server.close()
+    resources.close()
+
+
+def test_the_sender_never_gets_ahead_of_the_receiver_by_more_than_the_window(
+    pair: tuple[Cell, Cell],
+) -> None:
+    server, job = pair
+    started: queue.Queue[IncomingPayload] = queue.Queue()
+    go = threading.Event()
+
+    def slow(message: Message) -> object:
+        assert isinstance(message.payload, IncomingPayload)
+        started.put(message.payload)
+        go.wait(WAIT)
+        return digests({name: array for name, array in message.payload.arrays()})
+
+    server.register_handler(AUX, "slow", slow, streaming=True)
+    model = FLModel(params={f"a{i}": np.full(50_000, i, dtype=np.float32) for i in range(20)})
+    future = job.request_async("server", AUX, "slow", model, timeout=WAIT)
+    payload = started.get(timeout=WAIT)
+    wait_until(lambda: payload.buffered >= SMALL.window - SMALL.chunk_size, WAIT, "a full window")
+    assert payload.buffered <= SMALL.window
+    assert job.streams_in_flight()["out"] == 1  # the sender waits; it has not finished
+    assert payload.buffered <= SMALL.window
+    go.set()
+    assert future.result(WAIT).payload == digests(model.params)
+
+
+def test_a_reply_over_the_requesters_limit_fails_the_request_promptly() -> None:
+    transport, resources = BytesOnly(), CellResources()
+    strict = StreamSettings(chunk_size=64 * KiB, limits=PayloadLimits(max_size=128 * KiB))
+    server = Cell("server", transport, resources)
+    job = Cell("server.j", transport, resources, streams=strict)
+    try:
+        job.connect_parent(server.listen("inprocess://"), timeout=WAIT)
+        server.register_handler(AUX, "big", lambda m: bytes(1024 * KiB))
+        future = job.request_async("server", AUX, "big", None, timeout=60.0)
+        error = future.exception(WAIT)
+        assert isinstance(error, CellError) and not isinstance(error, RequestTimeoutError)
+        assert "over this cell's limit of 131072" in str(error)
+    finally:
+        job.close()
+        server.close()
+        resources.close()
+
+
+class RawPeer:
+    """A hand-driven child of `server`, to send frames no cell would send."""
+
+    def __init__(self, transport: InProcessTransport, url: str) -> None:
+        self.frames: queue.Queue[Frame] = queue.Queue()
+        self.conn: Connection = transport.connect(url, WAIT)
+        self.conn.start(self.frames.put, lambda exc: None)
+        self.conn.send(Frame({_CONTROL: _HELLO, Header.ORIGIN: "server.raw"}))
+        assert self.frames.get(timeout=WAIT).headers[_CONTROL] == "hello_ok"
+
+    def first_chunk(self, size: int, body: bytes) -> None:
+        headers = {
+            Header.CHANNEL: str(AUX),
+            Header.TOPIC: "sink",
+            Header.ORIGIN: "server.raw",
+            Header.DESTINATION: "server",
+            Header.MSG_TYPE: str(MessageType.FIRE),
+            Header.PAYLOAD: "bytes",
+            Header.STREAM: "7",
+            Header.SEQ: "0",
+            Header.SIZE: str(size),
+        }
+        self.conn.send(Frame(headers, body))
+
+    def chunk(self, seq: int, body: bytes) -> None:
+        headers = {
+            Header.ORIGIN: "server.raw",
+            Header.DESTINATION: "server",
+            Header.MSG_TYPE: str(MessageType.CHUNK),
+            Header.STREAM: "7",
+            Header.SEQ: str(seq),
+        }
+        self.conn.send(Frame(headers, body))
+
+    def abort(self) -> dict[str, str]:
+        while True:
+            frame = self.frames.get(timeout=WAIT)
+            if frame.headers.get(Header.MSG_TYPE) == MessageType.ABORT:
+                return frame.headers
+
+
+@pytest.fixture
+def raw() -> Iterator[tuple[Cell, RawPeer, queue.Queue[Any]]]:
+    transport, resources = BytesOnly(), CellResources()
+    server = Cell("server", transport, resources, streams=SMALL)
+    seen: queue.Queue[Any] = queue.Queue()
+
+    def sink(message: Message) -> None:
+        assert isinstance(message.payload, IncomingPayload)
+        try:
+            seen.put(b"".join(bytes(c) for c in message.payload.chunks()))
+        except CellError as exc:
+            seen.put(exc)
+
+    server.register_handler(AUX, "sink", sink, streaming=True)
+    peer = RawPeer(transport, server.listen("inprocess://"))
+    yield server, peer, seen
+    peer.conn.close()
+    server.close()
+    resources.close()
+
+
+def test_a_sender_that_stalls_is_cut_off_after_the_idle_timeout(
+    raw: tuple[Cell, RawPeer, queue.Queue[Any]],
+) -> None:
+    server, peer, seen = raw
+    peer.first_chunk(1000, b"x" * 100)
+    error = seen.get(timeout=WAIT)
+    assert isinstance(error, CellError)
+    assert "no data for 0.3 s" in str(error)
+    assert "no data for 0.3 s (100 of 1000 bytes arrived)" in peer.abort()[Header.ERROR]
+    wait_until(lambda: not any(server.streams_in_flight().values()), WAIT, "the stream to go")
+
+
+def test_a_chunk_out_of_order_breaks_the_stream(
+    raw: tuple[Cell, RawPeer, queue.Queue[Any]],
+) -> None:
+    _, peer, seen = raw
+    peer.first_chunk(300, b"a" * 100)
+    peer.chunk(2, b"c" * 100)
+    assert "chunk 2 arrived where 1 was due" in peer.abort()[Header.ERROR]
+    error = seen.get(timeout=WAIT)
+    assert isinstance(error, CellError) and "broke off" in str(error)
+
+
+def test_more_data_than_announced_breaks_the_stream(
+    raw: tuple[Cell, RawPeer, queue.Queue[Any]],
+) -> None:
+    _, peer, seen = raw
+    peer.first_chunk(150, b"a" * 100)
+    peer.chunk(1, b"b" * 100)
+    assert "more data than announced: 200 of 150" in peer.abort()[Header.ERROR]
+    assert isinstance(seen.get(timeout=WAIT), CellError)
+
+
+def test_a_whole_stream_in_order_arrives(raw: tuple[Cell, RawPeer, queue.Queue[Any]]) -> None:
+    server, peer, seen = raw
+    peer.first_chunk(250, b"a" * 100)
+    peer.chunk(1, b"b" * 100)
+    peer.chunk(2, b"c" * 50)
+    assert seen.get(timeout=WAIT) == b"a" * 100 + b"b" * 100 + b"c" * 50
+    wait_until(lambda: not any(server.streams_in_flight().values()), WAIT, "the stream to end")
+
+
+def test_a_chunk_of_an_unknown_stream_is_dropped(
+    raw: tuple[Cell, RawPeer, queue.Queue[Any]],
+) -> None:
+    _, peer, seen = raw
+    peer.chunk(1, b"stray")
+    peer.first_chunk(3, b"abc")
+    assert seen.get(timeout=WAIT) == b"abc"
