@@ -20,6 +20,7 @@ from fl_core.cell.channels import Channel
 from fl_core.cell.fqcn import SEPARATOR, validate
 from fl_core.cell.incoming import IncomingPayload
 from fl_core.cell.message import Header, Message, MessageType, Status
+from fl_core.cell.parent import CONTROL, HELLO, HELLO_OK, HELLO_REJECTED, ParentLink
 from fl_core.cell.payload import PayloadRefusedError
 from fl_core.cell.pending import PendingRequest, PendingRequests
 from fl_core.cell.relay import RelayedRequests
@@ -35,10 +36,10 @@ __all__ = ["DEFERRED", "MAX_HOPS", "Cell", "CellResources", "Handler"]
 
 log = logging.getLogger(__name__)
 
-_HELLO = "hello"
-_HELLO_OK = "hello_ok"
-_HELLO_REJECTED = "hello_rejected"
-_CONTROL = "ctl"
+_HELLO = HELLO
+_HELLO_OK = HELLO_OK
+_HELLO_REJECTED = HELLO_REJECTED
+_CONTROL = CONTROL
 
 DEFERRED = object()
 """Returned by a handler that will answer later with `Cell.reply`."""
@@ -70,6 +71,7 @@ class Cell:
         self._streams = StreamEngine(self, streams or StreamSettings())
         self._children: dict[str, Connection] = {}
         self._parent: Connection | None = None
+        self._parent_link: ParentLink | None = None
         self._listeners: list[Listener] = []
         self._pending = PendingRequests(self.resources.timer)
         self._relayed = RelayedRequests(self.resources.timer)
@@ -84,50 +86,37 @@ class Cell:
         self._listeners.append(listener)
         return listener.url
 
-    def connect_parent(self, url: str, timeout: float = 10.0) -> None:
+    def connect_parent(self, url: str, timeout: float = 10.0, *, reconnect: bool = True) -> None:
         """Connect to the parent cell listening at `url` and introduce this cell.
 
         Returns once the parent has accepted the name; raises
         `TargetUnreachableError` if it cannot connect and `CellError` if the
-        parent refuses (for example, the name is taken).
+        parent refuses (for example, the name is taken). With `reconnect`,
+        a link that later drops is re-established in the background with
+        backoff, and routing through the parent resumes once it is back.
         """
         with self._lock:
             if self._closed:
                 raise CellError(f"cell {self.fqcn!r} is closed")
-            if self._parent is not None:
-                raise CellError(
-                    f"cell {self.fqcn!r} is already connected to a parent ({self._parent.peer})"
-                )
-        conn = self.transport.connect(url, timeout)
-        answer: Future[Frame] = Future()
-
-        def on_frame(frame: Frame) -> None:
-            control = frame.headers.get(_CONTROL)
-            if control in (_HELLO_OK, _HELLO_REJECTED):
-                if control == _HELLO_OK:
-                    # Before anything else arrives on this link: the parent may
-                    # send a request right after accepting us, and its reply
-                    # must find the way back up.
-                    with self._lock:
-                        self._parent = conn
-                if not answer.done():
-                    answer.set_result(frame)
-                return
-            self._on_frame(conn, frame, from_parent=True)
-
-        conn.receive_into(self._streams.body_buffer)
-        conn.start(on_frame, lambda exc: self._on_link_closed(conn, exc, parent=True))
-        conn.send(Frame({_CONTROL: _HELLO, Header.ORIGIN: self.fqcn}))
+            if self._parent is not None or self._parent_link is not None:
+                where = self._parent_link.url if self._parent_link else "?"
+                raise CellError(f"cell {self.fqcn!r} is already connected to a parent ({where})")
+            link = ParentLink(self, url, timeout, reconnect)
+            self._parent_link = link
         try:
-            frame = answer.result(timeout)
-        except TimeoutError:
-            conn.close()
-            raise TargetUnreachableError(url, f"no answer to hello within {timeout:g} s") from None
-        if frame.headers.get(_CONTROL) == _HELLO_REJECTED:
-            conn.close()
-            raise CellError(
-                f"{url} refused cell {self.fqcn!r}: {frame.headers.get(Header.ERROR, '')}"
-            )
+            link.connect()
+        except BaseException:
+            with self._lock:
+                self._parent_link = None
+            raise
+
+    def _set_parent(self, conn: Connection) -> None:
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._parent = conn
+        if closed:
+            conn.close()  # a reconnect that raced with close()
 
     def _on_connection(self, conn: Connection) -> None:
         state: dict[str, str] = {}
@@ -169,14 +158,18 @@ class Cell:
 
     def _on_link_closed(self, conn: Connection, exc: BaseException | None, parent: bool) -> None:
         with self._lock:
-            if parent and self._parent is conn:
+            lost_parent = parent and self._parent is conn
+            if lost_parent:
                 self._parent = None
             gone = [n for n, c in self._children.items() if c is conn]
+            parent_link = self._parent_link if lost_parent and not self._closed else None
             for name in gone:
                 del self._children[name]
         detail = "the link to it closed" + (f" ({exc})" if exc else "")
         self._pending.fail_link(conn, detail)
         self._streams.link_closed(conn, detail)
+        if parent_link is not None:
+            parent_link.lost()
         for request in self._relayed.lost(conn):
             detail = f"the link from {self.fqcn} toward it closed"
             self._send_reply(request, Status.UNREACHABLE, None, {Header.ERROR: detail})
@@ -512,6 +505,9 @@ class Cell:
                 return
             self._closed = True
             links = list(self._children.values()) + ([self._parent] if self._parent else [])
+            parent_link = self._parent_link
+        if parent_link is not None:
+            parent_link.close()
         self._pending.close(f"cell {self.fqcn!r} closed")
         self._streams.close(f"cell {self.fqcn!r} closed")
         for listener in self._listeners:

@@ -30,7 +30,7 @@ import threading
 from typing import TYPE_CHECKING, Final
 
 from fl_core.cell.incoming import IncomingPayload
-from fl_core.cell.message import Header, Message, MessageType
+from fl_core.cell.message import Header, Message, MessageType, Status
 from fl_core.cell.payload import (
     PayloadAssembler,
     PayloadKind,
@@ -155,7 +155,10 @@ class StreamEngine:
         except CellError as exc:
             log.info("%s: stream control to %s lost: %s", self._cell.fqcn, target, exc)
 
-    def _abort(self, target: str, stream_origin: str, sid: str, reason: str) -> None:
+    def _abort(
+        self, target: str, stream_origin: str, sid: str, reason: str, *, lost: bool = False
+    ) -> None:
+        """Tell `target` a stream ended early; `lost` when a link on its path closed."""
         self._control(
             target,
             {
@@ -163,6 +166,7 @@ class StreamEngine:
                 Header.STREAM: sid,
                 Header.STREAM_ORIGIN: stream_origin,
                 Header.ERROR: reason,
+                Header.STATUS: Status.UNREACHABLE if lost else Status.HANDLER_ERROR,
             },
         )
 
@@ -407,7 +411,10 @@ class StreamEngine:
                 stream = self._out.get(sid)
             if stream is not None:
                 message = stream.message
-                stream.fail(RemoteError(stream.target, message.channel, message.topic, reason))
+                if headers.get(Header.STATUS) == Status.UNREACHABLE:
+                    stream.fail(TargetUnreachableError(stream.target, reason))
+                else:
+                    stream.fail(RemoteError(stream.target, message.channel, message.topic, reason))
             return
         incoming = self._forget((stream_origin, sid))
         if incoming is None:
@@ -432,7 +439,7 @@ class StreamEngine:
             return
         origin = headers.get(Header.ORIGIN, "")
         self._relayed.forget(origin, sid)
-        self._abort(origin, origin, sid, reason)
+        self._abort(origin, origin, sid, reason, lost=True)
 
     # --- links and shutdown ----------------------------------------------------------
 
@@ -449,10 +456,10 @@ class StreamEngine:
         for record in self._relayed.lost(conn):
             if record.outbound is conn:
                 why = f"the link from {me} toward {record.destination} closed ({detail})"
-                self._abort(record.origin, record.origin, record.sid, why)
+                self._abort(record.origin, record.origin, record.sid, why, lost=True)
             else:
                 why = f"the link from {me} toward {record.origin} closed ({detail})"
-                self._abort(record.destination, record.origin, record.sid, why)
+                self._abort(record.destination, record.origin, record.sid, why, lost=True)
 
     def close(self, reason: str) -> None:
         """Fail every stream in either direction; refuse new ones."""

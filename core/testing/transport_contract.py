@@ -50,7 +50,7 @@ from fl_core.errors import (
     TargetUnreachableError,
 )
 from fl_core.spec.transport import Connection, Frame, Listener, Transport
-from fl_core.testing.stream_contract import StreamContract
+from fl_core.testing.stream_contract import StreamContract, wait_until
 
 __all__ = [
     "AUX",
@@ -532,3 +532,27 @@ class TransportContract(StreamContract):
         error = _outcome(future, self.wait)
         assert isinstance(error, RequestTimeoutError), error
         assert (error.fqcn, error.topic) == ("server.j", "never")
+
+    def test_a_child_reconnects_and_routing_resumes_when_its_parent_returns(
+        self, transport: Transport
+    ) -> None:
+        parent = Cell("server", transport)
+        child = Cell("site-1", transport)
+        second: Cell | None = None
+        try:
+            url = parent.listen(self.listen_url)
+            child.register_handler(AUX, "echo", bytes_echo(child))
+            child.connect_parent(url, timeout=self.wait)
+            parent.close()
+            unreachable = _outcome(child.request_async("server", AUX, "echo", b"", 60.0), self.wait)
+            assert isinstance(unreachable, TargetUnreachableError), unreachable
+            second = Cell("server", transport)
+            assert second.listen(url) == url
+            wait_until(lambda: second.children() == ["site-1"], 4 * self.wait, "a reconnect")
+            reply = second.request("site-1", AUX, "echo", b"back", timeout=self.wait)
+            assert reply.payload == b"site-1|server|back"
+        finally:
+            child.close()
+            parent.close()
+            if second is not None:
+                second.close()
