@@ -14,7 +14,13 @@ from fl_core.spec import Register, hookspec
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """PEM-encoded material for a TLS endpoint."""
+    """PEM-encoded material for a TLS endpoint.
+
+    `root_certificates` are the CAs whose certificates this end accepts from
+    its peers. Empty `certificate_chain` and `private_key` mean this end
+    presents no certificate: it can connect to a listener that does not ask
+    for one, but cannot listen itself.
+    """
 
     certificate_chain: bytes
     private_key: bytes

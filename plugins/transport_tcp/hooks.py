@@ -17,6 +17,7 @@ _OPTIONS = {
     "send_timeout": float,
     "handshake_timeout": float,
 }
+"""What a job config may set (YAML types). `credentials` is passed by code only."""
 
 
 def _type_ok(value: object, expected: type) -> bool:
@@ -27,7 +28,15 @@ def _type_ok(value: object, expected: type) -> bool:
 
 def _make_tcp(**options: Any) -> Transport:
     from fl_core.errors import ConfigError
+    from fl_core.spec.security import Credentials
 
+    credentials = options.pop("credentials", None)
+    if credentials is not None and not isinstance(credentials, Credentials):
+        raise ConfigError(
+            "credentials",
+            "",
+            f"expected fl_core.spec.security.Credentials, got {type(credentials).__name__}",
+        )
     for name, value in options.items():
         expected = _OPTIONS.get(name)
         key = f"components.transport.options.{name}"
@@ -41,7 +50,7 @@ def _make_tcp(**options: Any) -> Transport:
             raise ConfigError("job.yaml", key, f"must be positive, got {value!r}")
     from fl_plugins.transport_tcp.transport import TcpTransport
 
-    return TcpTransport(**options)
+    return TcpTransport(credentials=credentials, **options)
 
 
 @hookimpl

@@ -20,7 +20,9 @@ from urllib.parse import urlparse
 
 from fl_core.errors import CellError, ConfigError, TargetUnreachableError
 from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE
+from fl_core.spec.security import Credentials
 from fl_core.spec.transport import Connection, Listener, Transport
+from fl_plugins.transport_tcp import tls as tls_contexts
 from fl_plugins.transport_tcp.connection import FrameProtocol, TcpConnection
 
 log = logging.getLogger("fl_plugins.transport_tcp")
@@ -55,34 +57,6 @@ def _format_url(host: str, port: int) -> str:
     return f"{SCHEME}://[{host}]:{port}" if ":" in host else f"{SCHEME}://{host}:{port}"
 
 
-def _tls_contexts(
-    certfile: str | None, keyfile: str | None, cafile: str | None, require_client_cert: bool
-) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    for name, value in (("certfile", certfile), ("keyfile", keyfile), ("cafile", cafile)):
-        if not value:
-            raise _option_error(name, "required when tls is true (a PEM file path)")
-    assert certfile and keyfile and cafile
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    for context in (server, client):
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            context.load_cert_chain(certfile, keyfile)
-        except (OSError, ssl.SSLError) as exc:
-            raise _option_error("certfile", f"cannot load {certfile} / {keyfile}: {exc}") from exc
-        try:
-            context.load_verify_locations(cafile)
-        except (OSError, ssl.SSLError) as exc:
-            raise _option_error("cafile", f"cannot load {cafile}: {exc}") from exc
-    server.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
-    # The chain is verified against cafile, but not the host name: cells are
-    # reached by address, and checking that a peer is the cell it claims to
-    # be comes with the PKI security provider (identity in the certificate).
-    client.check_hostname = False
-    client.verify_mode = ssl.CERT_REQUIRED
-    return server, client
-
-
 class TcpListener(Listener):
     """A bound TCP server; closing it keeps accepted links up."""
 
@@ -112,6 +86,7 @@ class TcpTransport(Transport):
         certfile: str | None = None,
         keyfile: str | None = None,
         cafile: str | None = None,
+        credentials: Credentials | None = None,
         require_client_cert: bool = True,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         send_timeout: float = 60.0,
@@ -119,8 +94,17 @@ class TcpTransport(Transport):
     ) -> None:
         self._server_ssl: ssl.SSLContext | None = None
         self._client_ssl: ssl.SSLContext | None = None
-        if tls:
-            self._server_ssl, self._client_ssl = _tls_contexts(
+        self._tls = tls or credentials is not None
+        if credentials is not None:
+            if certfile or keyfile or cafile:
+                raise _option_error(
+                    "certfile", "give either credentials or certfile/keyfile/cafile, not both"
+                )
+            self._server_ssl, self._client_ssl = tls_contexts.contexts_from_credentials(
+                credentials, require_client_cert
+            )
+        elif tls:
+            self._server_ssl, self._client_ssl = tls_contexts.contexts_from_files(
                 certfile, keyfile, cafile, require_client_cert
             )
         self._max_body_size = max_body_size
@@ -157,7 +141,11 @@ class TcpTransport(Transport):
             return self._loop
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        loop = self._ensure_loop()
+        try:
+            loop = self._ensure_loop()
+        except CellError:
+            coro.close()  # never started: closing it spares a "never awaited" warning
+            raise
         future = asyncio.run_coroutine_threadsafe(coro, loop)
         try:
             return future.result(timeout)
@@ -179,6 +167,8 @@ class TcpTransport(Transport):
     def listen(self, url: str, on_connection: Callable[[Connection], None]) -> Listener:
         """Bind `tcp://host:port`; `CellError` if it cannot be bound."""
         host, port = parse_url(url)
+        if self._tls and self._server_ssl is None:
+            raise CellError(f"cannot listen on {url} with TLS: the credentials hold no certificate")
         return self._run(self._listen(host, port, url, on_connection), 30.0)
 
     async def _listen(
@@ -194,7 +184,7 @@ class TcpTransport(Transport):
                 conn.close()
 
         def factory() -> asyncio.BaseProtocol:
-            if self._server_ssl is None:
+            if not self._tls:
                 return _PlainAcceptor(self, accepted)
             return _TlsAcceptor(self, accepted)
 
@@ -228,7 +218,7 @@ class TcpTransport(Transport):
         assert self._server_ssl is not None
         loop = asyncio.get_running_loop()
         conn = self._new_connection(peer)
-        protocol = FrameProtocol(conn, accepted)
+        protocol = _TlsFrameProtocol(conn, accepted)
         try:
             tls = await loop.start_tls(
                 raw,
@@ -351,6 +341,57 @@ class _PlainAcceptor(FrameProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.conn._peer = _peername(transport)
         super().connection_made(transport)
+
+
+class _TlsFrameProtocol(FrameProtocol):
+    """A `FrameProtocol` for `start_tls`, which may deliver data before `connection_made`.
+
+    With TLS 1.3 a client's first frames often arrive with its last handshake
+    message, and asyncio hands them to the protocol as soon as the handshake
+    is done, before `start_tls` returns and `connection_made` attaches the
+    connection. Those bytes are held and fed to the parser once the owner
+    has started the connection, so no frame is lost.
+    """
+
+    EARLY_CHUNK: Final = 64 * 1024
+
+    def __init__(self, conn: TcpConnection, on_made: Callable[[TcpConnection], None]) -> None:
+        super().__init__(conn, on_made)
+        self._made = False
+        self._early = bytearray()
+        self._scratch = bytearray(self.EARLY_CHUNK)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._made:
+            return super().get_buffer(sizehint)
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._made:
+            super().buffer_updated(nbytes)
+        else:
+            self._early += self._scratch[:nbytes]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._made = True
+        super().connection_made(transport)
+        if self._early:
+            self._replay(transport)
+
+    def _replay(self, transport: asyncio.BaseTransport) -> None:
+        if transport.is_closing():
+            return
+        if not self.conn._started:
+            # Frames must wait for their owner, as on a plaintext link.
+            asyncio.get_running_loop().call_later(0.01, self._replay, transport)
+            return
+        early, self._early = memoryview(self._early), bytearray()
+        while early and not transport.is_closing():
+            target = super().get_buffer(len(early))
+            count = min(len(target), len(early))
+            target[:count] = early[:count]
+            early = early[count:]
+            super().buffer_updated(count)
 
 
 class _TlsAcceptor(asyncio.Protocol):

@@ -2,95 +2,27 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
+import os
 import socket
 import ssl
+import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from fl_core.errors import CellError
+from fl_core.errors import CellError, ConfigError
 from fl_core.serialization.envelope import BodyKind, encode_frame_head
+from fl_core.spec.security import Credentials
 from fl_core.spec.transport import Connection, Frame
+from fl_core.testing.pki import Identity, Pki
+from fl_plugins.transport_tcp import hooks
 from fl_plugins.transport_tcp.transport import TcpTransport
 
 WAIT = 10.0
 pytestmark = pytest.mark.usefixtures("fl_no_threads_left")
 """Bounds every wait; reached only when something is broken."""
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _cert(
-    cn: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: ec.EllipticCurvePrivateKey
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-    is_ca = issuer == _name(cn)
-    builder = builder.add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), True)
-    if is_ca:
-        usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
-        builder = builder.add_extension(usage, True)
-    else:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost")]), False
-        )
-    return builder.sign(signer, hashes.SHA256())
-
-
-class Pki:
-    """A CA with server and client certificates, plus a rogue CA and its client."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        ca_key, rogue_key = (
-            ec.generate_private_key(ec.SECP256R1()),
-            ec.generate_private_key(ec.SECP256R1()),
-        )
-        ca = _cert("test-ca", ca_key, _name("test-ca"), ca_key)
-        rogue = _cert("rogue-ca", rogue_key, _name("rogue-ca"), rogue_key)
-        self.cafile = self._write("ca.pem", ca.public_bytes(serialization.Encoding.PEM))
-        self.rogue_cafile = self._write("rogue.pem", rogue.public_bytes(serialization.Encoding.PEM))
-        self.server = self._leaf("server", ca_key, ca.subject)
-        self.client = self._leaf("client", ca_key, ca.subject)
-        self.rogue_client = self._leaf("rogue-client", rogue_key, rogue.subject)
-
-    def _write(self, name: str, data: bytes) -> str:
-        path = self.folder / name
-        path.write_bytes(data)
-        return str(path)
-
-    def _leaf(
-        self, cn: str, ca_key: ec.EllipticCurvePrivateKey, issuer: x509.Name
-    ) -> dict[str, str]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _cert(cn, key, issuer, ca_key)
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return {
-            "certfile": self._write(f"{cn}.pem", cert.public_bytes(serialization.Encoding.PEM)),
-            "keyfile": self._write(f"{cn}.key", key_pem),
-        }
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +61,13 @@ class Box:
             )
 
 
-def _transport(pki: Pki, leaf: dict[str, str], **options: object) -> TcpTransport:
-    return TcpTransport(tls=True, cafile=pki.cafile, **leaf, **options)  # type: ignore[arg-type]
+def _transport(leaf: Identity, **options: bool) -> TcpTransport:
+    return TcpTransport(tls=True, **leaf.files(), **options)
 
 
 @pytest.fixture
 def server(pki: Pki) -> Iterator[tuple[TcpTransport, Box, str]]:
-    transport = _transport(pki, pki.server)
+    transport = _transport(pki.server)
     box = Box()
     url = transport.listen("tcp://127.0.0.1:0", box.on_connection).url
     yield transport, box, url
@@ -160,7 +92,7 @@ def _round_trip(client: TcpTransport, box: Box, url: str) -> None:
 
 def test_mutual_tls_round_trip(pki: Pki, server: tuple[TcpTransport, Box, str]) -> None:
     _, box, url = server
-    client = _transport(pki, pki.client)
+    client = _transport(pki.client)
     try:
         _round_trip(client, box, url)
     finally:
@@ -168,7 +100,7 @@ def test_mutual_tls_round_trip(pki: Pki, server: tuple[TcpTransport, Box, str]) 
 
 
 def test_tls_without_client_certificates(pki: Pki) -> None:
-    transport = _transport(pki, pki.server, require_client_cert=False)
+    transport = _transport(pki.server, require_client_cert=False)
     box = Box()
     try:
         url = transport.listen("tcp://127.0.0.1:0", box.on_connection).url
@@ -189,10 +121,10 @@ def test_a_client_refuses_a_server_from_another_ca(pki: Pki) -> None:
     rogue_server = TcpTransport(
         tls=True,
         cafile=pki.rogue_cafile,
-        certfile=pki.rogue_client["certfile"],
-        keyfile=pki.rogue_client["keyfile"],
+        certfile=pki.rogue_server.certfile,
+        keyfile=pki.rogue_server.keyfile,
     )
-    client = _transport(pki, pki.client)
+    client = _transport(pki.client)
     try:
         url = rogue_server.listen("tcp://127.0.0.1:0", Box().on_connection).url
         with pytest.raises(CellError, match="certificate verify failed"):
@@ -202,11 +134,11 @@ def test_a_client_refuses_a_server_from_another_ca(pki: Pki) -> None:
         rogue_server.close()
 
 
-def _ssl_client(pki: Pki, leaf: dict[str, str] | None) -> ssl.SSLContext:
+def _ssl_client(pki: Pki, leaf: Identity | None) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=pki.cafile)
     context.check_hostname = False
     if leaf is not None:
-        context.load_cert_chain(leaf["certfile"], leaf["keyfile"])
+        context.load_cert_chain(leaf.certfile, leaf.keyfile)
     return context
 
 
@@ -236,7 +168,7 @@ def _rogue_context(pki: Pki) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the rogue trusts anyone; the server must not
-    context.load_cert_chain(pki.rogue_client["certfile"], pki.rogue_client["keyfile"])
+    context.load_cert_chain(pki.rogue_client.certfile, pki.rogue_client.keyfile)
     return context
 
 
@@ -263,8 +195,63 @@ def test_a_refused_tls_peer_gets_one_warning_and_others_still_connect(
     if case != "plaintext client":
         assert "certificate" in warnings[0]
     assert box.accepted == []  # the refused peer never reached the owner
-    client = _transport(pki, pki.client)
+    client = _transport(pki.client)
     try:
         _round_trip(client, box, url)
     finally:
         client.close()
+
+
+# --- credentials from memory (the security provider's way) ---------------------------
+
+
+def _tls_temp_dirs() -> set[str]:
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("fl-core-tls-")}
+
+
+def test_mutual_tls_with_in_memory_credentials_leaves_no_key_file_behind(pki: Pki) -> None:
+    before = _tls_temp_dirs()
+    server = TcpTransport(credentials=pki.server.credentials)
+    client = TcpTransport(credentials=pki.client.credentials)
+    box = Box()
+    try:
+        assert _tls_temp_dirs() == before  # the key was on disk only while it was loaded
+        url = server.listen("tcp://127.0.0.1:0", box.on_connection).url
+        _round_trip(client, box, url)
+    finally:
+        client.close()
+        server.close()
+
+
+def test_the_factory_passes_credentials_from_code(pki: Pki) -> None:
+    server = hooks._make_tcp(credentials=pki.server.credentials, require_client_cert=False)
+    client = hooks._make_tcp(credentials=pki.anonymous)
+    box = Box()
+    try:
+        assert isinstance(server, TcpTransport) and isinstance(client, TcpTransport)
+        url = server.listen("tcp://127.0.0.1:0", box.on_connection).url
+        _round_trip(client, box, url)
+        # A transport that presents no certificate can connect, never listen.
+        with pytest.raises(CellError, match="no certificate"):
+            client.listen("tcp://127.0.0.1:0", Box().on_connection)
+    finally:
+        client.close()
+        server.close()
+
+
+def test_bad_credentials_are_config_errors(pki: Pki) -> None:
+    with pytest.raises(ConfigError, match="credentials"):
+        hooks._make_tcp(credentials={"certificate_chain": b""})
+    with pytest.raises(ConfigError, match="either credentials or certfile"):
+        TcpTransport(credentials=pki.client.credentials, cafile=pki.cafile)
+    wrong_key = Credentials(
+        pki.client.credentials.certificate_chain,
+        pki.server.credentials.private_key,
+        pki.ca_pem,
+    )
+    with pytest.raises(ConfigError) as info:
+        TcpTransport(credentials=wrong_key)
+    assert info.value.key == "certificate_chain"
+    with pytest.raises(ConfigError) as info:
+        TcpTransport(credentials=Credentials(b"", b"", b"not a CA"))
+    assert info.value.key == "root_certificates"
