@@ -1,0 +1,448 @@
+"""The `grpc` transport: frames over gRPC, one bidirectional stream per link.
+
+URLs are `grpc://HOST:PORT`; port 0 binds a free port and `Listener.url`
+reports the real one. Each listener is one gRPC server serving one method,
+`/fl_core.Link/Frames`, a stream-stream RPC whose messages are raw bytes
+(identity serializers: each message is one envelope frame, no protobuf
+message wraps the body). Each `connect` opens its own channel (its own
+HTTP/2 connection, never shared with another link) and one call on it.
+
+Threads: each `GrpcTransport` runs one asyncio loop on one daemon thread,
+started by the first `listen` or `connect` and stopped by `close`, and uses
+gRPC's asyncio API on it. The blocking API would cost a thread per stream on
+each end (a server worker per RPC plus a thread feeding or draining each
+stream), and a server's worker pool silently queues streams beyond its size;
+a server with hundreds of sites must not need hundreds of threads, and a
+transport must be able to join every thread it started when it closes. So
+links cost tasks, not threads, like the tcp transport; frame and close
+handlers run on the loop thread, and must not block.
+
+Dead peers: a peer whose process dies has its sockets closed by its kernel,
+which ends the stream at once. A peer that stops answering (frozen, host
+gone, network cut) is found by HTTP/2 keepalive pings, which both ends send:
+a ping every `keepalive_time` seconds (default 30), and no answer within
+`keepalive_timeout` seconds (default 10) ends the link, so `on_close` comes
+at most about 40 s after a peer went silent. Pings go out even on an idle
+stream, and servers accept them as often as a client sends them.
+
+TLS: `tls: true` with `certfile`, `keyfile`, `cafile` (PEM files), or
+`credentials` (PEM bytes from the security provider). Servers require a
+client certificate from the CA unless `require_client_cert` is false. The
+connecting end always checks the server's chain against the CA, and gRPC
+also checks that the server's certificate names the URL's host; unlike the
+tcp transport it cannot skip that check. Give server certificates the host
+names (or IP addresses) clients use, or set `server_name` to the name the
+server's certificate carries (gRPC's `ssl_target_name_override`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import urllib.parse
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar, Final, TypeVar
+from urllib.parse import urlparse
+
+import grpc
+from grpc import aio
+
+from fl_core.errors import CellError, ConfigError, TargetUnreachableError
+from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE, MAX_HEADER_SIZE, PREFIX_SIZE
+from fl_core.spec.security import Credentials
+from fl_core.spec.transport import Connection, Listener, Transport
+from fl_plugins.transport_grpc import tls as tls_material
+from fl_plugins.transport_grpc.connection import (
+    CLOSE_GRACE,
+    ClientConnection,
+    GrpcConnection,
+    ServerConnection,
+)
+
+log = logging.getLogger("fl_plugins.transport_grpc")
+
+SCHEME: Final = "grpc"
+SERVICE: Final = "fl_core.Link"
+METHOD: Final = "Frames"
+ACCEPTED: Final = ("fl-core-link", "accepted")
+"""Initial metadata a listener sends when it takes a stream: the connect handshake."""
+BACKOFF_START: Final = 0.05
+BACKOFF_MAX: Final = 1.0
+KEEPALIVE_TIME: Final = 30.0
+KEEPALIVE_TIMEOUT: Final = 10.0
+
+T = TypeVar("T")
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """`grpc://host:port` -> (host, port); `CellError` if it is not one."""
+    try:
+        parsed = urlparse(url)
+        port = parsed.port
+    except ValueError as exc:
+        raise CellError(f"bad grpc URL {url!r}: {exc}") from exc
+    if parsed.scheme != SCHEME or not parsed.hostname or port is None:
+        raise CellError(f"bad grpc URL {url!r}: expected grpc://HOST:PORT")
+    return parsed.hostname, port
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _peer_address(peer: str) -> str:
+    """gRPC's `ipv4:127.0.0.1:5000` / `ipv6:%5B::1%5D:5000` -> `127.0.0.1:5000` / `[::1]:5000`."""
+    for prefix in ("ipv4:", "ipv6:"):
+        if peer.startswith(prefix):
+            return urllib.parse.unquote(peer[len(prefix) :])
+    return peer
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class GrpcListener(Listener):
+    """One gRPC server; closing it refuses new links and keeps accepted ones."""
+
+    def __init__(self, transport: GrpcTransport, server: aio.Server, url: str) -> None:
+        self._transport = transport
+        self.server: aio.Server | None = server
+        """Dropped when the transport closes: a live gRPC object keeps gRPC's poller thread."""
+        self._url = url
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def close(self) -> None:
+        self._transport._close_listener(self)
+
+
+class GrpcTransport(Transport):
+    """Frames over gRPC streams (TLS when `tls=True` or `credentials`); see the module docstring."""
+
+    schemes: ClassVar[tuple[str, ...]] = (SCHEME,)
+    carries_objects: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        tls: bool = False,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        cafile: str | None = None,
+        credentials: Credentials | None = None,
+        require_client_cert: bool = True,
+        server_name: str | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        send_timeout: float = 60.0,
+        keepalive_time: float = KEEPALIVE_TIME,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    ) -> None:
+        if credentials is not None:
+            if certfile or keyfile or cafile:
+                raise ConfigError(
+                    "job.yaml",
+                    "components.transport.options.certfile",
+                    "give either credentials or certfile/keyfile/cafile, not both",
+                )
+            tls_material.check(credentials)
+        elif tls:
+            credentials = tls_material.credentials_from_files(certfile, keyfile, cafile)
+        self._credentials = credentials
+        self._require_client_cert = require_client_cert
+        self._max_body_size = max_body_size
+        self._send_timeout = send_timeout
+        message_limit = max_body_size + PREFIX_SIZE + MAX_HEADER_SIZE
+        common: list[tuple[str, int | str]] = [
+            ("grpc.max_send_message_length", message_limit),
+            ("grpc.max_receive_message_length", message_limit),
+            ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # Without this, pings stop after two on a stream that carries no data.
+            ("grpc.http2.max_pings_without_data", 0),
+            # What really bounds the wait for a ping's answer in this gRPC
+            # (its default is a minute, whatever keepalive_timeout_ms says).
+            ("grpc.http2.ping_timeout_ms", int(keepalive_timeout * 1000)),
+        ]
+        self._server_options: list[tuple[str, int | str]] = [
+            *common,
+            # Accept the peer's pings however often it is configured to send them.
+            ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+            ("grpc.http2.max_ping_strikes", 0),
+            # A port in use is an error, as with tcp, not a second server on it.
+            ("grpc.so_reuseport", 0),
+        ]
+        self._channel_options: list[tuple[str, int | str]] = [
+            *common,
+            # One HTTP/2 connection per link: closing a link closes its socket.
+            ("grpc.use_local_subchannel_pool", 1),
+            # Retries would keep a copy of every message sent on the stream.
+            ("grpc.enable_retries", 0),
+            ("grpc.initial_reconnect_backoff_ms", int(BACKOFF_START * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX * 1000)),
+        ]
+        if server_name:
+            self._channel_options.append(("grpc.ssl_target_name_override", server_name))
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # Touched only on the loop thread.
+        self._listeners: set[GrpcListener] = set()
+        self._closing: set[aio.Server] = set()
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._connections: set[GrpcConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- the loop thread -----------------------------------------------------------
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._closed:
+                raise CellError("the grpc transport is closed")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                thread = threading.Thread(target=run, name="fl-grpc-loop", daemon=True)
+                thread.start()
+                ready.wait()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        try:
+            loop = self._ensure_loop()
+        except CellError:
+            coro.close()  # never started: closing it spares a "never awaited" warning
+            raise
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def _track(self, conn: GrpcConnection) -> None:
+        self._connections.add(conn)
+        conn.on_lost.append(self._connections.discard)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- listening ---------------------------------------------------------------
+
+    def listen(self, url: str, on_connection: Callable[[Connection], None]) -> Listener:
+        """Bind `grpc://host:port`; `CellError` if it cannot be bound."""
+        host, port = parse_url(url)
+        if self._credentials is not None and not tls_material.has_certificate(self._credentials):
+            raise CellError(f"cannot listen on {url} with TLS: the credentials hold no certificate")
+        return self._run(self._listen(host, port, url, on_connection), 30.0)
+
+    async def _listen(
+        self, host: str, port: int, url: str, on_connection: Callable[[Connection], None]
+    ) -> GrpcListener:
+        loop = asyncio.get_running_loop()
+
+        async def frames(_requests: object, context: aio.ServicerContext[bytes, bytes]) -> None:
+            conn = ServerConnection(
+                loop,
+                context,
+                _peer_address(context.peer()),
+                max_body_size=self._max_body_size,
+                send_timeout=self._send_timeout,
+            )
+            self._track(conn)
+            await context.send_initial_metadata((ACCEPTED,))
+            try:
+                on_connection(conn)
+            except Exception:
+                log.exception("grpc: on_connection for %s (listener %s) failed", conn.peer, url)
+                conn.close()
+            await conn.serve()
+
+        handler = grpc.stream_stream_rpc_method_handler(
+            frames, request_deserializer=_identity, response_serializer=_identity
+        )
+        server = aio.server(options=self._server_options)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),)
+        )
+        address = _address(host, port)
+        problem = ""
+        try:
+            if self._credentials is None:
+                bound = server.add_insecure_port(address)
+            else:
+                creds = tls_material.server_credentials(
+                    self._credentials, self._require_client_cert
+                )
+                bound = server.add_secure_port(address, creds)
+        except RuntimeError as exc:  # gRPC's way of saying the address is taken or bad
+            problem = str(exc)
+        else:
+            problem = "" if bound else f"gRPC could not bind {address}"
+        if problem:
+            await server.stop(None)
+            # No gRPC object may stay reachable from the error's traceback:
+            # while one lives, so does gRPC's poller thread.
+            del server
+            raise CellError(f"cannot listen on {url}: {problem}")
+        await server.start()
+        listener = GrpcListener(self, server, f"{SCHEME}://{_address(host, bound)}")
+        self._listeners.add(listener)
+        return listener
+
+    def _close_listener(self, listener: GrpcListener) -> None:
+        def close() -> None:
+            server = listener.server
+            if listener not in self._listeners or server is None:
+                return
+            self._listeners.discard(listener)
+            listener.server = None
+            self._closing.add(server)
+            # A shutdown stops listening at once and lets running streams go
+            # on; the task ends when they have (or the transport stops it).
+            task = asyncio.get_running_loop().create_task(server.stop(grace=_FOREVER))
+            task.add_done_callback(lambda _: self._closing.discard(server))
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+
+        with self._lock:
+            loop = self._loop if not self._closed else None
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(close)
+
+    # --- connecting ----------------------------------------------------------------
+
+    def connect(self, url: str, timeout: float) -> Connection:
+        """Connect, retrying until `timeout`; `TargetUnreachableError` then."""
+        host, port = parse_url(url)
+        try:
+            return self._run(self._connect(host, port, url, timeout), timeout + 5.0)
+        except TimeoutError:
+            raise TargetUnreachableError(url, f"no connection within {timeout:g} s") from None
+
+    async def _connect(self, host: str, port: int, url: str, timeout: float) -> ClientConnection:
+        loop = asyncio.get_running_loop()
+        address = _address(host, port)
+        if self._credentials is None:
+            channel = aio.insecure_channel(address, options=self._channel_options)
+        else:
+            creds = tls_material.channel_credentials(self._credentials)
+            channel = aio.secure_channel(address, creds, options=self._channel_options)
+        try:
+            call, why = await self._open_stream(channel, loop.time() + timeout)
+        except BaseException:
+            await channel.close()
+            raise
+        if call is None:
+            await channel.close()
+            # Raised outside any handler and with no gRPC object left in this frame:
+            # a traceback that kept one alive would keep gRPC's poller thread too.
+            del channel
+            raise TargetUnreachableError(url, f"could not connect within {timeout:g} s ({why})")
+        conn = ClientConnection(
+            loop,
+            channel,
+            call,
+            url,
+            max_body_size=self._max_body_size,
+            send_timeout=self._send_timeout,
+        )
+        self._track(conn)
+        self._spawn(conn.run())
+        return conn
+
+    async def _open_stream(
+        self, channel: aio.Channel, deadline: float
+    ) -> tuple[aio.StreamStreamCall[bytes, bytes] | None, str]:
+        """Open the link's call; (call, "") once a listener took it, else (None, why not)."""
+        loop = asyncio.get_running_loop()
+        delay = BACKOFF_START
+        why = "nobody answered"
+        while True:
+            call: aio.StreamStreamCall[bytes, bytes] = channel.stream_stream(
+                f"/{SERVICE}/{METHOD}",
+                request_serializer=_identity,
+                response_deserializer=_identity,
+            )(wait_for_ready=True)
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                async with asyncio.timeout_at(deadline):
+                    metadata = await call.initial_metadata()
+                    if ACCEPTED in tuple(metadata or ()) and not call.done():
+                        return call, ""
+                    code = await call.code()
+                    why = f"{code.name}: {await call.details()}"
+            except TimeoutError:
+                call.cancel()
+                return None, why
+            except aio.AioRpcError as exc:
+                code, why = exc.code(), f"{exc.code().name}: {exc.details()}"
+            call.cancel()
+            if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED):
+                return None, f"not an fl-core grpc listener: {why}"
+            if loop.time() + delay >= deadline:
+                return None, why
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    # --- closing ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close listeners and links (on_close fires for each), stop the loop thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+        try:
+            future.result(CLOSE_GRACE * 2 + 10.0)
+        except Exception:
+            log.exception("grpc: error while closing the transport")
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+    async def _shutdown(self) -> None:
+        listeners = list(self._listeners)
+        self._listeners.clear()
+        servers = [*(x.server for x in listeners if x.server is not None), *self._closing]
+        for conn in list(self._connections):
+            conn.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_GRACE
+        while self._connections and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self._connections):
+            conn._abort()
+        # Stopping a server with no grace cancels whatever streams it still runs.
+        await asyncio.gather(*(s.stop(None) for s in servers), return_exceptions=True)
+        await asyncio.gather(*self._stopping, *self._tasks, return_exceptions=True)
+        for conn in list(self._connections):
+            conn._lost(CellError("the grpc transport closed"))
+        for listener in listeners:
+            listener.server = None
+        self._closing.clear()
+
+
+_FOREVER: Final = 365 * 24 * 3600.0
+"""The grace a closed listener gives its accepted streams: they end when their owners close them."""
