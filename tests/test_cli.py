@@ -76,7 +76,8 @@ def test_unknown_workflow_lists_the_installed_ones(tmp_path: Path) -> None:
 def test_unknown_transport_in_components(tmp_path: Path) -> None:
     proc = fl_core("job", "check", str(_job(tmp_path, components={"transport": "carrier-pigeon"})))
     assert proc.returncode == 1
-    assert "unknown transport 'carrier-pigeon'; installed transports: inprocess" in proc.stderr
+    assert "unknown transport 'carrier-pigeon'; installed transports: grpc" in proc.stderr
+    assert "tcp (plugin transport_tcp)" in proc.stderr
 
 
 def test_bad_workflow_option_names_the_option(tmp_path: Path) -> None:

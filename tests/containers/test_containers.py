@@ -13,7 +13,7 @@ from fl_core.config import load_job
 from fl_core.containers.poc import poc_container
 from fl_core.containers.production import production_container
 from fl_core.containers.simulator import simulator_container
-from fl_core.errors import ModeNotAvailableError, UnknownComponentError
+from fl_core.errors import ModeNotAvailableError
 from fl_core.spec.transport import Connection, Frame, Listener, Transport
 from fl_core.testing import plugin_manager_with, write_job
 from fl_plugins.transport_inprocess.transport import InProcessTransport
@@ -68,15 +68,18 @@ def test_job_components_override_mode_defaults(tmp_path: Path) -> None:
     folder = write_job(
         tmp_path / "job",
         script=SCRIPT,
-        components={"transport": {"name": "grpc", "options": {"max_frame": 1024}}},
+        components={"transport": {"name": "grpc", "options": {"send_timeout": 5.0}}},
     )
     job = load_job(folder)
     container = poc_container(job, clients=2)
     components = container.config.components()
-    assert components["transport"] == {"name": "grpc", "options": {"max_frame": 1024}}
+    assert components["transport"] == {"name": "grpc", "options": {"send_timeout": 5.0}}
     assert components["launcher"] == {"name": "process", "options": {}}
-    with pytest.raises(UnknownComponentError, match="unknown transport 'grpc'"):
-        container.transport()
+    transport = container.transport()
+    try:
+        assert transport.schemes == ("grpc",)
+    finally:
+        transport.close()
 
 
 def test_simulator_defaults_are_inprocess_and_none(tmp_path: Path) -> None:
