@@ -20,6 +20,7 @@ while the rest still travels.
 from __future__ import annotations
 
 import enum
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -37,29 +38,64 @@ MiB: Final = 1024**2
 
 
 POPULATE_MIN: Final = 1 * MiB
-"""Arrays from this size up are received into pre-populated memory (see `_allocate`)."""
+"""Arrays from this size up get their own mapping, populated as bytes arrive."""
+_MADV_POPULATE_WRITE: Final = 23  # Linux 5.14+; not named by Python 3.11's mmap module
+_PAGE: Final = 4096
 
 
-def _allocate(name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-    """A receive array whose pages exist before the bytes arrive.
+class ReceiveMemory:
+    """Receive arrays whose pages the kernel maps in ahead of each write.
 
-    Writing into fresh `np.empty` memory takes one page fault per page (and,
-    where transparent huge pages are on "madvise", compaction stalls): here a
-    1 GiB array filled that way took 0.6 to 2.5 s. Mapping it with
-    MAP_POPULATE lets the kernel provide every page in one call (about 0.25 s
-    for 1 GiB). Only for a payload kept whole: its memory is needed anyway.
+    Writing into fresh `np.empty` memory takes one page fault per 4 KiB
+    page (and, where transparent huge pages are on "madvise", compaction
+    stalls): here a 1 GiB array filled that way took 0.6 to 2.5 s. Big
+    arrays get a private anonymous mapping instead, and `prepare(view)`
+    asks the kernel to populate just the region about to be written
+    (MADV_POPULATE_WRITE) in one call; about 0.25 s per GiB. Memory is
+    committed only as bytes arrive, so a peer that announces a huge model
+    and stalls costs nothing it has not sent.
     """
-    import mmap
 
-    import numpy as np
+    def __init__(self) -> None:
+        # (address, size, weak reference to the mmap): the arrays own their
+        # memory; a released array must be freed, not kept alive from here.
+        self._maps: list[tuple[int, int, weakref.ref[Any]]] = []
+        self._populate = True
 
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    populate = getattr(mmap, "MAP_POPULATE", 0)
-    if nbytes < POPULATE_MIN or not populate:
-        return np.empty(shape, dtype=dtype)
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate
-    memory = mmap.mmap(-1, nbytes, flags=flags)
-    return np.frombuffer(memory, dtype=dtype).reshape(shape)
+    def allocate(self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        """A writable C-contiguous array for `shape` and `dtype`."""
+        import mmap
+
+        import numpy as np
+
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < POPULATE_MIN:
+            return np.empty(shape, dtype=dtype)
+        try:
+            memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as exc:
+            raise CellError(f"cannot reserve {nbytes} bytes for array {name!r}: {exc}") from exc
+        array = np.frombuffer(memory, dtype=dtype).reshape(shape)
+        self._maps.append((int(array.ctypes.data), nbytes, weakref.ref(memory)))
+        return array
+
+    def prepare(self, view: memoryview) -> None:
+        """Populate the pages under `view` (a region of an array from `allocate`)."""
+        if not self._populate or not self._maps or not view.nbytes:
+            return
+        import numpy as np
+
+        address = int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
+        for base, size, ref in self._maps:
+            memory = ref()
+            if memory is not None and base <= address < base + size:
+                start = (address - base) // _PAGE * _PAGE
+                end = min(size, -(-(address - base + view.nbytes) // _PAGE) * _PAGE)
+                try:
+                    memory.madvise(_MADV_POPULATE_WRITE, start, end - start)
+                except (OSError, ValueError):
+                    self._populate = False  # an older kernel: plain page faults
+                return
 
 
 class PayloadKind(enum.StrEnum):
@@ -209,8 +245,12 @@ class PayloadAssembler:
         self._head = bytearray()  # a model's header, until it is complete
         self._head_size = 0
         self._model: ModelReceiver | None = None
+        self._memory = ReceiveMemory()
         if kind in (PayloadKind.BYTES, PayloadKind.JSON):
-            self._buffer = bytearray(size)
+            try:
+                self._buffer = bytearray(size)
+            except MemoryError:
+                raise CellError(f"cannot reserve {size} bytes for a {kind} payload") from None
 
     @property
     def complete(self) -> bool:
@@ -267,8 +307,9 @@ class PayloadAssembler:
                 if self.complete:
                     raise CellError(f"truncated model payload: {self.size} bytes in all")
                 return []
-            allocate = _allocate if self.keep_arrays else None
-            self._model = ModelReceiver(self._head, limits, allocate=allocate)
+            self._model = ModelReceiver(
+                self._head, limits, allocate=self._memory.allocate, prepare=self._memory.prepare
+            )
             self._head = bytearray()
             if self._model.layout.body_size != self.size - self._head_size:
                 raise CellError(
@@ -289,7 +330,10 @@ class PayloadAssembler:
         if self._model is None or not 0 < size <= self.size - self.received:
             return None
         buffer = self._model.get_buffer()
-        return buffer[:size] if buffer.nbytes >= size else None
+        if buffer.nbytes < size:
+            return None
+        self._memory.prepare(buffer[:size])
+        return buffer[:size]
 
     def commit(self, size: int) -> list[tuple[str, np.ndarray]]:
         """Record `size` bytes received into the last `reserve`d view."""

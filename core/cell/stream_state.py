@@ -29,6 +29,8 @@ class StreamSettings:
     """Seconds without data (receiver) or acknowledgement (sender) before a stream fails."""
     limits: PayloadLimits = field(default_factory=PayloadLimits)
     """What this cell accepts from peers."""
+    max_incoming: int = 1024
+    """Streams this cell receives at once; more are refused (each holds an assembler)."""
 
     def __post_init__(self) -> None:
         if self.chunk_size <= 0:

@@ -184,7 +184,9 @@ class StreamEngine:
         if kind == MessageType.ACK:
             with self._lock:
                 stream = self._out.get(headers.get(Header.STREAM, ""))
-            if stream is not None:
+            # Only the receiver may acknowledge: anyone else's count would let
+            # the sender overrun the window on every relay in between.
+            if stream is not None and headers.get(Header.ORIGIN) == stream.target:
                 try:
                     stream.acknowledge(int_header(headers, Header.ACKED))
                 except CellError as exc:
@@ -254,6 +256,8 @@ class StreamEngine:
         with self._lock:
             if self._closed is not None or key in self._in:
                 refused = self._closed or f"stream {key[1]} from {key[0]} is already open"
+            elif len(self._in) >= self.settings.max_incoming:
+                refused = f"{self._cell.fqcn} already receives {len(self._in)} streams"
             else:
                 refused = None
                 self._in[key] = incoming

@@ -216,8 +216,10 @@ class ModelReceiver:
     `feed(b"")` reports those at the start of an empty body.
 
     `layout` is the parsed header (`body_size`, metrics, meta, array specs),
-    available before any body byte arrives. Not thread-safe: feed one stream
-    from one thread. After a `WireFormatError` the receiver is dead and
+    available before any body byte arrives. `prepare(view)`, if given, is
+    called with each region just before `feed` writes into it (to map its
+    pages in ahead of the copy). Not thread-safe: feed one stream from one
+    thread. After a `WireFormatError` the receiver is dead and
     raises it again.
     """
 
@@ -227,9 +229,11 @@ class ModelReceiver:
         limits: ModelLimits,
         *,
         allocate: Allocator | None = None,
+        prepare: Callable[[memoryview], None] | None = None,
     ) -> None:
         self.layout: ModelHeader = parse_model_header(header, limits)
         alloc = allocate or _empty
+        self._prepare = prepare
         self._arrays: list[np.ndarray] = []
         self._views: list[memoryview] = []
         for spec in self.layout.arrays:
@@ -333,6 +337,8 @@ class ModelReceiver:
         while data:
             buffer = self.get_buffer()
             n = min(len(buffer), len(data))
+            if self._prepare is not None and n:
+                self._prepare(buffer[:n])
             buffer[:n] = data[:n]
             data = data[n:]
             completed += self.buffer_updated(n)

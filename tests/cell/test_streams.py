@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Iterator
@@ -18,8 +19,9 @@ from fl_core.cell.payload import PayloadLimits
 from fl_core.cell.streams import StreamSettings
 from fl_core.errors import CellError, RequestTimeoutError
 from fl_core.model import FLModel
+from fl_core.serialization.model_header import pack_header_json
 from fl_core.spec.transport import Connection, Frame
-from fl_core.testing.stream_contract import digests, wait_until
+from fl_core.testing.stream_contract import RssPeak, digests, wait_until
 from fl_plugins.transport_inprocess.transport import InProcessTransport
 
 AUX = Channel.AUX_COMMUNICATION
@@ -97,14 +99,14 @@ class RawPeer:
         self.conn.send(Frame({_CONTROL: _HELLO, Header.ORIGIN: "server.raw"}))
         assert self.frames.get(timeout=WAIT).headers[_CONTROL] == "hello_ok"
 
-    def first_chunk(self, size: int, body: bytes) -> None:
+    def first_chunk(self, size: int, body: bytes, kind: str = "bytes", topic: str = "sink") -> None:
         headers = {
             Header.CHANNEL: str(AUX),
-            Header.TOPIC: "sink",
+            Header.TOPIC: topic,
             Header.ORIGIN: "server.raw",
             Header.DESTINATION: "server",
             Header.MSG_TYPE: str(MessageType.FIRE),
-            Header.PAYLOAD: "bytes",
+            Header.PAYLOAD: kind,
             Header.STREAM: "7",
             Header.SEQ: "0",
             Header.SIZE: str(size),
@@ -198,3 +200,29 @@ def test_a_chunk_of_an_unknown_stream_is_dropped(
     peer.chunk(1, b"stray")
     peer.first_chunk(3, b"abc")
     assert seen.get(timeout=WAIT) == b"abc"
+
+
+def test_a_huge_announced_model_commits_no_memory_the_peer_has_not_sent(
+    raw: tuple[Cell, RawPeer, queue.Queue[Any]],
+) -> None:
+    server, peer, seen = raw
+    huge = 48 * 2**30  # twice this machine's memory
+    doc = {
+        "params_type": "FULL",
+        "current_round": None,
+        "total_rounds": None,
+        "metrics": {},
+        "meta": {},
+        "arrays": [{"name": "w", "dtype": "uint8", "shape": [huge], "offset": 0, "nbytes": huge}],
+    }
+    header = pack_header_json(json.dumps(doc).encode())
+    whole: queue.Queue[Message] = queue.Queue()
+    server.register_handler(AUX, "whole", whole.put)  # not streaming: the cell assembles
+    with RssPeak() as rss:
+        body = header + bytes(64 * KiB)
+        peer.first_chunk(len(header) + huge, body, kind="model", topic="whole")
+        reason = peer.abort()[Header.ERROR]
+    assert "no data for 0.3 s" in reason or "cannot reserve" in reason, reason
+    assert rss.growth < 64 * 2**20, f"RSS grew by {rss.growth / 2**20:.0f} MiB"
+    assert whole.empty() and seen.empty()
+    wait_until(lambda: not any(server.streams_in_flight().values()), WAIT, "the stream to go")
