@@ -172,12 +172,26 @@ def _bytes_view(payload: bytes | bytearray | memoryview) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
+def kind_of(payload: object) -> PayloadKind:
+    """The kind a payload travels as (JSON for anything not None, bytes or a model)."""
+    from fl_core.model import FLModel
+
+    if payload is None:
+        return PayloadKind.NONE
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return PayloadKind.BYTES
+    if isinstance(payload, FLModel):
+        return PayloadKind.MODEL
+    return PayloadKind.JSON
+
+
 def encode_payload(payload: object, *, where: str) -> EncodedPayload:
     """`payload` as kind + parts; `CellError` (naming `where`) if it cannot travel."""
     from fl_core.model import FLModel
     from fl_core.serialization import WireFormatError
 
-    if payload is None:
+    kind = kind_of(payload)
+    if kind is PayloadKind.NONE:
         return EncodedPayload(PayloadKind.NONE, [], 0)
     if isinstance(payload, bytes | bytearray | memoryview):
         view = _bytes_view(payload)

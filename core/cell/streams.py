@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING, Final
 from fl_core.cell.incoming import IncomingPayload
 from fl_core.cell.message import Header, Message, MessageType, Status
 from fl_core.cell.payload import (
+    EncodedPayload,
     PayloadAssembler,
-    PayloadKind,
     check_size,
     decode_payload,
     encode_payload,
+    kind_of,
     parse_kind,
 )
 from fl_core.cell.relay import RelayedStreams
@@ -101,10 +102,9 @@ class StreamEngine:
                 self._out.pop(sid, None)
             raise CellError(f"cell {self._cell.fqcn!r} is shutting down") from None
 
-    def _pump(self, sid: str, stream: Outgoing, first: dict[str, str], encoded: object) -> None:
-        from fl_core.cell.payload import EncodedPayload
-
-        assert isinstance(encoded, EncodedPayload)
+    def _pump(
+        self, sid: str, stream: Outgoing, first: dict[str, str], encoded: EncodedPayload
+    ) -> None:
         settings = self.settings
         chunk_headers: dict[str, str] = {
             Header.DESTINATION: stream.target,
@@ -219,7 +219,7 @@ class StreamEngine:
         if isinstance(message.payload, IncomingPayload):
             return
         value = message.payload
-        kind = _kind_of(value)
+        kind = kind_of(value)
         message.payload = IncomingPayload.of(value, kind, source=message.origin)
 
     def _on_first_chunk(self, conn: Connection, headers: dict[str, str], body: object) -> None:
@@ -484,15 +484,3 @@ class StreamEngine:
         with self._lock:
             counts = {"out": len(self._out), "in": len(self._in)}
         return {**counts, "relayed": len(self._relayed)}
-
-
-def _kind_of(value: object) -> PayloadKind:
-    from fl_core.model import FLModel
-
-    if value is None:
-        return PayloadKind.NONE
-    if isinstance(value, bytes | bytearray | memoryview):
-        return PayloadKind.BYTES
-    if isinstance(value, FLModel):
-        return PayloadKind.MODEL
-    return PayloadKind.JSON
