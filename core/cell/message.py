@@ -45,6 +45,9 @@ class Header(enum.StrEnum):
     """A chunk's position in its stream, from 0."""
     SIZE = "size"
     """The whole streamed payload's size in bytes (on its first frame)."""
+    WINDOW = "window"
+    """The sender's flow-control window in bytes (on a stream's first frame), so the
+    receiver acknowledges often enough whatever its own settings."""
     ACKED = "acked"
     """Bytes of a stream the receiver has consumed (on ACK messages)."""
     STREAM_ORIGIN = "stream_origin"

@@ -65,13 +65,14 @@ class Outgoing:
         self.message = message
         self.cond = threading.Condition()
         self.acked = 0
+        self.heard = 0  # ACKs received, repeats included: the receiver is alive
         self.error: CellError | None = None
 
     def acknowledge(self, count: int) -> None:
         with self.cond:
-            if count > self.acked:
-                self.acked = count
-                self.cond.notify_all()
+            self.heard += 1
+            self.acked = max(self.acked, count)
+            self.cond.notify_all()
 
     def fail(self, error: CellError) -> None:
         with self.cond:
@@ -81,7 +82,7 @@ class Outgoing:
 
     def wait_for_room(self, sent: int, need: int, window: int, idle_timeout: float) -> None:
         with self.cond:
-            last, deadline = self.acked, time.monotonic() + idle_timeout
+            last, deadline = self.heard, time.monotonic() + idle_timeout
             while self.error is None and self.acked < sent and sent - self.acked + need > window:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -89,8 +90,8 @@ class Outgoing:
                         self.target, f"it acknowledged no stream data for {idle_timeout:g} s"
                     )
                 self.cond.wait(left)
-                if self.acked != last:
-                    last, deadline = self.acked, time.monotonic() + idle_timeout
+                if self.heard != last:
+                    last, deadline = self.heard, time.monotonic() + idle_timeout
             if self.error is not None:
                 raise self.error
 
@@ -98,14 +99,16 @@ class Outgoing:
 class Incoming:
     """A stream this cell receives."""
 
-    def __init__(self, headers: dict[str, str], link: Connection, size: int) -> None:
+    def __init__(self, headers: dict[str, str], link: Connection, size: int, window: int) -> None:
         self.headers = headers
         self.link = link
         self.size = size
+        self.window = window  # the sender's: acknowledgements must keep it moving
         self.received = 0
         self.next_seq = 1
         self.acked = 0  # the last count sent in an ACK
         self.checked = -1  # `received` at the last idle check
+        self.stale = 0  # idle checks in a row that saw no data while waiting for it
         self.assembler: PayloadAssembler | None = None
         self.reserved: memoryview | None = None  # the next chunk is received into this
         self.payload: IncomingPayload | None = None

@@ -94,7 +94,14 @@ class StreamEngine:
             if self._closed is not None:
                 raise CellError(self._closed)
             self._out[sid] = stream
-        headers.update({Header.STREAM: sid, Header.SEQ: "0", Header.SIZE: str(encoded.size)})
+        headers.update(
+            {
+                Header.STREAM: sid,
+                Header.SEQ: "0",
+                Header.SIZE: str(encoded.size),
+                Header.WINDOW: str(self.settings.window),
+            }
+        )
         try:
             self._cell.resources.streamer.submit(self._pump, sid, stream, headers, encoded)
         except RuntimeError:
@@ -231,11 +238,16 @@ class StreamEngine:
             check_size(kind, size, self.settings.limits)
             if int_header(headers, Header.SEQ) != 0:
                 raise CellError("a stream must start with chunk 0")
+            window = self.settings.window
+            if Header.WINDOW in headers:
+                window = int_header(headers, Header.WINDOW)
+                if window < 1:
+                    raise CellError("a stream's window must be at least one byte")
         except CellError as exc:
             self._refuse(headers, f"{self._cell.fqcn} refused the stream: {exc}")
             return
         key = (headers.get(Header.ORIGIN, ""), headers[Header.STREAM])
-        incoming = Incoming(headers, conn, size)
+        incoming = Incoming(headers, conn, size, window)
         message = Message(headers, None)
         streaming = self._cell._wants_stream(message)
         if streaming:
@@ -346,9 +358,12 @@ class StreamEngine:
 
     def _consumed(self, incoming: Incoming, count: int) -> None:
         """Acknowledge consumed bytes, every quarter window and at the end."""
-        if count - incoming.acked < self.settings.window // 4 and count < incoming.size:
+        if count - incoming.acked < max(1, incoming.window // 4) and count < incoming.size:
             return
         incoming.acked = count
+        self._send_ack(incoming, count)
+
+    def _send_ack(self, incoming: Incoming, count: int) -> None:
         sid = incoming.headers[Header.STREAM]
         self._control(
             incoming.origin,
@@ -382,10 +397,15 @@ class StreamEngine:
             incoming.timer.cancel()
         return incoming
 
+    _IDLE_CHECKS: Final = 3
+    """Idle checks per `idle_timeout`: the keepalive ACKs a slow consumer's stream
+    gets must reach the sender well within the sender's own idle timeout."""
+
     def _schedule_idle_check(self, key: tuple[str, str], incoming: Incoming) -> None:
         try:
             incoming.timer = self._cell.resources.timer.call_later(
-                self.settings.idle_timeout, lambda: self._idle_check(key, incoming)
+                self.settings.idle_timeout / self._IDLE_CHECKS,
+                lambda: self._idle_check(key, incoming),
             )
         except RuntimeError:
             pass  # closing: close() fails every stream
@@ -394,16 +414,22 @@ class StreamEngine:
         with self._lock:
             if self._in.get(key) is not incoming:
                 return
-        # A sender with a full window waits for us, not the other way round.
-        sender_blocked = incoming.received - incoming.acked >= self.settings.window
-        if incoming.received == incoming.checked and not sender_blocked:
-            self._fail_incoming(
-                key,
-                f"no data for {self.settings.idle_timeout:g} s "
-                f"({incoming.received} of {incoming.size} bytes arrived)",
-            )
-            return
-        incoming.checked = incoming.received
+        if incoming.received != incoming.checked:
+            incoming.checked, incoming.stale = incoming.received, 0
+        elif incoming.payload is not None and incoming.payload.buffered:
+            # The consumer is slow and the sender waits for it: tell the sender
+            # this end is alive (an ACK repeating the last count).
+            incoming.stale = 0
+            self._send_ack(incoming, incoming.acked)
+        else:
+            incoming.stale += 1
+            if incoming.stale >= self._IDLE_CHECKS:
+                self._fail_incoming(
+                    key,
+                    f"no data for {self.settings.idle_timeout:g} s "
+                    f"({incoming.received} of {incoming.size} bytes arrived)",
+                )
+                return
         self._schedule_idle_check(key, incoming)
 
     def _on_abort(self, headers: dict[str, str]) -> None:

@@ -226,3 +226,37 @@ def test_a_huge_announced_model_commits_no_memory_the_peer_has_not_sent(
     assert rss.growth < 64 * 2**20, f"RSS grew by {rss.growth / 2**20:.0f} MiB"
     assert whole.empty() and seen.empty()
     wait_until(lambda: not any(server.streams_in_flight().values()), WAIT, "the stream to go")
+
+
+def test_a_receiver_with_a_bigger_window_still_lets_a_small_window_sender_through() -> None:
+    transport, resources = BytesOnly(), CellResources()
+    server = Cell("server", transport, resources)  # default window: 16 MiB
+    job = Cell("server.j", transport, resources, streams=SMALL)  # 256 KiB
+    try:
+        job.connect_parent(server.listen("inprocess://"), timeout=WAIT)
+        server.register_handler(AUX, "digest", lambda m: digests(m.payload.params))
+        model = FLModel(params={"w": np.arange(1 << 20, dtype=np.float32)})  # 4 MiB
+        reply = job.request("server", AUX, "digest", model, timeout=WAIT)
+        assert reply.payload == digests(model.params)
+    finally:
+        job.close()
+        server.close()
+        resources.close()
+
+
+def test_a_consumer_slower_than_the_idle_timeout_is_not_cut_off(
+    pair: tuple[Cell, Cell],
+) -> None:
+    server, job = pair
+    go = threading.Event()
+
+    def dawdle(message: Message) -> object:
+        assert isinstance(message.payload, IncomingPayload)
+        go.wait(WAIT)  # holds a full window for several idle timeouts
+        return digests(dict(message.payload.arrays()))
+
+    server.register_handler(AUX, "dawdle", dawdle, streaming=True)
+    model = FLModel(params={f"a{i}": np.full(50_000, i, dtype=np.float32) for i in range(20)})
+    future = job.request_async("server", AUX, "dawdle", model, timeout=WAIT)
+    threading.Timer(4 * SMALL.idle_timeout, go.set).start()
+    assert future.result(WAIT).payload == digests(model.params)
