@@ -128,7 +128,7 @@ class Cell:
             else:
                 self._on_frame(conn, frame, from_parent=False)
 
-        conn.receive_into(self._streams.body_buffer)
+        conn.receive_into(self._streams.body_buffer_for(conn))
         conn.start(on_frame, lambda exc: self._on_link_closed(conn, exc, parent=False))
 
     def _on_hello(self, conn: Connection, frame: Frame, state: dict[str, str]) -> None:

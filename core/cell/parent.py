@@ -65,7 +65,7 @@ class ParentLink:
                 return
             cell._on_frame(conn, frame, from_parent=True)
 
-        conn.receive_into(cell._streams.body_buffer)
+        conn.receive_into(cell._streams.body_buffer_for(conn))
         conn.start(on_frame, lambda exc: cell._on_link_closed(conn, exc, parent=True))
         conn.send(Frame({CONTROL: HELLO, Header.ORIGIN: cell.fqcn}))
         try:

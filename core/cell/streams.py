@@ -49,7 +49,7 @@ from fl_core.cell.stream_state import (
     int_header,
 )
 from fl_core.errors import CellError, RemoteError, TargetUnreachableError
-from fl_core.spec.transport import Connection, Frame
+from fl_core.spec.transport import BodyBufferProvider, Connection, Frame
 
 if TYPE_CHECKING:
     from fl_core.cell.cell import Cell
@@ -203,7 +203,7 @@ class StreamEngine:
             self._on_abort(headers)
             return None
         if kind == MessageType.CHUNK:
-            self._on_chunk(headers, frame.body)
+            self._on_chunk(conn, headers, frame.body)
             return None
         if Header.STREAM in headers:
             self._on_first_chunk(conn, headers, frame.body)
@@ -282,7 +282,13 @@ class StreamEngine:
             self._cell._on_message(message)
         self._take_chunk(key, incoming, body)
 
-    def body_buffer(self, headers: dict[str, str], size: int) -> memoryview | None:
+    def body_buffer_for(self, conn: Connection) -> BodyBufferProvider:
+        """The `Connection.receive_into` provider for chunks arriving on `conn`."""
+        return lambda headers, size: self._body_buffer(conn, headers, size)
+
+    def _body_buffer(
+        self, conn: Connection, headers: dict[str, str], size: int
+    ) -> memoryview | None:
         """Where a transport may receive a chunk in place: the model's own arrays."""
         if (
             headers.get(Header.MSG_TYPE) != MessageType.CHUNK
@@ -295,6 +301,7 @@ class StreamEngine:
             )
         if (
             incoming is None
+            or incoming.link is not conn
             or incoming.assembler is None
             or headers.get(Header.SEQ) != str(incoming.next_seq)
         ):
@@ -302,12 +309,17 @@ class StreamEngine:
         incoming.reserved = incoming.assembler.reserve(size)
         return incoming.reserved
 
-    def _on_chunk(self, headers: dict[str, str], body: object) -> None:
+    def _on_chunk(self, conn: Connection, headers: dict[str, str], body: object) -> None:
         key = (headers.get(Header.ORIGIN, ""), headers.get(Header.STREAM, ""))
         with self._lock:
             incoming = self._in.get(key)
         if incoming is None:
             return  # a stream that already failed here; its sender was told
+        if incoming.link is not conn:
+            # A stream's chunks all come the way its first one came; another
+            # link claiming its origin is lying.
+            log.warning("%s: dropped a chunk of %s/%s from %s", self._cell.fqcn, *key, conn.peer)
+            return
         try:
             seq = int_header(headers, Header.SEQ)
         except CellError as exc:

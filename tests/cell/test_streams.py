@@ -92,11 +92,12 @@ def test_a_reply_over_the_requesters_limit_fails_the_request_promptly() -> None:
 class RawPeer:
     """A hand-driven child of `server`, to send frames no cell would send."""
 
-    def __init__(self, transport: InProcessTransport, url: str) -> None:
+    def __init__(self, transport: InProcessTransport, url: str, name: str = "server.raw") -> None:
+        self.transport = transport
         self.frames: queue.Queue[Frame] = queue.Queue()
         self.conn: Connection = transport.connect(url, WAIT)
         self.conn.start(self.frames.put, lambda exc: None)
-        self.conn.send(Frame({_CONTROL: _HELLO, Header.ORIGIN: "server.raw"}))
+        self.conn.send(Frame({_CONTROL: _HELLO, Header.ORIGIN: name}))
         assert self.frames.get(timeout=WAIT).headers[_CONTROL] == "hello_ok"
 
     def first_chunk(self, size: int, body: bytes, kind: str = "bytes", topic: str = "sink") -> None:
@@ -191,6 +192,21 @@ def test_a_whole_stream_in_order_arrives(raw: tuple[Cell, RawPeer, queue.Queue[A
     peer.chunk(2, b"c" * 50)
     assert seen.get(timeout=WAIT) == b"a" * 100 + b"b" * 100 + b"c" * 50
     wait_until(lambda: not any(server.streams_in_flight().values()), WAIT, "the stream to end")
+
+
+def test_a_chunk_from_another_link_claiming_the_streams_origin_is_dropped(
+    raw: tuple[Cell, RawPeer, queue.Queue[Any]],
+) -> None:
+    server, peer, seen = raw
+    url = server.listen("inprocess://")
+    liar = RawPeer(peer.transport, url, name="server.liar")
+    try:
+        peer.first_chunk(6, b"abc")
+        liar.chunk(1, b"XYZ")  # origin "server.raw", stream 7, seq 1: but not its link
+        peer.chunk(1, b"def")
+        assert seen.get(timeout=WAIT) == b"abcdef"
+    finally:
+        liar.conn.close()
 
 
 def test_a_chunk_of_an_unknown_stream_is_dropped(
