@@ -22,36 +22,11 @@ _OPTIONS = {
 """What a job config may set (YAML types). `credentials` is passed by code only."""
 
 
-def _type_ok(value: object, expected: type) -> bool:
-    if expected is bool or isinstance(value, bool):
-        return expected is bool and isinstance(value, bool)
-    return isinstance(value, int | float if expected is float else expected)
-
-
 def _make_grpc(**options: Any) -> Transport:
-    from fl_core.errors import ConfigError
-    from fl_core.spec.security import Credentials
+    from fl_core.config.options import check_options, take_credentials
 
-    credentials = options.pop("credentials", None)
-    if credentials is not None and not isinstance(credentials, Credentials):
-        raise ConfigError(
-            "credentials",
-            "",
-            f"expected fl_core.spec.security.Credentials, got {type(credentials).__name__}",
-        )
-    for name, value in options.items():
-        expected = _OPTIONS.get(name)
-        key = f"components.transport.options.{name}"
-        if expected is None:
-            raise ConfigError(
-                "job.yaml", key, f"`grpc` has no such option; known: {', '.join(sorted(_OPTIONS))}"
-            )
-        if not _type_ok(value, expected):
-            raise ConfigError("job.yaml", key, f"expected {expected.__name__}, got {value!r}")
-        if expected in (int, float) and value <= 0:
-            raise ConfigError("job.yaml", key, f"must be positive, got {value!r}")
-        if expected is str and not value:
-            raise ConfigError("job.yaml", key, "must not be empty")
+    credentials = take_credentials(options)
+    check_options("transport", "grpc", options, _OPTIONS)
     # grpcio is imported here, when a job uses the transport, never at plugin load.
     from fl_plugins.transport_grpc.transport import GrpcTransport
 
