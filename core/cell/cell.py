@@ -199,7 +199,9 @@ class Cell:
         With `streaming=True` the handler is called as soon as a large
         payload starts to arrive, and `message.payload` is an
         `IncomingPayload` to consume while the rest travels (a model array
-        by array); whatever it leaves unconsumed is dropped when it returns.
+        by array); whatever it leaves unconsumed is dropped when it returns,
+        unless it returns `DEFERRED`: then whoever replies later must
+        consume the payload or `discard()` it.
         """
         key = (str(channel), topic)
         self._handlers[key] = handler
@@ -460,8 +462,8 @@ class Cell:
                 detail = f"{type(exc).__name__}: {exc}"
                 self._send_reply(message, Status.HANDLER_ERROR, None, {Header.ERROR: detail})
             return
-        if isinstance(message.payload, IncomingPayload):
-            message.payload.discard()
+        if isinstance(message.payload, IncomingPayload) and result is not DEFERRED:
+            message.payload.discard()  # a deferring handler keeps it, to consume or discard
         if message.get(Header.MSG_TYPE) == MessageType.REQUEST and result is not DEFERRED:
             refused = self._send_reply(message, Status.OK, result, {})
             if refused is not None:

@@ -119,19 +119,21 @@ class IncomingPayload:
 
     # --- the consumer side (the handler) ---------------------------------------------
 
-    def _next_chunk(self) -> bytes | bytearray | memoryview:
-        deadline = time.monotonic() + self._idle_timeout
+    def _next_chunk(self, until: float | None = None) -> bytes | bytearray | memoryview:
+        idle = time.monotonic() + self._idle_timeout
         with self._cond:
             while not self._chunks:
                 if self._error is not None:
                     raise self._error
-                left = deadline - time.monotonic()
-                if left <= 0:
+                now = time.monotonic()
+                if until is not None and now >= until:
+                    raise CellError(f"the payload from {self.source} did not arrive in time")
+                if now >= idle:
                     raise CellError(
                         f"the payload from {self.source} stalled: no data for "
                         f"{self._idle_timeout:g} s"
                     )
-                self._cond.wait(left)
+                self._cond.wait(min(idle, until if until is not None else idle) - now)
             return self._chunks.popleft()
 
     def _consumed_chunk(self, chunk: bytes | bytearray | memoryview) -> None:
@@ -219,17 +221,23 @@ class IncomingPayload:
         assert layout is not None
         return layout
 
-    def result(self) -> object:
-        """The whole payload (an FLModel, bytes, or JSON data)."""
+    def result(self, timeout: float | None = None) -> object:
+        """The whole payload (an FLModel, bytes, or JSON data).
+
+        Waits at most `timeout` seconds in all (None: as long as data keeps
+        coming); raises `CellError` if the stream breaks or stalls.
+        """
         if self._value is not _NOT_YET:
             if self._taken:
                 raise CellError("the payload was already consumed")
             self._taken = True
-            return self._value
+            value, self._value = self._value, None  # handed over: keep no reference
+            return value
+        until = None if timeout is None else time.monotonic() + timeout
         assembler = self._assembler_for(keep_arrays=True)
         self._taken = True
         while not assembler.complete:
-            chunk = self._next_chunk()
+            chunk = self._next_chunk(until)
             assembler.feed(chunk)
             self._consumed_chunk(chunk)
         return assembler.result()

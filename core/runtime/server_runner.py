@@ -20,9 +20,11 @@ from pathlib import Path
 
 from fl_core.cell.cell import DEFERRED, Cell
 from fl_core.cell.channels import Channel
+from fl_core.cell.incoming import IncomingPayload
 from fl_core.cell.message import Message
+from fl_core.cell.payload import PayloadKind
 from fl_core.cell.timer import TimerHandle
-from fl_core.errors import FlCoreError, JobFailedError
+from fl_core.errors import CellError, FlCoreError, JobFailedError
 from fl_core.model import FLModel, save_params
 from fl_core.runtime.protocol import Outcome, TaskHeader, TaskKind, Topic
 from fl_core.spec.workflow import GatherReport, ResultHandler, Task, Workflow, WorkflowEvent
@@ -97,10 +99,16 @@ class ServerRunner:
         for topic, handler in (
             (Topic.JOIN, self._on_join),
             (Topic.GET_TASK, self._on_get_task),
-            (Topic.SUBMIT_RESULT, self._on_submit),
             (Topic.LOG, self._on_log),
         ):
             cell.register_handler(Channel.SERVER_MAIN, topic, handler)
+        # Results are taken as they start to arrive and read on the workflow
+        # thread one at a time: meanwhile the other sites' streams wait within
+        # their flow-control windows, so this process holds one incoming
+        # result at a time, not one per site.
+        cell.register_handler(
+            Channel.SERVER_MAIN, Topic.SUBMIT_RESULT, self._on_submit, streaming=True
+        )
 
     # --- WorkflowContext ---------------------------------------------------------
 
@@ -171,7 +179,7 @@ class ServerRunner:
                 break
             if isinstance(item, _Abort):
                 break
-            self._take_result(item, task, waiting, report, on_result)
+            self._take_result(item, task, waiting, report, on_result, deadline)
             # The loop variable would keep the last result alive until the next one.
             del item
 
@@ -342,6 +350,7 @@ class ServerRunner:
         waiting: dict[str, str],
         report: GatherReport,
         on_result: ResultHandler,
+        deadline: float,
     ) -> None:
         site = message.origin.split(".", 1)[0]
         task_id = message.get(TaskHeader.TASK_ID)
@@ -351,25 +360,39 @@ class ServerRunner:
         del waiting[site]
         with self._lock:
             self._sites[site].assignment = None
+        payload = message.payload
+        if isinstance(payload, IncomingPayload):
+            if message.get(TaskHeader.OUTCOME) == Outcome.OK and payload.kind != PayloadKind.MODEL:
+                report.failed[site] = f"sent a {payload.kind} payload, not a model"
+                self._refuse(message, report.failed[site])
+                return
+            try:
+                payload = payload.result(max(0.0, deadline - time.monotonic()))
+            except CellError as exc:
+                report.failed[site] = f"its result did not arrive whole: {exc}"
+                self._refuse(message, report.failed[site])
+                return
         if message.get(TaskHeader.OUTCOME) != Outcome.OK:
             reason = message.get(TaskHeader.REASON) or "failed without a reason"
-            detail = message.payload if isinstance(message.payload, str) else ""
+            detail = payload if isinstance(payload, str) else ""
             report.failed[site] = reason
             self.record.failures[site] = SiteFailure(task.round_number, reason, detail)
             self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "yes"})
             return
-        if not isinstance(message.payload, FLModel):
-            report.failed[site] = f"sent a {type(message.payload).__name__}, not a model"
+        if not isinstance(payload, FLModel):
+            report.failed[site] = f"sent a {type(payload).__name__}, not a model"
             self._refuse(message, report.failed[site])
             return
         try:
-            on_result(site, message.payload)
+            on_result(site, payload)
         finally:
             # The site must hear back even if the workflow's fold raised.
             self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "yes"})
         report.received.append(site)
 
     def _refuse(self, message: Message, reason: str) -> None:
+        if isinstance(message.payload, IncomingPayload):
+            message.payload.discard()  # the rest of a refused result is dropped as it comes
         self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "no", TaskHeader.REASON: reason})
 
     def _take_queued(self) -> list[Message]:

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -128,3 +129,58 @@ def test_a_failed_task_keeps_the_reason_and_traceback(federation) -> None:  # ty
     assert report.failed == {"site-a": "KeyError: 'x'"}
     failure = runner.record.failures["site-a"]
     assert (failure.round_number, failure.detail) == (2, "Traceback ...")
+
+
+class BytesOnly(InProcessTransport):
+    """A wire transport's contract in one process: payloads are encoded and streamed."""
+
+    carries_objects: ClassVar[bool] = False
+
+
+def test_big_results_stream_in_over_a_wire_and_are_folded_whole(tmp_path: Path) -> None:
+    transport, resources = BytesOnly(), CellResources()
+    server = Cell("server", transport, resources)
+    url = server.listen("inprocess://")
+    cells = [Cell(name, transport, resources) for name in ("server.j", "site-a", "site-b")]
+    job, *sites = cells
+    try:
+        for cell in cells:
+            cell.connect_parent(url)
+        runner = ServerRunner(job, "j", tmp_path, NoWorkflow(), poll_timeout=5)
+        for cell in sites:
+            cell.request("server.j", Channel.SERVER_MAIN, Topic.JOIN)
+        pending = {cell.fqcn: poll(cell) for cell in sites}
+        errors: list[BaseException] = []
+
+        def site_answers(cell: Cell) -> None:
+            try:
+                reply = pending[cell.fqcn].result()
+                assert isinstance(reply.payload, FLModel)  # 8 MiB: it came as a stream
+                params = {"w": reply.payload.params["w"] + (1 if cell.fqcn == "site-a" else 2)}
+                ack = submit(cell, reply.get(TaskHeader.TASK_ID), FLModel(params=params))
+                assert ack.get(TaskHeader.ACCEPTED) == "yes"
+            except BaseException as exc:
+                errors.append(exc)
+
+        answering = [threading.Thread(target=site_answers, args=(c,)) for c in sites]
+        for thread in answering:
+            thread.start()
+        folded: dict[str, float] = {}
+
+        def fold(site: str, model: FLModel) -> None:
+            folded[site] = float(model.params["w"].mean())
+
+        task = Task("train", FLModel(params={"w": np.zeros(1 << 21, dtype=np.float32)}), 0)
+        report = runner.send_task(task, ["site-a", "site-b"], 30, fold)
+        for thread in answering:
+            thread.join()
+        assert errors == []
+        assert sorted(report.received) == ["site-a", "site-b"] and report.failed == {}
+        assert folded == {"site-a": 1.0, "site-b": 2.0}
+        # Both results were taken as streams; none is left open at the server job.
+        assert job.streams_in_flight() == {"out": 0, "in": 0, "relayed": 0}
+    finally:
+        for cell in reversed(cells):
+            cell.close()
+        server.close()
+        resources.close()
