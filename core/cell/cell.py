@@ -125,8 +125,11 @@ class Cell:
             name = state.get("name")
             if name is None:
                 self._on_hello(conn, frame, state)
-            else:
+            elif _within(frame.headers.get(Header.ORIGIN, ""), name):
                 self._on_frame(conn, frame, from_parent=False)
+            else:
+                # A child speaks for its own subtree only.
+                self._refuse_origin(frame, f"child {name}")
 
         conn.receive_into(self._streams.body_buffer_for(conn))
         conn.start(on_frame, lambda exc: self._on_link_closed(conn, exc, parent=False))
@@ -241,6 +244,8 @@ class Cell:
         )
         if future.done():
             return future
+        # A streamed payload must not outlive its request (timed out, answered early).
+        future.add_done_callback(lambda _: self._streams.request_finished(msg_id))
         try:
             self._deliver(link, message)
         except CellError as exc:
@@ -348,7 +353,9 @@ class Cell:
                     best, link = name, conn
             if link is not None:
                 return link
-            if self._parent is not None and not from_parent:
+            # A name under this cell that no child holds is nowhere: sending it
+            # up would only bring it back down.
+            if self._parent is not None and not from_parent and not _within(target, self.fqcn):
                 return self._parent
         raise TargetUnreachableError(target, f"no route from {self.fqcn}")
 
@@ -368,6 +375,10 @@ class Cell:
 
     def _on_frame(self, conn: Connection, frame: Frame, from_parent: bool) -> None:
         message = Message(frame.headers, None)
+        if from_parent and _within(message.origin, self.fqcn):
+            # Nothing from this cell's own subtree comes down from its parent.
+            self._refuse_origin(frame, "its parent")
+            return
         target = message.destination
         try:
             link = self._route(target, from_parent)
@@ -404,6 +415,21 @@ class Cell:
             if kind == MessageType.REQUEST:
                 self._relayed.answered(message.get(Header.MSG_ID))
                 self._send_reply(message, Status.UNREACHABLE, None, {Header.ERROR: str(exc)})
+
+    def _refuse_origin(self, frame: Frame, source: str) -> None:
+        """Drop a frame whose origin cannot have sent it over the link it came on.
+
+        A request of this cell's own that comes back is a cycle of
+        misconnected cells: it fails here, saying so. Nothing else is
+        answered, since an answer would go to whoever the forger named.
+        """
+        message = Message(frame.headers, None)
+        log.warning("%s: dropped a frame from %s: origin %r", self.fqcn, source, message.origin)
+        if message.origin == self.fqcn and message.get(Header.MSG_TYPE) == MessageType.REQUEST:
+            detail = f"the request came back to {self.fqcn} (are cells connected in a cycle?)"
+            self._pending.fail(
+                message.get(Header.MSG_ID), TargetUnreachableError(message.destination, detail)
+            )
 
     def _wants_stream(self, message: Message) -> bool:
         """Whether a stream carrying `message` goes to a streaming handler as it arrives."""
@@ -525,3 +551,8 @@ def _hops(frame: Frame) -> int:
         return int(frame.headers.get(Header.HOPS, "0"))
     except ValueError:
         return MAX_HOPS  # a garbled count: allow no further relaying
+
+
+def _within(fqcn: str, root: str) -> bool:
+    """Whether `fqcn` is `root` or a cell below it."""
+    return fqcn == root or fqcn.startswith(root + SEPARATOR)

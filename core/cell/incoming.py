@@ -57,6 +57,7 @@ class IncomingPayload:
         self._cond = threading.Condition()
         self._chunks: deque[bytes | bytearray | memoryview] = deque()
         self._queued = 0
+        self._arrived = 0
         self._consumed = 0
         self._error: CellError | None = None
         self._discarded = False
@@ -77,6 +78,7 @@ class IncomingPayload:
         with self._cond:
             if self._error is not None:
                 return
+            self._arrived += size
             if not self._discarded:
                 self._chunks.append(chunk)
                 self._queued += size
@@ -111,6 +113,12 @@ class IncomingPayload:
         """Bytes that arrived and wait to be consumed (at most the sender's window)."""
         with self._cond:
             return sum(memoryview(c).nbytes for c in self._chunks)
+
+    @property
+    def unconsumed(self) -> int:
+        """Bytes that arrived and are not consumed yet (queued, or held by the consumer)."""
+        with self._cond:
+            return self._arrived - self._consumed
 
     @property
     def failed(self) -> CellError | None:

@@ -98,6 +98,23 @@ class ReceiveMemory:
                 return
 
 
+def _lazy_buffer(kind: PayloadKind, size: int) -> bytearray | memoryview:
+    """A buffer for `size` bytes that takes memory only as it is written.
+
+    `bytearray(size)` would zero every byte at once: a peer announcing a
+    large payload and sending one byte would cost the whole size. An
+    anonymous mapping gets its zero pages from the kernel on first write.
+    """
+    import mmap
+
+    if size < POPULATE_MIN:
+        return bytearray(size)
+    try:
+        return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
+    except OSError as exc:
+        raise CellError(f"cannot reserve {size} bytes for a {kind} payload: {exc}") from exc
+
+
 class PayloadKind(enum.StrEnum):
     """What a payload's bytes hold; travels in the `Header.PAYLOAD` header."""
 
@@ -255,16 +272,13 @@ class PayloadAssembler:
         self.limits = limits
         self.keep_arrays = keep_arrays
         self.received = 0
-        self._buffer: bytearray | None = None
+        self._buffer: bytearray | memoryview | None = None
         self._head = bytearray()  # a model's header, until it is complete
         self._head_size = 0
         self._model: ModelReceiver | None = None
         self._memory = ReceiveMemory()
         if kind in (PayloadKind.BYTES, PayloadKind.JSON):
-            try:
-                self._buffer = bytearray(size)
-            except MemoryError:
-                raise CellError(f"cannot reserve {size} bytes for a {kind} payload") from None
+            self._buffer = _lazy_buffer(kind, size)
 
     @property
     def complete(self) -> bool:

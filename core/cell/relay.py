@@ -95,7 +95,7 @@ class RelayedStream:
 
 def _size_header(headers: dict[str, str]) -> int | None:
     value = headers.get(Header.SIZE, "")
-    return int(value) if value.isdigit() and len(value) <= 20 else None
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 20 else None
 
 
 class RelayedStreams:

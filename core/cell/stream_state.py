@@ -51,7 +51,7 @@ def describe(headers: dict[str, str]) -> str:
 
 def int_header(headers: dict[str, str], name: str) -> int:
     value = headers.get(name, "")
-    if not value.isdigit() or len(value) > 20:
+    if not (value.isascii() and value.isdigit()) or len(value) > 20:
         raise CellError(f"bad {name} header {value!r}")
     return int(value)
 

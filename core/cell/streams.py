@@ -58,6 +58,9 @@ __all__ = ["StreamEngine", "StreamSettings"]
 
 log = logging.getLogger("fl_core.cell")
 
+MAX_WINDOW: Final = 256 * 1024 * 1024
+"""The largest window a receiver lets a sender announce: it bounds what waits for a
+slow streaming consumer."""
 _STARTERS: Final = frozenset({MessageType.REQUEST, MessageType.REPLY, MessageType.FIRE})
 
 
@@ -141,6 +144,13 @@ class StreamEngine:
         finally:
             with self._lock:
                 self._out.pop(sid, None)
+
+    def request_finished(self, msg_id: str) -> None:
+        """A request is answered, failed or timed out: stop streaming its payload."""
+        with self._lock:
+            streams = [s for s in self._out.values() if s.message.get(Header.MSG_ID) == msg_id]
+        for stream in streams:
+            stream.fail(CellError("its request has ended"))
 
     def _failed(self, message: Message, error: CellError) -> None:
         kind = message.get(Header.MSG_TYPE)
@@ -241,12 +251,16 @@ class StreamEngine:
             window = self.settings.window
             if Header.WINDOW in headers:
                 window = int_header(headers, Header.WINDOW)
-                if window < 1:
-                    raise CellError("a stream's window must be at least one byte")
+                if not 1 <= window <= MAX_WINDOW:
+                    raise CellError(f"a stream's window must be 1 to {MAX_WINDOW} bytes")
         except CellError as exc:
             self._refuse(headers, f"{self._cell.fqcn} refused the stream: {exc}")
             return
         key = (headers.get(Header.ORIGIN, ""), headers[Header.STREAM])
+        refused = self._refusal(key)
+        if refused is not None:  # before any memory is reserved for it
+            self._refuse(headers, refused)
+            return
         incoming = Incoming(headers, conn, size, window)
         message = Message(headers, None)
         streaming = self._cell._wants_stream(message)
@@ -266,12 +280,8 @@ class StreamEngine:
                 self._refuse(headers, f"{self._cell.fqcn} refused the stream: {exc}")
                 return
         with self._lock:
-            if self._closed is not None or key in self._in:
-                refused = self._closed or f"stream {key[1]} from {key[0]} is already open"
-            elif len(self._in) >= self.settings.max_incoming:
-                refused = f"{self._cell.fqcn} already receives {len(self._in)} streams"
-            else:
-                refused = None
+            refused = self._refusal(key)
+            if refused is None:
                 self._in[key] = incoming
         if refused is not None:
             self._refuse(headers, refused)
@@ -309,6 +319,16 @@ class StreamEngine:
         incoming.reserved = incoming.assembler.reserve(size)
         return incoming.reserved
 
+    def _refusal(self, key: tuple[str, str]) -> str | None:
+        """Why a new incoming stream cannot be taken now, or None."""
+        if self._closed is not None:
+            return self._closed
+        if key in self._in:
+            return f"stream {key[1]} from {key[0]} is already open"
+        if len(self._in) >= self.settings.max_incoming:
+            return f"{self._cell.fqcn} already receives {len(self._in)} streams"
+        return None
+
     def _on_chunk(self, conn: Connection, headers: dict[str, str], body: object) -> None:
         key = (headers.get(Header.ORIGIN, ""), headers.get(Header.STREAM, ""))
         with self._lock:
@@ -341,6 +361,12 @@ class StreamEngine:
                 key, f"more data than announced: {incoming.received + size} of {incoming.size}"
             )
             return
+        if incoming.received > incoming.acked and (
+            incoming.received + size - incoming.acked > incoming.window
+        ):
+            # The sender never saw more acknowledged than this cell sent.
+            self._fail_incoming(key, f"the sender overran its window of {incoming.window} bytes")
+            return
         incoming.received += size
         if incoming.payload is not None:
             incoming.payload.put(body)
@@ -360,7 +386,8 @@ class StreamEngine:
         self._consumed(incoming, incoming.received)
         if incoming.received < incoming.size:
             return
-        self._forget(key)
+        if self._forget(key) is not incoming:
+            return  # failed meanwhile (idle check, abort): its sender was told
         try:
             payload = incoming.assembler.result()
         except CellError as exc:
@@ -389,7 +416,9 @@ class StreamEngine:
         if Header.STREAM in headers:
             sid = headers[Header.STREAM]
             self._abort(headers.get(Header.ORIGIN, ""), headers.get(Header.ORIGIN, ""), sid, reason)
-        if kind == MessageType.REQUEST and Header.STREAM not in headers:
+        if kind == MessageType.REQUEST:
+            # Also for a stream: its sender may have finished pumping, and
+            # then only the reply reaches the waiting request.
             self._cell._refuse_request(Message(headers, None), reason)
         elif kind == MessageType.REPLY:
             self._cell._pending.fail(headers.get(Header.IN_REPLY_TO, ""), CellError(reason))
@@ -428,7 +457,7 @@ class StreamEngine:
                 return
         if incoming.received != incoming.checked:
             incoming.checked, incoming.stale = incoming.received, 0
-        elif incoming.payload is not None and incoming.payload.buffered:
+        elif incoming.payload is not None and incoming.payload.unconsumed:
             # The consumer is slow and the sender waits for it: tell the sender
             # this end is alive (an ACK repeating the last count).
             incoming.stale = 0

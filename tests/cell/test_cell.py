@@ -261,7 +261,7 @@ def test_a_cycle_of_misconnected_cells_cannot_loop_forever() -> None:
         a.connect_parent(b_url)  # each is now the other's parent
         error = outcome(a.request_async("zzz", AUX, "echo", timeout=WAIT))
         assert isinstance(error, TargetUnreachableError)
-        assert "relayed more than" in str(error)
+        assert "the request came back to a (are cells connected in a cycle?)" in str(error)
     finally:
         a.close()
         b.close()

@@ -276,3 +276,129 @@ def test_a_consumer_slower_than_the_idle_timeout_is_not_cut_off(
     future = job.request_async("server", AUX, "dawdle", model, timeout=WAIT)
     threading.Timer(4 * SMALL.idle_timeout, go.set).start()
     assert future.result(WAIT).payload == digests(model.params)
+
+
+def _wire(streams_a: StreamSettings, streams_b: StreamSettings) -> tuple[Cell, Cell, Any]:
+    transport, resources = BytesOnly(), CellResources()
+    server = Cell("server", transport, resources, streams=streams_a)
+    job = Cell("server.j", transport, resources, streams=streams_b)
+    job.connect_parent(server.listen("inprocess://"), timeout=WAIT)
+
+    def close() -> None:
+        job.close()
+        server.close()
+        resources.close()
+
+    return server, job, close
+
+
+def test_a_stream_refused_at_its_end_fails_its_request_promptly() -> None:
+    strict = StreamSettings(
+        chunk_size=64 * KiB, window=256 * KiB, limits=PayloadLimits(max_model_arrays=2)
+    )
+    server, job, close = _wire(strict, SMALL)
+    try:
+        server.register_handler(AUX, "same", lambda m: None)
+        model = FLModel(params={n: np.ones(20_000, dtype=np.float32) for n in "abc"})
+        future = job.request_async("server", AUX, "same", model, timeout=60.0)
+        error = future.exception(WAIT)  # long before the request's own timeout
+        assert isinstance(error, CellError) and not isinstance(error, RequestTimeoutError)
+        assert "3 arrays" in str(error) or "limit is 2" in str(error), error
+    finally:
+        close()
+
+
+def test_a_request_that_times_out_stops_streaming_its_payload(pair: tuple[Cell, Cell]) -> None:
+    server, job = pair
+    hold = threading.Event()
+    server.register_handler(AUX, "hold", lambda m: hold.wait(WAIT), streaming=True)
+    model = FLModel(params={f"a{i}": np.ones(50_000, dtype=np.float32) for i in range(20)})
+    future = job.request_async("server", AUX, "hold", model, timeout=0.5)
+    assert isinstance(future.exception(WAIT), RequestTimeoutError)
+    wait_until(lambda: job.streams_in_flight()["out"] == 0, WAIT, "the sender to stop")
+    wait_until(lambda: server.streams_in_flight()["in"] == 0, WAIT, "the receiver to drop it")
+    hold.set()
+
+
+def test_a_chunks_consumer_slower_than_the_idle_timeout_is_kept_alive() -> None:
+    tight = StreamSettings(chunk_size=64 * KiB, window=64 * KiB, idle_timeout=0.3)
+    server, job, close = _wire(tight, tight)
+    try:
+
+        def slow(message: Message) -> object:
+            assert isinstance(message.payload, IncomingPayload)
+            total = 0
+            for index, chunk in enumerate(message.payload.chunks()):
+                if index == 0:
+                    threading.Event().wait(4 * tight.idle_timeout)  # holds the only chunk
+                total += chunk.nbytes
+            return total
+
+        server.register_handler(AUX, "slow", slow, streaming=True)
+        reply = job.request("server", AUX, "slow", bytes(300 * KiB), timeout=WAIT)
+        assert reply.payload == 300 * KiB
+    finally:
+        close()
+
+
+def test_a_forged_origin_from_a_child_is_dropped(
+    raw: tuple[Cell, RawPeer, queue.Queue[Any]],
+) -> None:
+    server, peer, seen = raw
+    liar = RawPeer(peer.transport, server.listen("inprocess://"), name="server.liar")
+    try:
+        liar.first_chunk(3, b"abc")  # claims origin server.raw: not its own subtree
+        peer.first_chunk(3, b"xyz")
+        assert seen.get(timeout=WAIT) == b"xyz"
+        assert seen.empty()
+    finally:
+        liar.conn.close()
+
+
+@pytest.mark.parametrize("size", ["3²", "٣"])
+def test_a_non_ascii_digit_in_a_size_is_refused_not_raised(
+    raw: tuple[Cell, RawPeer, queue.Queue[Any]], size: str
+) -> None:
+    _, peer, _ = raw
+    peer.conn.send(
+        Frame(
+            {
+                Header.CHANNEL: str(AUX),
+                Header.TOPIC: "sink",
+                Header.ORIGIN: "server.raw",
+                Header.DESTINATION: "server",
+                Header.MSG_TYPE: str(MessageType.FIRE),
+                Header.PAYLOAD: "bytes",
+                Header.STREAM: "7",
+                Header.SEQ: "0",
+                Header.SIZE: size,
+            },
+            b"a",
+        )
+    )
+    assert "bad size header" in peer.abort()[Header.ERROR]
+
+
+def test_a_sender_that_overruns_its_window_is_cut_off(
+    raw: tuple[Cell, RawPeer, queue.Queue[Any]],
+) -> None:
+    _, peer, seen = raw
+    chunk = bytes(64 * KiB)
+    peer.first_chunk(64 * len(chunk), chunk)  # announces no window: the receiver's 256 KiB
+    for seq in range(1, 63):
+        peer.chunk(seq, chunk)  # never waits for an ACK
+    assert "overran its window of 262144 bytes" in peer.abort()[Header.ERROR]
+    assert isinstance(seen.get(timeout=WAIT), CellError)
+
+
+def test_a_big_announced_bytes_payload_costs_only_what_arrived(
+    raw: tuple[Cell, RawPeer, queue.Queue[Any]],
+) -> None:
+    server, peer, _ = raw
+    whole: queue.Queue[Message] = queue.Queue()
+    server.register_handler(AUX, "whole", whole.put)  # not streaming: the cell assembles
+    with RssPeak() as rss:
+        peer.first_chunk(512 * 2**20, b"x", topic="whole")
+        assert "no data for 0.3 s" in peer.abort()[Header.ERROR]
+    assert rss.growth < 64 * 2**20, f"RSS grew by {rss.growth / 2**20:.0f} MiB"
+    assert whole.empty()
