@@ -38,9 +38,7 @@ server's certificate carries (gRPC's `ssl_target_name_override`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Final, TypeVar
@@ -50,6 +48,7 @@ import grpc
 from grpc import aio
 
 from fl_core.errors import CellError, ConfigError, TargetUnreachableError
+from fl_core.loop_thread import LoopThread
 from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE, MAX_HEADER_SIZE, PREFIX_SIZE
 from fl_core.spec.security import Credentials
 from fl_core.spec.transport import Connection, Listener, Transport
@@ -188,10 +187,7 @@ class GrpcTransport(Transport):
         ]
         if server_name:
             self._channel_options.append(("grpc.ssl_target_name_override", server_name))
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self._loops = LoopThread("fl-grpc-loop", "the grpc transport")
         # Touched only on the loop thread.
         self._listeners: set[GrpcListener] = set()
         self._closing: set[aio.Server] = set()
@@ -201,37 +197,8 @@ class GrpcTransport(Transport):
 
     # --- the loop thread -----------------------------------------------------------
 
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._closed:
-                raise CellError("the grpc transport is closed")
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
-
-                def run() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-
-                thread = threading.Thread(target=run, name="fl-grpc-loop", daemon=True)
-                thread.start()
-                ready.wait()
-                self._loop, self._thread = loop, thread
-            return self._loop
-
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        try:
-            loop = self._ensure_loop()
-        except CellError:
-            coro.close()  # never started: closing it spares a "never awaited" warning
-            raise
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
+        return self._loops.run(coro, timeout)
 
     def _track(self, conn: GrpcConnection) -> None:
         self._connections.add(conn)
@@ -321,11 +288,7 @@ class GrpcTransport(Transport):
             self._stopping.add(task)
             task.add_done_callback(self._stopping.discard)
 
-        with self._lock:
-            loop = self._loop if not self._closed else None
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(close)
+        self._loops.call_soon(close)
 
     # --- connecting ----------------------------------------------------------------
 
@@ -406,21 +369,7 @@ class GrpcTransport(Transport):
 
     def close(self) -> None:
         """Close listeners and links (on_close fires for each), stop the loop thread."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
-        try:
-            future.result(CLOSE_GRACE * 2 + 10.0)
-        except Exception:
-            log.exception("grpc: error while closing the transport")
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        loop.close()
+        self._loops.stop(self._shutdown, CLOSE_GRACE * 2 + 10.0)
 
     async def _shutdown(self) -> None:
         listeners = list(self._listeners)

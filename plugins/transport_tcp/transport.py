@@ -10,15 +10,14 @@ loop; frame and close handlers run on the loop thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
-import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Final, TypeVar
 from urllib.parse import urlparse
 
 from fl_core.errors import CellError, ConfigError, TargetUnreachableError
+from fl_core.loop_thread import LoopThread
 from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE
 from fl_core.spec.security import Credentials
 from fl_core.spec.transport import Connection, Listener, Transport
@@ -110,10 +109,7 @@ class TcpTransport(Transport):
         self._max_body_size = max_body_size
         self._send_timeout = send_timeout
         self._handshake_timeout = handshake_timeout
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self._loops = LoopThread("fl-tcp-loop", "the tcp transport")
         # Touched only on the loop thread.
         self._servers: set[asyncio.Server] = set()
         self._connections: set[TcpConnection] = set()
@@ -121,42 +117,15 @@ class TcpTransport(Transport):
 
     # --- the loop thread -----------------------------------------------------------
 
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._closed:
-                raise CellError("the tcp transport is closed")
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
-
-                def run() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-
-                thread = threading.Thread(target=run, name="fl-tcp-loop", daemon=True)
-                thread.start()
-                ready.wait()
-                self._loop, self._thread = loop, thread
-            return self._loop
-
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        try:
-            loop = self._ensure_loop()
-        except CellError:
-            coro.close()  # never started: closing it spares a "never awaited" warning
-            raise
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
+        return self._loops.run(coro, timeout)
 
     def _new_connection(self, peer: str) -> TcpConnection:
-        assert self._loop is not None
         conn = TcpConnection(
-            self._loop, peer, max_body_size=self._max_body_size, send_timeout=self._send_timeout
+            asyncio.get_running_loop(),
+            peer,
+            max_body_size=self._max_body_size,
+            send_timeout=self._send_timeout,
         )
         self._connections.add(conn)
         conn.on_lost.append(self._connections.discard)
@@ -201,11 +170,7 @@ class TcpTransport(Transport):
             self._servers.discard(server)
             server.close()
 
-        with self._lock:
-            loop = self._loop if not self._closed else None
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(close)
+        self._loops.call_soon(close)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -293,21 +258,7 @@ class TcpTransport(Transport):
 
     def close(self) -> None:
         """Close listeners and links (on_close fires for each), stop the loop thread."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
-        try:
-            future.result(CLOSE_GRACE + 5.0)
-        except Exception:
-            log.exception("tcp: error while closing the transport")
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        loop.close()
+        self._loops.stop(self._shutdown, CLOSE_GRACE + 5.0)
 
     async def _shutdown(self) -> None:
         for server in list(self._servers):
