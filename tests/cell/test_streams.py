@@ -36,14 +36,9 @@ class BytesOnly(InProcessTransport):
 
 @pytest.fixture
 def pair() -> Iterator[tuple[Cell, Cell]]:
-    transport, resources = BytesOnly(), CellResources()
-    server = Cell("server", transport, resources, streams=SMALL)
-    job = Cell("server.j", transport, resources, streams=SMALL)
-    job.connect_parent(server.listen("inprocess://"), timeout=WAIT)
+    server, job, close = _wire(SMALL, SMALL)
     yield server, job
-    job.close()
-    server.close()
-    resources.close()
+    close()
 
 
 def test_the_sender_never_gets_ahead_of_the_receiver_by_more_than_the_window(
@@ -72,21 +67,16 @@ def test_the_sender_never_gets_ahead_of_the_receiver_by_more_than_the_window(
 
 
 def test_a_reply_over_the_requesters_limit_fails_the_request_promptly() -> None:
-    transport, resources = BytesOnly(), CellResources()
     strict = StreamSettings(chunk_size=64 * KiB, limits=PayloadLimits(max_size=128 * KiB))
-    server = Cell("server", transport, resources)
-    job = Cell("server.j", transport, resources, streams=strict)
+    server, job, close = _wire(StreamSettings(), strict)
     try:
-        job.connect_parent(server.listen("inprocess://"), timeout=WAIT)
         server.register_handler(AUX, "big", lambda m: bytes(1024 * KiB))
         future = job.request_async("server", AUX, "big", None, timeout=60.0)
         error = future.exception(WAIT)
         assert isinstance(error, CellError) and not isinstance(error, RequestTimeoutError)
         assert "over this cell's limit of 131072" in str(error)
     finally:
-        job.close()
-        server.close()
-        resources.close()
+        close()
 
 
 class RawPeer:
@@ -245,19 +235,14 @@ def test_a_huge_announced_model_commits_no_memory_the_peer_has_not_sent(
 
 
 def test_a_receiver_with_a_bigger_window_still_lets_a_small_window_sender_through() -> None:
-    transport, resources = BytesOnly(), CellResources()
-    server = Cell("server", transport, resources)  # default window: 16 MiB
-    job = Cell("server.j", transport, resources, streams=SMALL)  # 256 KiB
+    server, job, close = _wire(StreamSettings(), SMALL)  # windows 16 MiB and 256 KiB
     try:
-        job.connect_parent(server.listen("inprocess://"), timeout=WAIT)
         server.register_handler(AUX, "digest", lambda m: digests(m.payload.params))
         model = FLModel(params={"w": np.arange(1 << 20, dtype=np.float32)})  # 4 MiB
         reply = job.request("server", AUX, "digest", model, timeout=WAIT)
         assert reply.payload == digests(model.params)
     finally:
-        job.close()
-        server.close()
-        resources.close()
+        close()
 
 
 def test_a_consumer_slower_than_the_idle_timeout_is_not_cut_off(
