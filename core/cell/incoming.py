@@ -175,11 +175,13 @@ class IncomingPayload:
             yield view
             self._consumed_chunk(chunk)
 
-    def arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+    def arrays(self, timeout: float | None = None) -> Iterator[tuple[str, np.ndarray]]:
         """A model's arrays `(name, array)` in order, each as soon as it is complete.
 
-        The cell keeps no reference to an array it handed out. Raises
-        `CellError` if the payload is not a model, or the stream breaks.
+        The cell keeps no reference to an array it handed out. Waits at most
+        `timeout` seconds in all, counted from the first array asked for
+        (None: as long as data keeps coming). Raises `CellError` if the
+        payload is not a model, or the stream breaks, stalls or is late.
         """
         if self.kind is not PayloadKind.MODEL:
             raise CellError(f"the payload from {self.source} is {self.kind}, not a model")
@@ -192,12 +194,13 @@ class IncomingPayload:
             assert isinstance(self._value, FLModel)
             yield from self._value.params.items()
             return
+        until = None if timeout is None else time.monotonic() + timeout
         assembler = self._assembler_for(keep_arrays=False)
         self._taken = True
         while self._early:
             yield self._early.popleft()
         while not assembler.complete:
-            chunk = self._next_chunk()
+            chunk = self._next_chunk(until)
             completed = assembler.feed(chunk)
             self._consumed_chunk(chunk)
             yield from completed

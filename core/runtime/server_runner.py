@@ -3,7 +3,9 @@
 It implements `WorkflowContext`. Sites pull tasks with long polls; a pending
 poll is answered the moment the workflow assigns a task, and results are
 folded on the workflow's thread (one at a time) before the site is told its
-result was accepted, which also paces senders of large models.
+result was accepted, which also paces senders of large models. A workflow
+that passes `on_stream` reads a streamed result array by array while it
+arrives, so the server job never holds a whole incoming result.
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ from fl_core.cell.timer import TimerHandle
 from fl_core.errors import CellError, FlCoreError, JobFailedError
 from fl_core.model import FLModel, save_params
 from fl_core.runtime.protocol import Outcome, TaskHeader, TaskKind, Topic
-from fl_core.spec.workflow import GatherReport, ResultHandler, Task, Workflow, WorkflowEvent
+from fl_core.runtime.streamed_result import StreamedResult
+from fl_core.spec.workflow import (
+    GatherReport,
+    ResultHandler,
+    StreamHandler,
+    Task,
+    WholeResult,
+    Workflow,
+    WorkflowEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +160,8 @@ class ServerRunner:
         targets: Sequence[str],
         timeout: float,
         on_result: ResultHandler,
+        *,
+        on_stream: StreamHandler | None = None,
     ) -> GatherReport:
         report = GatherReport()
         waiting: dict[str, str] = {}
@@ -179,7 +192,7 @@ class ServerRunner:
                 break
             if isinstance(item, _Abort):
                 break
-            self._take_result(item, task, waiting, report, on_result, deadline)
+            self._take_result(item, task, waiting, report, on_result, on_stream, deadline)
             # The loop variable would keep the last result alive until the next one.
             del item
 
@@ -350,6 +363,7 @@ class ServerRunner:
         waiting: dict[str, str],
         report: GatherReport,
         on_result: ResultHandler,
+        on_stream: StreamHandler | None,
         deadline: float,
     ) -> None:
         site = message.origin.split(".", 1)[0]
@@ -362,9 +376,14 @@ class ServerRunner:
             self._sites[site].assignment = None
         payload = message.payload
         if isinstance(payload, IncomingPayload):
-            if message.get(TaskHeader.OUTCOME) == Outcome.OK and payload.kind != PayloadKind.MODEL:
+            ok = message.get(TaskHeader.OUTCOME) == Outcome.OK
+            if ok and payload.kind != PayloadKind.MODEL:
                 report.failed[site] = f"sent a {payload.kind} payload, not a model"
                 self._refuse(message, report.failed[site])
+                return
+            if ok and on_stream is not None and payload.size:
+                # size 0: it came whole (in-process, or one frame); folded below.
+                self._fold_stream(message, site, payload, report, on_stream, deadline)
                 return
             try:
                 payload = payload.result(max(0.0, deadline - time.monotonic()))
@@ -383,6 +402,20 @@ class ServerRunner:
             report.failed[site] = f"sent a {type(payload).__name__}, not a model"
             self._refuse(message, report.failed[site])
             return
+        if on_stream is not None:
+            try:
+                whole = WholeResult(site, payload)
+            except ValueError as exc:
+                report.failed[site] = str(exc)
+                self._refuse(message, report.failed[site])
+                return
+            del payload  # the adapter holds the model now; see WholeResult on ownership
+            try:
+                on_stream(site, whole)
+            finally:
+                self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "yes"})
+            report.received.append(site)
+            return
         try:
             on_result(site, payload)
         finally:
@@ -390,9 +423,46 @@ class ServerRunner:
             self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "yes"})
         report.received.append(site)
 
+    def _fold_stream(
+        self,
+        message: Message,
+        site: str,
+        payload: IncomingPayload,
+        report: GatherReport,
+        on_stream: StreamHandler,
+        deadline: float,
+    ) -> None:
+        """Hand a streaming result to the workflow, then tell the site how it went."""
+        try:
+            layout = payload.layout()
+        except CellError as exc:
+            report.failed[site] = f"its result did not arrive whole: {exc}"
+            self._refuse(message, report.failed[site])
+            return
+        result = StreamedResult(site, payload, layout, deadline)
+        error: BaseException | None = None
+        try:
+            on_stream(site, result)
+        except BaseException as exc:  # re-raised below, once the site has its answer
+            error = exc
+        broken = result.broken
+        if broken is not None:
+            report.failed[site] = broken.reason
+            self._refuse(message, broken.reason)
+        else:
+            # Whatever the workflow left unread (it refused the result) is dropped.
+            payload.discard()
+            self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "yes"})
+            if error is None:
+                report.received.append(site)
+        if error is not None and error is not broken:
+            raise error
+
     def _refuse(self, message: Message, reason: str) -> None:
         if isinstance(message.payload, IncomingPayload):
             message.payload.discard()  # the rest of a refused result is dropped as it comes
+        # A site whose stream broke may be gone: the cell drops a reply to a
+        # requester that is no longer there, so this never raises for that.
         self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "no", TaskHeader.REASON: reason})
 
     def _take_queued(self) -> list[Message]:

@@ -1,7 +1,8 @@
 """ScatterAndGather: send the global model to every site, average what comes back.
 
 Each round: check enough sites are present, send one task to all of them, fold
-every result into a `WeightedAggregator` the moment it arrives, fail the job
+every result into a `WeightedAggregator` array by array while it arrives
+(`on_stream`, so the server never holds a whole incoming result), fail the job
 if fewer than `min_responses` results were usable, then save the new global
 model and the round's metrics.
 """
@@ -14,7 +15,15 @@ from typing import Any
 
 from fl_core.errors import ConfigError, JobFailedError
 from fl_core.model import FLModel, Params, ParamsType
-from fl_core.spec.workflow import Task, Workflow, WorkflowContext, WorkflowEvent
+from fl_core.spec.workflow import (
+    IncomingResult,
+    ResultBrokenError,
+    Task,
+    WholeResult,
+    Workflow,
+    WorkflowContext,
+    WorkflowEvent,
+)
 
 from .aggregator import RejectedResult, WeightedAggregator, check_params
 
@@ -132,11 +141,16 @@ class ScatterAndGather(Workflow):
         failed: dict[str, str] = {}
         fold_error: list[tuple[str, BaseException]] = []
 
-        def on_result(site: str, model: FLModel) -> None:
+        def on_stream(site: str, result: IncomingResult) -> None:
             if fold_error:
                 return  # the round is already lost; do not touch the accumulators again
             try:
-                weight = aggregator.add(site, model)
+                weight = aggregator.add_stream(site, result)
+            except ResultBrokenError as exc:
+                # What it delivered whole stays folded; the site is not counted.
+                failed[site] = exc.reason
+                ctx.emit(WorkflowEvent.RESULT_FAILED, round_number, site=site, reason=exc.reason)
+                return
             except RejectedResult as exc:
                 if site not in aggregator.accepted:
                     failed[site] = exc.reason
@@ -160,7 +174,18 @@ class ScatterAndGather(Workflow):
             ),
             round_number=round_number,
         )
-        report = ctx.send_task(task, targets, self.task_timeout, on_result)
+
+        def on_result(site: str, model: FLModel) -> None:
+            # Only a context that does not know `on_stream` calls this.
+            try:
+                whole = WholeResult(site, model)
+            except ValueError as exc:
+                failed[site] = str(exc)
+                ctx.emit(WorkflowEvent.RESULT_FAILED, round_number, site=site, reason=str(exc))
+                return
+            on_stream(site, whole)
+
+        report = ctx.send_task(task, targets, self.task_timeout, on_result, on_stream=on_stream)
 
         if fold_error:
             site, exc = fold_error[0]

@@ -15,7 +15,9 @@ from fl_core.model import FLModel, ParamsType
 from fl_core.spec.workflow import (
     GatherReport,
     ResultHandler,
+    StreamHandler,
     Task,
+    WholeResult,
     WorkflowContext,
     WorkflowEvent,
 )
@@ -65,7 +67,13 @@ class FakeContext:
         return list(self._sites)
 
     def send_task(
-        self, task: Task, targets: Sequence[str], timeout: float, on_result: ResultHandler
+        self,
+        task: Task,
+        targets: Sequence[str],
+        timeout: float,
+        on_result: ResultHandler,
+        *,
+        on_stream: StreamHandler | None = None,
     ) -> GatherReport:
         self.tasks.append(task)
         self.timeouts.append(timeout)
@@ -76,7 +84,10 @@ class FakeContext:
             elif site in self.timed_out:
                 report.timed_out.append(site)
             else:
-                on_result(site, self.make_result(site, task))  # no reference kept here
+                if on_stream is None:
+                    on_result(site, self.make_result(site, task))  # no reference kept here
+                else:
+                    on_stream(site, WholeResult(site, self.make_result(site, task)))
                 report.received.append(site)
                 self.after_result(site)
         return report
