@@ -106,6 +106,7 @@ class Cell:
         try:
             link.connect()
         except BaseException:
+            link.close()  # a failed call leaves no reconnect thread behind
             with self._lock:
                 self._parent_link = None
             raise

@@ -51,16 +51,24 @@ class ParentLink:
         cell, url, timeout = self._cell, self.url, self._timeout
         conn = cell.transport.connect(url, timeout)
         answer: Future[Frame] = Future()
+        # The answer and the timeout race (the answer may arrive on the
+        # transport's thread while this one gives up): whichever takes this
+        # lock first decides. A hello_ok after giving up must not make the
+        # closed link the parent (a link left behind, and its close would
+        # start a reconnect thread that outlives the failed call).
+        decided = threading.Lock()
 
         def on_frame(frame: Frame) -> None:
             control = frame.headers.get(CONTROL)
             if control in (HELLO_OK, HELLO_REJECTED):
-                if control == HELLO_OK:
-                    # Before anything else arrives on this link: the parent may
-                    # send a request right after accepting us, and its reply
-                    # must find the way back up.
-                    cell._set_parent(conn)
-                if not answer.done():
+                with decided:
+                    if answer.done():
+                        return  # too late, or a second answer
+                    if control == HELLO_OK:
+                        # Before anything else arrives on this link: the parent may
+                        # send a request right after accepting us, and its reply
+                        # must find the way back up.
+                        cell._set_parent(conn)
                     answer.set_result(frame)
                 return
             cell._on_frame(conn, frame, from_parent=True)
@@ -71,8 +79,14 @@ class ParentLink:
         try:
             frame = answer.result(timeout)
         except TimeoutError:
-            conn.close()
-            raise TargetUnreachableError(url, f"no answer to hello within {timeout:g} s") from None
+            with decided:
+                gave_up = answer.cancel()
+            if gave_up:
+                conn.close()
+                raise TargetUnreachableError(
+                    url, f"no answer to hello within {timeout:g} s"
+                ) from None
+            frame = answer.result()  # it came as the wait ended
         if frame.headers.get(CONTROL) == HELLO_REJECTED:
             conn.close()
             raise CellError(
