@@ -20,11 +20,11 @@ while the rest still travels.
 from __future__ import annotations
 
 import enum
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
+from fl_core.cell.receive_memory import POPULATE_MIN, ReceiveMemory
 from fl_core.errors import CellError
 
 if TYPE_CHECKING:
@@ -35,67 +35,6 @@ if TYPE_CHECKING:
 
 GiB: Final = 1024**3
 MiB: Final = 1024**2
-
-
-POPULATE_MIN: Final = 1 * MiB
-"""Arrays from this size up get their own mapping, populated as bytes arrive."""
-_MADV_POPULATE_WRITE: Final = 23  # Linux 5.14+; not named by Python 3.11's mmap module
-_PAGE: Final = 4096
-
-
-class ReceiveMemory:
-    """Receive arrays whose pages the kernel maps in ahead of each write.
-
-    Writing into fresh `np.empty` memory takes one page fault per 4 KiB
-    page (and, where transparent huge pages are on "madvise", compaction
-    stalls): here a 1 GiB array filled that way took 0.6 to 2.5 s. Big
-    arrays get a private anonymous mapping instead, and `prepare(view)`
-    asks the kernel to populate just the region about to be written
-    (MADV_POPULATE_WRITE) in one call; about 0.25 s per GiB. Memory is
-    committed only as bytes arrive, so a peer that announces a huge model
-    and stalls costs nothing it has not sent.
-    """
-
-    def __init__(self) -> None:
-        # (address, size, weak reference to the mmap): the arrays own their
-        # memory; a released array must be freed, not kept alive from here.
-        self._maps: list[tuple[int, int, weakref.ref[Any]]] = []
-        self._populate = True
-
-    def allocate(self, name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-        """A writable C-contiguous array for `shape` and `dtype`."""
-        import mmap
-
-        import numpy as np
-
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if nbytes < POPULATE_MIN:
-            return np.empty(shape, dtype=dtype)
-        try:
-            memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        except OSError as exc:
-            raise CellError(f"cannot reserve {nbytes} bytes for array {name!r}: {exc}") from exc
-        array = np.frombuffer(memory, dtype=dtype).reshape(shape)
-        self._maps.append((int(array.ctypes.data), nbytes, weakref.ref(memory)))
-        return array
-
-    def prepare(self, view: memoryview) -> None:
-        """Populate the pages under `view` (a region of an array from `allocate`)."""
-        if not self._populate or not self._maps or not view.nbytes:
-            return
-        import numpy as np
-
-        address = int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
-        for base, size, ref in self._maps:
-            memory = ref()
-            if memory is not None and base <= address < base + size:
-                start = (address - base) // _PAGE * _PAGE
-                end = min(size, -(-(address - base + view.nbytes) // _PAGE) * _PAGE)
-                try:
-                    memory.madvise(_MADV_POPULATE_WRITE, start, end - start)
-                except (OSError, ValueError):
-                    self._populate = False  # an older kernel: plain page faults
-                return
 
 
 def _lazy_buffer(kind: PayloadKind, size: int) -> bytearray | memoryview:
@@ -265,6 +204,7 @@ class PayloadAssembler:
         limits: PayloadLimits,
         *,
         keep_arrays: bool = True,
+        memory: ReceiveMemory | None = None,
     ) -> None:
         check_size(kind, size, limits)
         self.kind = kind
@@ -276,7 +216,7 @@ class PayloadAssembler:
         self._head = bytearray()  # a model's header, until it is complete
         self._head_size = 0
         self._model: ModelReceiver | None = None
-        self._memory = ReceiveMemory()
+        self._memory = memory if memory is not None else ReceiveMemory()
         if kind in (PayloadKind.BYTES, PayloadKind.JSON):
             self._buffer = _lazy_buffer(kind, size)
 
