@@ -4,9 +4,14 @@ Every case runs its sender, receiver (and relay) as separate processes on
 loopback and is compared with a baseline measured in the same run:
 
 - a 1 GiB model (one float32 array) sent as a cell request from one process
-  to another over tcp (and grpc, when installed), against plain socket
-  `sendall` -> `recv_into` of the same bytes into a preallocated buffer;
-  with `--tls` the same pair again over TLS (mutual), against a TLS socket;
+  to another over tcp (and grpc, when installed), `--repeat` + 1 times in one
+  pair of processes. The first lands in fresh memory and is compared with
+  plain socket `sendall` -> `recv_into` into a fresh buffer; the later ones
+  land in the memory the previous model left (as every round after the
+  first does) and are compared with `recv_into` a touched, preallocated
+  buffer. grpc is also compared with a raw grpcio bidi stream of the same
+  bytes, its own ceiling. With `--tls` the pairs run again over mutual TLS,
+  against a TLS socket;
 - the same model through a relay process (sender -> relay -> receiver),
   reporting how much the relay's peak RSS grew while forwarding it;
 - small request/reply round trips per second (100 B, one thread) over each
@@ -38,6 +43,9 @@ from typing import Any
 MiB = 1024 * 1024
 CHUNK = 4 * MiB
 ECHO_METHOD = "/bench.Echo/Call"
+STREAM_METHOD = "/bench.Stream/Call"
+GRPC_MESSAGE = 2 * MiB  # the cell's chunk size
+GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
 # --- helpers used inside the role processes ----------------------------------------
@@ -183,7 +191,9 @@ def role_cell_relay(transport: str, tls_dir: str, parent: str) -> None:
     cell.transport.close()
 
 
-def role_cell_send(transport: str, tls_dir: str, parent: str, name: str, size: int) -> None:
+def role_cell_send(
+    transport: str, tls_dir: str, parent: str, name: str, size: int, count: int
+) -> None:
     from fl_core.cell.cell import Cell
     from fl_core.cell.channels import Channel
 
@@ -192,9 +202,11 @@ def role_cell_send(transport: str, tls_dir: str, parent: str, name: str, size: i
     model = _model(size)
     ready = _rss_now()
     _say(sending=True)
-    start = time.perf_counter()
-    cell.request("server", Channel.AUX_COMMUNICATION, "sink", model, timeout=600)
-    seconds = time.perf_counter() - start
+    seconds = []
+    for _ in range(count):  # the first into fresh memory, the rest into reused memory
+        start = time.perf_counter()
+        cell.request("server", Channel.AUX_COMMUNICATION, "sink", model, timeout=600)
+        seconds.append(time.perf_counter() - start)
     _say(seconds=seconds, ready_rss=ready, peak=_rss_peak())
     cell.close()
     cell.transport.close()
@@ -250,15 +262,71 @@ def role_grpc_echo_client(port: int, seconds: float) -> None:
     _say(rate=count / (time.perf_counter() - start))
 
 
+def role_grpc_stream_server(size: int) -> None:
+    import asyncio
+
+    import grpc
+    from grpc import aio
+
+    async def handler(requests: Any, context: Any) -> None:
+        got = 0
+        while True:
+            message = await context.read()
+            if message is aio.EOF:
+                return
+            got += len(message)
+            if got >= size:
+                await context.write(b"k")
+                got = 0
+
+    async def serve() -> None:
+        server = aio.server(options=GRPC_OPTIONS)
+        method = grpc.stream_stream_rpc_method_handler(handler)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("bench.Stream", {"Call": method}),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        _say(port=port)
+        await asyncio.get_running_loop().run_in_executor(None, _wait_stdin_closed)
+        await server.stop(0)
+
+    asyncio.run(serve())
+
+
+def role_grpc_stream_client(port: int, size: int, count: int) -> None:
+    import asyncio
+
+    from grpc import aio
+
+    async def send() -> list[float]:
+        async with aio.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
+            call = channel.stream_stream(STREAM_METHOD)()
+            message = bytes(GRPC_MESSAGE)  # one message, sent again and again: no copies
+            seconds = []
+            for _ in range(count):
+                start = time.perf_counter()
+                for _ in range(size // GRPC_MESSAGE):
+                    await call.write(message)
+                assert await call.read() == b"k"
+                seconds.append(time.perf_counter() - start)
+            await call.done_writing()
+            return seconds
+
+    _say(seconds=asyncio.run(send()))
+
+
 ROLES: dict[str, Callable[..., None]] = {
     "raw-recv": lambda a: role_raw_recv(int(a[0]), a[1], a[2] == "fresh"),
     "raw-send": lambda a: role_raw_send(int(a[0]), int(a[1]), a[2]),
     "cell-recv": lambda a: role_cell_recv(a[0], a[1]),
     "cell-relay": lambda a: role_cell_relay(a[0], a[1], a[2]),
-    "cell-send": lambda a: role_cell_send(a[0], a[1], a[2], a[3], int(a[4])),
+    "cell-send": lambda a: role_cell_send(a[0], a[1], a[2], a[3], int(a[4]), int(a[5])),
     "cell-rr": lambda a: role_cell_rr(a[0], a[1], float(a[2])),
     "grpc-echo-server": lambda a: role_grpc_echo_server(),
     "grpc-echo-client": lambda a: role_grpc_echo_client(int(a[0]), float(a[1])),
+    "grpc-stream-server": lambda a: role_grpc_stream_server(int(a[0])),
+    "grpc-stream-client": lambda a: role_grpc_stream_client(int(a[0]), int(a[1]), int(a[2])),
 }
 
 
@@ -303,7 +371,8 @@ def run_raw(size: int, tls_dir: str, fresh: bool = False) -> float:
     return seconds
 
 
-def run_cell(transport: str, size: int, tls_dir: str, relay: bool) -> dict[str, float]:
+def run_cell(transport: str, size: int, tls_dir: str, relay: bool, count: int) -> dict[str, Any]:
+    """`count` models from one sender process to one receiver process, one after another."""
     receiver = Proc("cell-recv", transport, tls_dir)
     url = receiver.read()["url"]
     receiver_ready = receiver.read()["ready_rss"]
@@ -315,15 +384,30 @@ def run_cell(transport: str, size: int, tls_dir: str, relay: bool) -> dict[str, 
         relay_ready = relay_proc.read()["ready_rss"]
         procs.append(relay_proc)
         name = "site-1.j"
-    sender = Proc("cell-send", transport, tls_dir, url, name, size)
+    sender = Proc("cell-send", transport, tls_dir, url, name, size, count)
     sender.read()  # the model is built; the timed part starts
     sent = sender.read()
     sender.popen.wait(timeout=60)
-    result = {"seconds": float(sent["seconds"]), "sender_growth": sent["peak"] - sent["ready_rss"]}
+    result: dict[str, Any] = {
+        "seconds": [float(s) for s in sent["seconds"]],
+        "sender_growth": sent["peak"] - sent["ready_rss"],
+    }
     if relay:  # children first, so no cell sees its parent go and reconnects
         result["relay_growth"] = procs[1].finish()["peak"] - relay_ready
     result["receiver_growth"] = receiver.finish()["peak"] - receiver_ready
     return result
+
+
+def run_grpc_stream(size: int, count: int) -> list[float]:
+    server = Proc("grpc-stream-server", size)
+    port = server.read()["port"]
+    client = Proc("grpc-stream-client", port, size, count)
+    seconds = [float(s) for s in client.read()["seconds"]]
+    client.popen.wait(timeout=60)
+    assert server.popen.stdin is not None
+    server.popen.stdin.close()
+    server.popen.wait(timeout=60)
+    return seconds
 
 
 def run_rr(transport: str, seconds: float) -> float:
@@ -347,10 +431,6 @@ def run_grpc_echo(seconds: float) -> float:
     server.popen.stdin.close()
     server.popen.wait(timeout=60)
     return rate
-
-
-def _median(runs: list[dict[str, float]], key: str) -> float:
-    return statistics.median(run[key] for run in runs)
 
 
 def main() -> None:
@@ -393,18 +473,31 @@ def main() -> None:
                 f"\n{label} sendall -> recv_into: {gib / raw:.2f} GiB/s into a touched buffer "
                 f"(the baseline), {gib / fresh:.2f} GiB/s into a fresh one = {raw / fresh:.2f}x"
             )
+            if not mode and "grpc" in transports:
+                grpc_raw = statistics.median(run_grpc_stream(size, args.repeat + 1)[1:])
+                print(
+                    f"raw grpc bidi stream ({GRPC_MESSAGE // MiB} MiB bytes messages, no "
+                    f"copies): {gib / grpc_raw:.2f} GiB/s = {raw / grpc_raw:.2f}x raw socket"
+                )
             for name in transports:
                 for relay in (False, True):
-                    runs = [run_cell(name, size, tls_dir, relay) for _ in range(args.repeat)]
-                    seconds = _median(runs, "seconds")
+                    # One pair of processes: the first model lands in fresh memory
+                    # (compared with the fresh-buffer socket), the later ones in the
+                    # memory the previous model left (compared with the touched one).
+                    run = run_cell(name, size, tls_dir, relay, args.repeat + 1)
+                    cold, warm = run["seconds"][0], statistics.median(run["seconds"][1:])
                     line = (
                         f"  {name}{' +TLS' if mode else ''}{' via relay' if relay else ''}: "
-                        f"{gib / seconds:.2f} GiB/s = {raw / seconds:.2f}x raw; growth MiB: "
-                        f"sender {_median(runs, 'sender_growth') / MiB:.0f}, "
-                        f"receiver {_median(runs, 'receiver_growth') / MiB:.0f}"
+                        f"first {gib / cold:.2f} GiB/s = {fresh / cold:.2f}x raw fresh; "
+                        f"later {gib / warm:.2f} GiB/s = {raw / warm:.2f}x raw; growth MiB: "
+                        f"sender {run['sender_growth'] / MiB:.0f}, "
+                        f"receiver {run['receiver_growth'] / MiB:.0f}"
                     )
                     if relay:
-                        line += f", relay {_median(runs, 'relay_growth') / MiB:.0f}"
+                        line += f", relay {run['relay_growth'] / MiB:.0f}"
+                    if name == "grpc" and not mode:
+                        line += f"; {grpc_raw / warm:.2f}x raw grpc"
+                    line += "  [s: " + " ".join(f"{t:.2f}" for t in run["seconds"]) + "]"
                     print(line, flush=True)
     echo = statistics.median(run_grpc_echo(args.rr_seconds) for _ in range(args.repeat))
     print(f"\nraw grpc unary echo (100 B, one thread): {echo:.0f} calls/s")
