@@ -401,6 +401,8 @@ class Cell:
                 detail = f"relayed more than {MAX_HOPS} times (are cells connected in a cycle?)"
                 self._send_reply(message, Status.UNREACHABLE, None, {Header.ERROR: detail})
             return
+        if not self._streams.on_relay(conn, link, frame):
+            return  # refused or stale stream frame; whoever waits was told
         # A copy: over the in-process transport the headers dict is shared
         # with the sender.
         kind = message.get(Header.MSG_TYPE)
@@ -408,7 +410,6 @@ class Cell:
             self._relayed.forwarded(message, link)
         elif kind == MessageType.REPLY:
             self._relayed.answered(message.get(Header.IN_REPLY_TO))
-        self._streams.on_relay(conn, link, frame)
         try:
             link.send(Frame({**frame.headers, Header.HOPS: str(hops)}, frame.body))
         except CellError as exc:

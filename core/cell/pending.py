@@ -81,6 +81,11 @@ class PendingRequests:
             request.timer.cancel()
         return request
 
+    def waiting(self, msg_id: str) -> bool:
+        """Whether the request `msg_id` still waits for its reply."""
+        with self._lock:
+            return msg_id in self._table
+
     def fail(self, msg_id: str, error: CellError) -> None:
         """Fail one request, if it is still waiting."""
         request = self.take(msg_id)

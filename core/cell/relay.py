@@ -6,17 +6,22 @@ requester at once with UNREACHABLE instead of leaving it to its timeout;
 that is what makes a lost peer fail promptly even two hops away.
 
 `RelayedStreams`: streams being forwarded, with both their links, so that
-when either closes the end still waiting is told (an ABORT) at once.
+when either closes the end still waiting is told (an ABORT) at once; bounded
+per inbound link and forgotten when idle, so a peer cannot grow it for ever.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fl_core.cell.message import Header, Message, MessageType
+from fl_core.cell.stream_state import on_path
 from fl_core.cell.timer import Timer, TimerHandle
+from fl_core.errors import CellError
 from fl_core.spec.transport import Connection, Frame
 
 DEFAULT_TIMEOUT = 30.0
@@ -91,6 +96,8 @@ class RelayedStream:
     outbound: Connection
     size: int
     forwarded: int
+    heard: float
+    """When a frame of it (data, or an ACK coming back) last passed: for idle expiry."""
 
 
 def _size_header(headers: dict[str, str]) -> int | None:
@@ -98,58 +105,156 @@ def _size_header(headers: dict[str, str]) -> int | None:
     return int(value) if value.isascii() and value.isdigit() and len(value) <= 20 else None
 
 
-class RelayedStreams:
-    """The table of streams in transit through this cell, by (origin, stream id)."""
+Expired = Callable[[RelayedStream, str], None]
 
-    def __init__(self) -> None:
+
+class RelayedStreams:
+    """The table of streams in transit through this cell, by (origin, stream id).
+
+    Bounded two ways: at most `per_link` streams for each inbound link (a
+    first frame over that is refused: `track` raises, and the link goes on
+    carrying everything else), and a stream nothing passed for
+    `idle_timeout` is forgotten and reported to `expired` (which tells both
+    ends). The expiry is one sweep on the shared timer, every third of the
+    idle timeout while anything is tracked: no thread, and no timer per stream.
+    """
+
+    def __init__(self, timer: Timer, per_link: int, idle_timeout: float, expired: Expired) -> None:
+        self._timer = timer
+        self._per_link = per_link
+        self._idle_timeout = idle_timeout
+        self._expired = expired
         self._lock = threading.Lock()
         self._table: dict[tuple[str, str], RelayedStream] = {}
+        self._counts: dict[Connection, int] = {}  # streams per inbound link
+        self._sweep: TimerHandle | None = None
 
-    def track(self, inbound: Connection, outbound: Connection, frame: Frame) -> None:
-        """Account for one forwarded frame (only headers and body size are read)."""
+    def track(self, inbound: Connection, outbound: Connection, frame: Frame) -> bool:
+        """Account for one frame to forward (only headers and body size are read).
+
+        False for a frame not to forward: a chunk of a stream this cell does
+        not relay (refused, failed, expired: its ends were told). Raises
+        `CellError` saying why for the first frame of a stream over the cap.
+        """
         headers = frame.headers
         sid = headers.get(Header.STREAM)
         if sid is None:
-            return
+            return True
         kind = headers.get(Header.MSG_TYPE)
         if kind == MessageType.ACK:
-            return
+            self._acked(inbound, headers, sid)
+            return True
         if kind == MessageType.ABORT:
-            self.forget(headers.get(Header.STREAM_ORIGIN, ""), sid)
-            return
+            self._aborted(inbound, headers, sid)
+            return True  # the end it is for decides whether to honour it
         body = frame.body
         size = memoryview(body).nbytes if isinstance(body, bytes | bytearray | memoryview) else 0
         key = (headers.get(Header.ORIGIN, ""), sid)
         with self._lock:
             if kind == MessageType.CHUNK:
                 record = self._table.get(key)
-                if record is not None:
-                    record.forwarded += size
-                    if record.forwarded >= record.size:
-                        del self._table[key]
-                return
+                if record is None or record.inbound is not inbound:
+                    return False
+                record.forwarded += size
+                record.heard = time.monotonic()
+                if record.forwarded >= record.size:
+                    self._remove(key)
+                return True
             total = _size_header(headers)
-            if total is not None and size < total:  # a bad size: the receiver refuses it
-                destination = headers.get(Header.DESTINATION, "")
-                self._table[key] = RelayedStream(
-                    key[0], sid, destination, inbound, outbound, total, size
+            if total is None or size >= total or key in self._table:
+                return True  # a bad first frame: its receiver refuses it
+            count = self._counts.get(inbound, 0)
+            if count >= self._per_link:
+                origin = key[0]
+                raise CellError(
+                    f"it already relays {count} streams from {origin}'s link (max_relayed_per_link)"
                 )
+            destination = headers.get(Header.DESTINATION, "")
+            self._table[key] = RelayedStream(
+                key[0], sid, destination, inbound, outbound, total, size, time.monotonic()
+            )
+            self._counts[inbound] = count + 1
+            start_sweep = self._sweep is None
+        if start_sweep:
+            self._schedule_sweep()
+        return True
+
+    def _acked(self, inbound: Connection, headers: dict[str, str], sid: str) -> None:
+        # Acknowledgements of a slow consumer are a stream's only traffic for
+        # a while: they keep it alive, if they come from its receiver's side.
+        with self._lock:
+            record = self._table.get((headers.get(Header.DESTINATION, ""), sid))
+            if (
+                record is not None
+                and record.outbound is inbound
+                and headers.get(Header.ORIGIN) == record.destination
+            ):
+                record.heard = time.monotonic()
+
+    def _aborted(self, inbound: Connection, headers: dict[str, str], sid: str) -> None:
+        # Forgetting a stream makes this relay drop its chunks: only an ABORT
+        # its ends would honour may do that (see `streams`).
+        key = (headers.get(Header.STREAM_ORIGIN, ""), sid)
+        with self._lock:
+            record = self._table.get(key)
+            if (
+                record is not None
+                and inbound in (record.inbound, record.outbound)
+                and on_path(headers.get(Header.ORIGIN, ""), record.origin, record.destination)
+            ):
+                self._remove(key)
+
+    def _remove(self, key: tuple[str, str]) -> RelayedStream | None:
+        """Drop one record; the caller holds the lock."""
+        record = self._table.pop(key, None)
+        if record is not None:
+            left = self._counts.get(record.inbound, 0) - 1
+            if left > 0:
+                self._counts[record.inbound] = left
+            else:
+                self._counts.pop(record.inbound, None)
+        return record
+
+    def _schedule_sweep(self) -> None:
+        try:
+            handle = self._timer.call_later(self._idle_timeout / 3, self._sweep_idle)
+        except RuntimeError:
+            handle = None  # the cell is closing; close() clears the table
+        with self._lock:
+            self._sweep = handle
+
+    def _sweep_idle(self) -> None:
+        stale = time.monotonic() - self._idle_timeout
+        with self._lock:
+            keys = [k for k, r in self._table.items() if r.heard <= stale]
+            expired = [r for r in map(self._remove, keys) if r is not None]
+            again = bool(self._table)
+            self._sweep = None
+        why = f"no frame for {self._idle_timeout:g} s"
+        for record in expired:
+            self._expired(record, why)
+        if again:
+            self._schedule_sweep()
 
     def forget(self, origin: str, sid: str) -> None:
-        """Stop tracking a stream (it was aborted, or could not be forwarded)."""
+        """Stop tracking a stream (it could not be forwarded)."""
         with self._lock:
-            self._table.pop((origin, sid), None)
+            self._remove((origin, sid))
 
     def lost(self, link: Connection) -> list[RelayedStream]:
         """Forget and return the streams that used `link`, which has closed."""
         with self._lock:
             keys = [k for k, r in self._table.items() if link in (r.inbound, r.outbound)]
-            return [self._table.pop(k) for k in keys]
+            return [r for r in map(self._remove, keys) if r is not None]
 
     def clear(self) -> None:
         """Forget everything (the cell is closing)."""
         with self._lock:
             self._table.clear()
+            self._counts.clear()
+            sweep, self._sweep = self._sweep, None
+        if sweep is not None:
+            sweep.cancel()
 
     def __len__(self) -> int:
         with self._lock:

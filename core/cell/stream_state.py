@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fl_core.cell.fqcn import SEPARATOR
 from fl_core.cell.message import Header, Message
 from fl_core.cell.payload import MiB, PayloadAssembler, PayloadLimits
 from fl_core.errors import CellError, TargetUnreachableError
@@ -31,6 +32,9 @@ class StreamSettings:
     """What this cell accepts from peers."""
     max_incoming: int = 1024
     """Streams this cell receives at once; more are refused (each holds an assembler)."""
+    max_relayed_per_link: int = 1024
+    """Streams this cell relays at once for each link they come in on; more are
+    refused with an ABORT, and the link stays up for everything else."""
 
     def __post_init__(self) -> None:
         if self.chunk_size <= 0:
@@ -39,6 +43,33 @@ class StreamSettings:
             raise ValueError(f"window ({self.window}) must hold a chunk ({self.chunk_size})")
         if not self.idle_timeout > 0:
             raise ValueError(f"idle_timeout must be positive, not {self.idle_timeout}")
+        if self.max_relayed_per_link <= 0:
+            raise ValueError(
+                f"max_relayed_per_link must be positive, not {self.max_relayed_per_link}"
+            )
+
+
+def _lineage(fqcn: str) -> set[str]:
+    parts = fqcn.split(SEPARATOR)
+    return {SEPARATOR.join(parts[: i + 1]) for i in range(len(parts))}
+
+
+def on_path(cell: str, one_end: str, other_end: str) -> bool:
+    """Whether `cell` is an end of the stream between the two ends, or a relay on its path.
+
+    By name, as the tree routes: the path climbs from each end through its
+    name-ancestors to the lowest one they share (`server.j` and `site-1.j`:
+    `server`, `site-1`), which it crosses. A root that is neither end's
+    name-ancestor (the server between `site-1.j` and `site-2.j`) cannot be
+    told apart by name from any other cell, so it is not on the path here.
+    """
+    ends, lineage = (one_end, other_end), (_lineage(one_end), _lineage(other_end))
+    if cell in ends:
+        return True
+    shared = lineage[0] & lineage[1]
+    if shared and cell == max(shared, key=len):
+        return True
+    return cell in lineage[0] ^ lineage[1]
 
 
 def describe(headers: dict[str, str]) -> str:

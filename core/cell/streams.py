@@ -11,11 +11,26 @@ that fits in `chunk_size` travels as one frame. A larger one is a stream:
   the sender, on every relay and on the receiver is bounded by the window,
   whatever the payload's size and whichever transport is below;
 - relays forward chunks without decoding them, and track each stream only to
-  send an `ABORT` to the far end when one of its two links closes;
+  send an `ABORT` to the far end when one of its two links closes, or to both
+  ends when nothing of it passed for `idle_timeout`; a relay takes at most
+  `max_relayed_per_link` streams from each link and refuses more (an ABORT
+  to the sender, the link staying up);
 - a stream that breaks (a link closes, the receiver refuses the payload, no
   data or no acknowledgement for `idle_timeout`) fails promptly at both ends:
   a request whose payload or reply was streamed fails with an error naming
   the target, never by waiting for its timeout.
+
+Who may end a stream: an `ABORT` is honoured only if it comes over the link
+the stream uses and from a cell on its path (`on_path`): the stream's peer
+(its target for a stream this cell sends, its sender for one it receives) or
+a relay between them by name, which is how a relay that lost a link on the
+path reports it (under its own origin). Origins are already vouched for per
+link (a child speaks only for its subtree), so a cell elsewhere in the tree
+cannot end another cell's stream even if it learns the stream's id, and ids
+are random (64 bits), not a counter. An `ACK` counts only from the stream's
+receiver; relays apply the same rules to what they keep of a stream. A
+streamed reply whose request no longer waits (timed out, cancelled, answered)
+is refused at its first chunk, or aborted as soon as its request ends.
 
 Chunks are sent from a small pool of sender threads, never from the
 caller's or a transport's thread: waiting for the window must not block
@@ -24,8 +39,8 @@ whoever hands a message to the cell.
 
 from __future__ import annotations
 
-import itertools
 import logging
+import secrets
 import threading
 from typing import TYPE_CHECKING, Final
 
@@ -40,13 +55,14 @@ from fl_core.cell.payload import (
     kind_of,
     parse_kind,
 )
-from fl_core.cell.relay import RelayedStreams
+from fl_core.cell.relay import RelayedStream, RelayedStreams
 from fl_core.cell.stream_state import (
     Incoming,
     Outgoing,
     StreamSettings,
     describe,
     int_header,
+    on_path,
 )
 from fl_core.errors import CellError, RemoteError, TargetUnreachableError
 from fl_core.spec.transport import BodyBufferProvider, Connection, Frame
@@ -71,10 +87,14 @@ class StreamEngine:
         self._cell = cell
         self.settings = settings
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
         self._out: dict[str, Outgoing] = {}
         self._in: dict[tuple[str, str], Incoming] = {}
-        self._relayed = RelayedStreams()
+        self._relayed = RelayedStreams(
+            cell.resources.timer,
+            settings.max_relayed_per_link,
+            settings.idle_timeout,
+            self._relay_expired,
+        )
         self._closed: str | None = None
 
     # --- sending -------------------------------------------------------------------
@@ -91,11 +111,14 @@ class StreamEngine:
         if encoded.size <= self.settings.chunk_size:
             link.send(Frame(headers, encoded.joined()))
             return
-        sid = str(next(self._ids))
         stream = Outgoing(message.destination, link, message)
         with self._lock:
             if self._closed is not None:
                 raise CellError(self._closed)
+            # Random, so no other cell can guess an id to aim an ABORT at.
+            sid = secrets.token_hex(8)
+            while sid in self._out:
+                sid = secrets.token_hex(8)
             self._out[sid] = stream
         headers.update(
             {
@@ -146,11 +169,15 @@ class StreamEngine:
                 self._out.pop(sid, None)
 
     def request_finished(self, msg_id: str) -> None:
-        """A request is answered, failed or timed out: stop streaming its payload."""
+        """A request is answered, failed or timed out: stop streaming its payload,
+        and stop receiving a reply to it that nobody waits for any more."""
         with self._lock:
             streams = [s for s in self._out.values() if s.message.get(Header.MSG_ID) == msg_id]
+            replies = [k for k, s in self._in.items() if _replies_to(s.headers, msg_id)]
         for stream in streams:
             stream.fail(CellError("its request has ended"))
+        for key in replies:
+            self._fail_incoming(key, "its request has ended")
 
     def _failed(self, message: Message, error: CellError) -> None:
         kind = message.get(Header.MSG_TYPE)
@@ -203,14 +230,18 @@ class StreamEngine:
                 stream = self._out.get(headers.get(Header.STREAM, ""))
             # Only the receiver may acknowledge: anyone else's count would let
             # the sender overrun the window on every relay in between.
-            if stream is not None and headers.get(Header.ORIGIN) == stream.target:
+            if (
+                stream is not None
+                and stream.link is conn
+                and headers.get(Header.ORIGIN) == stream.target
+            ):
                 try:
                     stream.acknowledge(int_header(headers, Header.ACKED))
                 except CellError as exc:
                     stream.fail(CellError(f"{stream.target} sent a bad acknowledgement: {exc}"))
             return None
         if kind == MessageType.ABORT:
-            self._on_abort(headers)
+            self._on_abort(conn, headers)
             return None
         if kind == MessageType.CHUNK:
             self._on_chunk(conn, headers, frame.body)
@@ -257,7 +288,7 @@ class StreamEngine:
             self._refuse(headers, f"{self._cell.fqcn} refused the stream: {exc}")
             return
         key = (headers.get(Header.ORIGIN, ""), headers[Header.STREAM])
-        refused = self._refusal(key)
+        refused = self._refusal(key) or self._orphan_reply(headers)
         if refused is not None:  # before any memory is reserved for it
             self._refuse(headers, refused)
             return
@@ -285,6 +316,11 @@ class StreamEngine:
                 self._in[key] = incoming
         if refused is not None:
             self._refuse(headers, refused)
+            return
+        if self._orphan_reply(headers) is not None:
+            # Its request ended while this was being set up: request_finished
+            # may have looked before the stream was in the table.
+            self._fail_incoming(key, "its request has ended")
             return
         self._schedule_idle_check(key, incoming)
         if incoming.payload is not None:
@@ -328,6 +364,18 @@ class StreamEngine:
         if len(self._in) >= self.settings.max_incoming:
             return f"{self._cell.fqcn} already receives {len(self._in)} streams"
         return None
+
+    def _orphan_reply(self, headers: dict[str, str]) -> str | None:
+        """Why a streamed reply is refused at once: its request no longer waits."""
+        if headers.get(Header.MSG_TYPE) != MessageType.REPLY:
+            return None
+        msg_id = headers.get(Header.IN_REPLY_TO, "")
+        if self._cell._pending.waiting(msg_id):
+            return None
+        return (
+            f"{self._cell.fqcn} refused a streamed reply to {msg_id!r}: "
+            "it no longer waits for it (it timed out, was cancelled or was answered)"
+        )
 
     def _on_chunk(self, conn: Connection, headers: dict[str, str], body: object) -> None:
         key = (headers.get(Header.ORIGIN, ""), headers.get(Header.STREAM, ""))
@@ -473,21 +521,28 @@ class StreamEngine:
                 return
         self._schedule_idle_check(key, incoming)
 
-    def _on_abort(self, headers: dict[str, str]) -> None:
+    def _on_abort(self, conn: Connection, headers: dict[str, str]) -> None:
         sid = headers.get(Header.STREAM, "")
         stream_origin = headers.get(Header.STREAM_ORIGIN, "")
         reason = headers.get(Header.ERROR, "no reason given")
-        if stream_origin == self._cell.fqcn:
+        me, sender = self._cell.fqcn, headers.get(Header.ORIGIN, "")
+        if stream_origin == me:
             with self._lock:
                 stream = self._out.get(sid)
-            if stream is not None:
-                message = stream.message
-                if headers.get(Header.STATUS) == Status.UNREACHABLE:
-                    stream.fail(TargetUnreachableError(stream.target, reason))
-                else:
-                    stream.fail(RemoteError(stream.target, message.channel, message.topic, reason))
+            if stream is None or not self._may_abort(conn, stream.link, sender, stream.target):
+                return
+            message = stream.message
+            if headers.get(Header.STATUS) == Status.UNREACHABLE:
+                stream.fail(TargetUnreachableError(stream.target, reason))
+            else:
+                stream.fail(RemoteError(stream.target, message.channel, message.topic, reason))
             return
-        incoming = self._forget((stream_origin, sid))
+        key = (stream_origin, sid)
+        with self._lock:
+            found = self._in.get(key)
+        if found is None or not self._may_abort(conn, found.link, sender, stream_origin):
+            return
+        incoming = self._forget(key)
         if incoming is None:
             return
         error = CellError(f"the payload from {stream_origin} broke off: {reason}")
@@ -496,11 +551,61 @@ class StreamEngine:
         if incoming.headers.get(Header.MSG_TYPE) == MessageType.REPLY:
             self._cell._pending.fail(incoming.headers.get(Header.IN_REPLY_TO, ""), error)
 
+    def _may_abort(self, conn: Connection, link: Connection, sender: str, peer: str) -> bool:
+        """Whether an ABORT from `sender` over `conn` may end a stream with `peer` on `link`."""
+        if conn is link and on_path(sender, self._cell.fqcn, peer):
+            return True
+        log.warning(
+            "%s: ignored an ABORT from %s for a stream with %s: not on its path",
+            self._cell.fqcn,
+            sender,
+            peer,
+        )
+        return False
+
     # --- relaying ----------------------------------------------------------------------
 
-    def on_relay(self, inbound: Connection, outbound: Connection, frame: Frame) -> None:
-        """Track a stream frame this cell forwards (headers only, never the body)."""
-        self._relayed.track(inbound, outbound, frame)
+    def on_relay(self, inbound: Connection, outbound: Connection, frame: Frame) -> bool:
+        """Track a stream frame this cell forwards (headers only, never the body).
+
+        False for a frame that must not be forwarded: a chunk of a stream
+        this cell does not relay, or a stream over the per-link cap (refused
+        here: its sender, and a requester waiting on it, are told why).
+        """
+        try:
+            return self._relayed.track(inbound, outbound, frame)
+        except CellError as exc:
+            self._refuse_relayed(frame.headers, f"{self._cell.fqcn} refused the stream: {exc}")
+            return False
+
+    def _refuse_relayed(self, headers: dict[str, str], reason: str) -> None:
+        log.warning("%s: %s (%s)", self._cell.fqcn, reason, describe(headers))
+        origin = headers.get(Header.ORIGIN, "")
+        self._abort(origin, origin, headers.get(Header.STREAM, ""), reason, lost=True)
+        # A sender that already pumped all it had would not see the ABORT:
+        # answer whoever waits for the request this stream is or answers.
+        kind = headers.get(Header.MSG_TYPE)
+        if kind == MessageType.REQUEST:
+            waiting = Message(headers, None)
+        elif kind == MessageType.REPLY:
+            waiting = Message(
+                {
+                    **headers,
+                    Header.ORIGIN: headers.get(Header.DESTINATION, ""),
+                    Header.MSG_ID: headers.get(Header.IN_REPLY_TO, ""),
+                },
+                None,
+            )
+        else:
+            return
+        self._cell._send_reply(waiting, Status.UNREACHABLE, None, {Header.ERROR: reason})
+
+    def _relay_expired(self, record: RelayedStream, why: str) -> None:
+        """A relayed stream went idle: tell both ends (each fails it at once)."""
+        reason = f"{self._cell.fqcn} forgot the stream it relayed: {why}"
+        log.warning("%s: %s -> %s: %s", self._cell.fqcn, record.origin, record.destination, why)
+        for end in (record.origin, record.destination):
+            self._abort(end, record.origin, record.sid, reason, lost=True)
 
     def relay_failed(self, frame: Frame, reason: str) -> None:
         """A stream frame could not be forwarded: tell its sender."""
@@ -551,3 +656,10 @@ class StreamEngine:
         with self._lock:
             counts = {"out": len(self._out), "in": len(self._in)}
         return {**counts, "relayed": len(self._relayed)}
+
+
+def _replies_to(headers: dict[str, str], msg_id: str) -> bool:
+    return (
+        headers.get(Header.MSG_TYPE) == MessageType.REPLY
+        and headers.get(Header.IN_REPLY_TO) == msg_id
+    )
