@@ -14,6 +14,8 @@
 `simulator_for` builds the real simulator container; pass `overrides` to put
 your own object into one slot (`{"transport": MyTransport()}`). For pytest
 fixtures, add `pytest_plugins = ["fl_core.testing.fixtures"]` to a conftest.
+A launcher plugin subclasses `fl_core.testing.LauncherContract` (imported on
+first use, so importing this package does not import pytest).
 """
 
 from __future__ import annotations
@@ -30,7 +32,16 @@ from fl_core.config import JobConfig, load_job
 from fl_core.plugins import PluginManager, make_plugin_manager
 from fl_core.runtime.simulator import Simulator
 
-__all__ = ["plugin_manager_with", "simulator_for", "write_job"]
+__all__ = ["LauncherContract", "plugin_manager_with", "simulator_for", "write_job"]
+
+
+def __getattr__(name: str) -> Any:
+    """`LauncherContract`, imported lazily because it needs pytest."""
+    if name == "LauncherContract":
+        from fl_core.testing.launcher_contract import LauncherContract
+
+        return LauncherContract
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def plugin_manager_with(name: str, plugin: object, *, with_builtins: bool = False) -> PluginManager:
