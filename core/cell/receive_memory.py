@@ -181,7 +181,9 @@ class ReceiveMemory:
         # to the buffer under it, and its views would not keep the lease alive.
         lease = (ctypes.c_char * len(memory)).from_buffer(memory)
         weakref.finalize(lease, self._pool.give_back, memory).atexit = False
-        array = np.frombuffer(lease, dtype=dtype, count=nbytes // dtype.itemsize).reshape(shape)
+        buffer: Any = lease  # exports the buffer protocol; numpy's stubs do not know ctypes
+        array: np.ndarray = np.frombuffer(buffer, dtype=dtype, count=nbytes // dtype.itemsize)
+        array = array.reshape(shape)
         if not reused:
             self._fresh.append((int(array.ctypes.data), nbytes, weakref.ref(memory)))
         return array

@@ -208,9 +208,9 @@ def _empty(name: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarra
 class ModelReceiver:
     """Rebuild a model from body chunks that may split anywhere.
 
-    Each array is allocated up front (`np.empty`, or `allocate` to reuse
-    memory: fresh pages cost a page fault each on first touch), and every
-    chunk is copied once, straight into its arrays. `feed` returns the arrays
+    Each array is allocated when its first byte arrives (`np.empty`, or
+    `allocate` to reuse memory: fresh pages cost a page fault each on first
+    touch), and every chunk is copied once, straight into its arrays. `feed` returns the arrays
     it completed, in header order; `finish` returns the model. Zero-byte
     arrays count as complete when the body reaches their offset, so a
     `feed(b"")` reports those at the start of an empty body.
@@ -232,15 +232,15 @@ class ModelReceiver:
         prepare: Callable[[memoryview], None] | None = None,
     ) -> None:
         self.layout: ModelHeader = parse_model_header(header, limits)
-        alloc = allocate or _empty
+        self._alloc = allocate or _empty
         self._prepare = prepare
-        self._arrays: list[np.ndarray] = []
-        self._views: list[memoryview] = []
-        for spec in self.layout.arrays:
-            array = alloc(spec.name, spec.shape, spec.dtype)
-            self._check_allocated(spec, array)
-            self._arrays.append(array)
-            self._views.append(_byte_view(array))
+        # Each array is allocated when its first byte arrives (zero-byte ones
+        # when the body reaches them): a consumer that folds and drops arrays
+        # one by one then holds one array's memory, not the model's, and
+        # reused memory goes round from a dropped array to the next one.
+        count = len(self.layout.arrays)
+        self._arrays: list[np.ndarray | None] = [None] * count
+        self._views: list[memoryview | None] = [None] * count
         self._pos = 0
         self._done = 0  # arrays [0, _done) are complete and have been reported
         self._released = 0  # arrays [0, _released) were dropped by `release`
@@ -296,7 +296,7 @@ class ModelReceiver:
         elif self._pos < specs[index].offset:
             buffer = self._scratch[: specs[index].offset - self._pos]
         else:
-            buffer = self._views[index][self._pos - specs[index].offset :]
+            buffer = self._view(index)[self._pos - specs[index].offset :]
         self._last_buffer = len(buffer)
         return buffer
 
@@ -318,7 +318,22 @@ class ModelReceiver:
         start = self._done
         while self._done < len(specs) and specs[self._done].end <= self._pos:
             self._done += 1
-        return [(specs[i].name, self._arrays[i]) for i in range(start, self._done)]
+        return [(specs[i].name, self._array(i)) for i in range(start, self._done)]
+
+    def _array(self, index: int) -> np.ndarray:
+        array = self._arrays[index]
+        if array is None:
+            spec = self.layout.arrays[index]
+            array = self._alloc(spec.name, spec.shape, spec.dtype)
+            self._check_allocated(spec, array)
+            self._arrays[index] = array
+        return array
+
+    def _view(self, index: int) -> memoryview:
+        view = self._views[index]
+        if view is None:
+            view = self._views[index] = _byte_view(self._array(index))
+        return view
 
     def feed(self, chunk: Buffer) -> list[tuple[str, np.ndarray]]:
         """Copy `chunk` into the arrays; return those it completed, in order.
@@ -373,5 +388,5 @@ class ModelReceiver:
             )
         self._completed()
         return _model(
-            self.layout, {s.name: a for s, a in zip(self.layout.arrays, self._arrays, strict=True)}
+            self.layout, {s.name: self._array(i) for i, s in enumerate(self.layout.arrays)}
         )

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from fl_core.cell.cell import Cell
-from fl_core.cell.receive_memory import DEFAULT_POOL_MIB, receive_pool
 from fl_core.model import FLModel
 from fl_core.runtime.server_runner import ServerRunner
 from fl_core.testing.stream_contract import RssPeak
@@ -70,9 +69,9 @@ SITE = textwrap.dedent(
 
 
 def test_folding_three_streamed_results_needs_about_two_models_not_three(tmp_path: Path) -> None:
-    # Freed receive memory is pooled for the next round's model (up to 2 GiB by
-    # default), which RSS cannot tell from memory in use: measured without it.
-    receive_pool().configure(0)
+    # With the receive pool on, as in every process: arrays are allocated as
+    # their bytes arrive and dropped once folded, so the pool holds about one
+    # array, not one result.
     transport = TcpTransport()
     root = Cell("server", transport)
     job = Cell("server.j", transport)
@@ -102,7 +101,6 @@ def test_folding_three_streamed_results_needs_about_two_models_not_three(tmp_pat
         job.close()
         root.close()
         transport.close()
-        receive_pool().configure(DEFAULT_POOL_MIB * MiB)
     assert runner.record.metrics[0]["failed"] == {}
     for i in range(ARRAYS):  # (i+1 + i+2 + i+3) / 3
         np.testing.assert_array_equal(final.params[f"w{i}"], np.full(ELEMENTS, i + 2, np.float32))

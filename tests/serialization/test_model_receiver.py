@@ -159,8 +159,27 @@ def test_a_caller_can_supply_reused_arrays() -> None:
     receiver.feed(body)
     assert receiver.finish().params["w"] is pool["w"]
     np.testing.assert_array_equal(pool["w"], model.params["w"])
+    wrong = ModelReceiver(header, LIMITS, allocate=lambda name, shape, dtype: np.empty((3, 2)))
     with pytest.raises(ValueError, match=r"allocate\('w'\) must return a writable C-contiguous"):
-        ModelReceiver(header, LIMITS, allocate=lambda name, shape, dtype: np.empty((3, 2)))
+        wrong.feed(body)  # arrays are allocated as their first bytes arrive
+
+
+def test_arrays_are_allocated_only_as_their_bytes_arrive() -> None:
+    model = FLModel(params={"a": np.arange(4.0), "b": np.arange(8.0)})
+    header, body = _encoded(model)
+    asked: list[str] = []
+
+    def allocate(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        asked.append(name)
+        return np.empty(shape, dtype=dtype)
+
+    receiver = ModelReceiver(header, LIMITS, allocate=allocate)
+    assert asked == []
+    first = receiver.feed(memoryview(body)[:8])
+    assert asked == ["a"] and first == []
+    receiver.feed(memoryview(body)[8:])
+    assert asked == ["a", "b"]
+    np.testing.assert_array_equal(receiver.finish().params["b"], model.params["b"])
 
 
 def test_get_buffer_receives_from_a_socket_straight_into_the_arrays() -> None:
