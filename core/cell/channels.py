@@ -20,3 +20,5 @@ class Channel(enum.StrEnum):
     """Reports from a server job to the server parent."""
     AUX_COMMUNICATION = "aux_communication"
     """Auxiliary messages between any processes."""
+    ADMIN = "admin"
+    """Requests from an admin (the `fl-core job` commands) to the server parent."""

@@ -1,0 +1,196 @@
+"""The federation config: who the server and the sites are, and how they connect.
+
+`fl-core poc prepare` writes one (`federation.yaml`) at the top of a POC
+workspace; the server parent and every client parent read it:
+
+    name: poc
+    transport: tcp                 # or {name: grpc, options: {...}}
+    server:
+      listen: tcp://127.0.0.1:0    # port 0: a free port; the real URL is written to server/url
+      heartbeat_interval: 1.0      # seconds between a client parent's heartbeats
+      heartbeat_timeout: 5.0       # a site silent this long is dead
+      max_jobs: 2                  # jobs running at once
+      job_start_timeout: 60        # seconds for a job's processes to come up and join
+    sites: [site-1, site-2]
+
+Folders, relative to the file: `server/` is the server parent's workspace
+(its job store in `server/jobs/`, its URL in `server/url` once it listens,
+its log in `server/log.txt`); `<site>/` is each client parent's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from fl_core.config._checks import Checker, describe, join
+from fl_core.config.job import ComponentChoice
+from fl_core.errors import ConfigError
+
+FEDERATION_FILE: Final = "federation.yaml"
+SERVER_DIR: Final = "server"
+URL_FILE: Final = "url"
+"""Written by the server parent into its workspace once it listens (the real port)."""
+
+_SITE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_RESERVED: Final = frozenset({"server"})
+_TOP_KEYS: Final = ("name", "transport", "server", "sites")
+_SERVER_KEYS: Final = (
+    "listen",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "max_jobs",
+    "job_start_timeout",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """How the server parent listens and watches its sites."""
+
+    listen: str = "tcp://127.0.0.1:0"
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 5.0
+    max_jobs: int = 2
+    job_start_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig:
+    """A validated federation config."""
+
+    source: Path
+    root: Path
+    """The folder holding the file; workspaces are relative to it."""
+    name: str
+    transport: ComponentChoice
+    server: ServerSettings = field(default_factory=ServerSettings)
+    sites: tuple[str, ...] = ()
+
+    @property
+    def server_dir(self) -> Path:
+        """The server parent's workspace."""
+        return self.root / SERVER_DIR
+
+    def site_dir(self, site: str) -> Path:
+        """A client parent's workspace."""
+        return self.root / site
+
+    @property
+    def url_file(self) -> Path:
+        """Where the server parent writes the URL it listens on."""
+        return self.server_dir / URL_FILE
+
+
+def load_federation(path: str | Path) -> FederationConfig:
+    """Read and validate a federation file (or the `federation.yaml` in a folder)."""
+    source = Path(path).resolve()
+    if source.is_dir():
+        source = source / FEDERATION_FILE
+    if not source.is_file():
+        raise ConfigError(str(source), "", "federation file not found (run `fl-core poc prepare`)")
+    try:
+        data = yaml.safe_load(source.read_bytes())
+    except OSError as exc:
+        raise ConfigError(str(source), "", f"cannot read the file: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(source), "", f"not valid YAML: {exc}") from exc
+    return parse_federation(data, source)
+
+
+def parse_federation(data: object, source: Path) -> FederationConfig:
+    """Validate a loaded federation mapping; `ConfigError` names the key and the problem."""
+    check = Checker(str(source))
+    top = check.mapping(
+        data,
+        "",
+        _TOP_KEYS,
+        {"name": "the federation's name", "sites": "a list of site names"},
+        what="a federation mapping",
+    )
+    name = check.string(top["name"], "name")
+    transport = _transport(check, top.get("transport", "tcp"))
+    server = _server(check, top.get("server") or {})
+    raw_sites = top["sites"]
+    if not isinstance(raw_sites, list) or not raw_sites:
+        raise check.error("sites", f"expected a list of site names, got {describe(raw_sites)}")
+    sites: list[str] = []
+    for index, site in enumerate(raw_sites):
+        key = join("sites", index)
+        if not isinstance(site, str) or not _SITE.fullmatch(site) or site in _RESERVED:
+            raise check.error(
+                key,
+                "expected a site name of letters, digits, '-' and '_' (not 'server'), "
+                f"got {describe(site)}",
+            )
+        if site in sites or site.startswith("admin-"):
+            raise check.error(key, f"site {site!r} is named twice or is reserved")
+        sites.append(site)
+    return FederationConfig(
+        source=source,
+        root=source.parent,
+        name=name,
+        transport=transport,
+        server=server,
+        sites=tuple(sites),
+    )
+
+
+def _transport(check: Checker, value: object) -> ComponentChoice:
+    if isinstance(value, str):
+        return ComponentChoice(check.plugin_name(value, "transport"), {})
+    choice = check.mapping(value, "transport", ("name", "options"), {"name": "a transport name"})
+    return ComponentChoice(
+        check.plugin_name(choice["name"], "transport.name"),
+        check.options(choice.get("options"), "transport.options"),
+    )
+
+
+def _server(check: Checker, value: object) -> ServerSettings:
+    settings = check.mapping(value, "server", _SERVER_KEYS)
+    defaults = ServerSettings()
+    found: dict[str, Any] = {}
+    if "listen" in settings:
+        found["listen"] = check.string(settings["listen"], "server.listen")
+    for key in ("heartbeat_interval", "heartbeat_timeout", "job_start_timeout"):
+        if key in settings:
+            seconds = check.positive_seconds(settings[key], f"server.{key}")
+            if seconds is None:
+                raise check.error(f"server.{key}", "expected a number of seconds, got null")
+            found[key] = seconds
+    if "max_jobs" in settings:
+        found["max_jobs"] = check.integer(settings["max_jobs"], "server.max_jobs", 1)
+    result = ServerSettings(**{**_as_dict(defaults), **found})
+    if result.heartbeat_timeout <= result.heartbeat_interval:
+        raise check.error(
+            "server.heartbeat_timeout",
+            f"must be longer than heartbeat_interval ({result.heartbeat_interval:g} s), "
+            f"got {result.heartbeat_timeout:g} s",
+        )
+    return result
+
+
+def _as_dict(settings: ServerSettings) -> dict[str, Any]:
+    return {key: getattr(settings, key) for key in _SERVER_KEYS}
+
+
+def federation_yaml(
+    name: str,
+    sites: list[str],
+    *,
+    transport: str = "tcp",
+    server: Mapping[str, Any] | None = None,
+) -> str:
+    """The text of a federation file (what `fl-core poc prepare` writes)."""
+    data: dict[str, Any] = {
+        "name": name,
+        "transport": transport,
+        "server": {**_as_dict(ServerSettings()), **(server or {})},
+        "sites": list(sites),
+    }
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,132 @@
+"""What the parent processes say to each other, to their job processes and to admins.
+
+The process model (see `docs/architecture.md`):
+
+    server parent (SP, cell `server`)        client parent (CP, cell `<site>`)
+        |  launches                               |  launches
+    server job (SJ, cell `server.<job>`)     client job (CJ, cell `<site>.<job>`)
+
+    admin (the `fl-core job ...` CLI, cell `admin-<hex>`): a child of SP.
+
+Every message below is a cell request on the channel and topic named here;
+payloads are JSON objects (or job packages as bytes), never pickles. Field
+names are the `Field` members. A handler answers with a JSON object; a
+refusal raises `FlCoreError` with the reason, which the requester receives
+as `RemoteError`.
+
+SP cell `server`:
+- `SERVER_MAIN / register` from a CP: `{site, url, pid}` -> `{heartbeat_interval}`.
+  `url` is where the CP listens for its client jobs.
+- `SERVER_MAIN / heartbeat` from a CP: `{site, jobs: [job_id...]}` -> `{}`.
+- `SERVER_MAIN / client_job_exited` from a CP: `{site, job_id, exit_code, reason}` -> `{}`.
+- `SERVER_PARENT_LISTENER / job_status` from a SJ (fire-and-forget):
+  `{job_id, state, round, total_rounds, reason}`; `state` is a `JobState`.
+- `ADMIN / <AdminTopic>` from an admin: see `AdminTopic`.
+
+CP cell `<site>`:
+- `CLIENT_MAIN / deploy` from SP: bytes (the job package, a zip), header
+  `job_id` -> `{}` once unpacked into the site's job folder.
+- `CLIENT_MAIN / start_job` from SP: `{job_id, server_job}` -> `{pid}` once launched.
+- `CLIENT_MAIN / abort_job` from SP: `{job_id, reason}` -> `{}` once the CJ is gone.
+- `CLIENT_MAIN / shutdown` from SP: `{}` -> `{}`; the CP stops its jobs and exits.
+
+SJ cell `server.<job>`:
+- `SERVER_COMMAND / site_lost` from SP: `{site, reason}`: the site's client
+  job or parent is gone; the open task of that site fails with `reason`.
+- `SERVER_COMMAND / abort` from SP: `{reason}`.
+
+CJ cell `<site>.<job>`:
+- `CLIENT_COMMAND / abort` from its CP: `{reason}`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+
+class ParentTopic(enum.StrEnum):
+    """Topics served by the parents and job processes (channels in the module doc)."""
+
+    REGISTER = "register"
+    HEARTBEAT = "heartbeat"
+    CLIENT_JOB_EXITED = "client_job_exited"
+    JOB_STATUS = "job_status"
+    DEPLOY = "deploy"
+    START_JOB = "start_job"
+    ABORT_JOB = "abort_job"
+    SHUTDOWN = "shutdown"
+    SITE_LOST = "site_lost"
+    ABORT = "abort"
+
+
+class AdminTopic(enum.StrEnum):
+    """Requests an admin sends to SP on `Channel.ADMIN`.
+
+    - `submit`: bytes, the job package (zip of the job folder) -> `{job_id}`;
+      a package that is not a valid job is refused with the reason.
+    - `list`: `{}` -> `{jobs: [job record...]}`, oldest first.
+    - `status`: `{job_id}` -> the job record (`JobRecord.to_json`).
+    - `abort`: `{job_id}` -> the job record, once every job process is gone.
+    - `logs`: `{job_id, which}` -> bytes, the tail of the server job's log
+      (`which` = "server") or of a site's client job log (a site name).
+    - `download`: `{job_id}` -> bytes, a zip of the job's server workspace.
+    - `sites`: `{}` -> `{sites: [{site, url, last_seen, jobs}...]}`.
+    - `shutdown`: `{}` -> `{}`: SP stops every job, tells every CP to exit,
+      and exits.
+    """
+
+    SUBMIT = "submit"
+    LIST = "list"
+    STATUS = "status"
+    ABORT = "abort"
+    LOGS = "logs"
+    DOWNLOAD = "download"
+    SITES = "sites"
+    SHUTDOWN = "shutdown"
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life; the last three are final."""
+
+    SUBMITTED = "submitted"
+    """Stored, waiting for its sites and for a free slot."""
+    DEPLOYING = "deploying"
+    """Sent to its sites; its processes are being started."""
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+    @property
+    def final(self) -> bool:
+        """True for a job that has ended."""
+        return self in (JobState.FINISHED, JobState.FAILED, JobState.ABORTED)
+
+
+class Field(enum.StrEnum):
+    """Keys of the JSON payloads above."""
+
+    SITE = "site"
+    URL = "url"
+    PID = "pid"
+    JOBS = "jobs"
+    JOB_ID = "job_id"
+    EXIT_CODE = "exit_code"
+    REASON = "reason"
+    STATE = "state"
+    ROUND = "round"
+    TOTAL_ROUNDS = "total_rounds"
+    SERVER_JOB = "server_job"
+    HEARTBEAT_INTERVAL = "heartbeat_interval"
+    WHICH = "which"
+    SITES = "sites"
+    LAST_SEEN = "last_seen"
+
+
+MAX_JOB_PACKAGE: Final = 256 * 1024 * 1024
+"""The largest job package (zip) SP accepts, and the most it unpacks."""
+MAX_JOB_FILES: Final = 10_000
+"""The most files a job package may hold."""
+ADMIN_PREFIX: Final = "admin-"
+"""Admin cells are named `admin-<hex>`; SP serves ADMIN only to them."""
