@@ -12,17 +12,24 @@ per inbound link and forgotten when idle, so a peer cannot grow it for ever.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fl_core.cell.message import Header, Message, MessageType
-from fl_core.cell.stream_state import on_path
+from fl_core.cell.message import Header, Message, MessageType, Status
+from fl_core.cell.stream_state import StreamSettings, describe, on_path
 from fl_core.cell.timer import Timer, TimerHandle
 from fl_core.errors import CellError
 from fl_core.spec.transport import Connection, Frame
+
+if TYPE_CHECKING:
+    from fl_core.cell.cell import Cell
+
+log = logging.getLogger("fl_core.cell")
 
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 24 * 3600.0
@@ -259,3 +266,92 @@ class RelayedStreams:
     def __len__(self) -> int:
         with self._lock:
             return len(self._table)
+
+
+Abort = Callable[[str, str, str, str], None]
+"""Sends an UNREACHABLE ABORT: (to, stream origin, stream id, reason)."""
+
+
+class StreamRelay:
+    """What a cell does with the stream frames it forwards: track them, refuse
+    streams over the per-link cap, and tell the ends when a stream is lost."""
+
+    def __init__(self, cell: Cell, settings: StreamSettings, abort: Abort) -> None:
+        self._cell = cell
+        self._abort = abort
+        self._table = RelayedStreams(
+            cell.resources.timer,
+            settings.max_relayed_per_link,
+            settings.idle_timeout,
+            self._expired,
+        )
+
+    def on_relay(self, inbound: Connection, outbound: Connection, frame: Frame) -> bool:
+        """Track a stream frame this cell forwards (headers only, never the body).
+
+        False for a frame that must not be forwarded: a chunk of a stream
+        this cell does not relay, or a stream over the per-link cap (refused
+        here: its sender, and a requester waiting on it, are told why).
+        """
+        try:
+            return self._table.track(inbound, outbound, frame)
+        except CellError as exc:
+            self._refuse(frame.headers, f"{self._cell.fqcn} refused the stream: {exc}")
+            return False
+
+    def _refuse(self, headers: dict[str, str], reason: str) -> None:
+        log.warning("%s: %s (%s)", self._cell.fqcn, reason, describe(headers))
+        origin = headers.get(Header.ORIGIN, "")
+        self._abort(origin, origin, headers.get(Header.STREAM, ""), reason)
+        # A sender that already pumped all it had would not see the ABORT:
+        # answer whoever waits for the request this stream is or answers.
+        kind = headers.get(Header.MSG_TYPE)
+        if kind == MessageType.REQUEST:
+            waiting = Message(headers, None)
+        elif kind == MessageType.REPLY:
+            waiting = Message(
+                {
+                    **headers,
+                    Header.ORIGIN: headers.get(Header.DESTINATION, ""),
+                    Header.MSG_ID: headers.get(Header.IN_REPLY_TO, ""),
+                },
+                None,
+            )
+        else:
+            return
+        self._cell._send_reply(waiting, Status.UNREACHABLE, None, {Header.ERROR: reason})
+
+    def _expired(self, record: RelayedStream, why: str) -> None:
+        """A relayed stream went idle: tell both ends (each fails it at once)."""
+        reason = f"{self._cell.fqcn} forgot the stream it relayed: {why}"
+        log.warning("%s: %s -> %s: %s", self._cell.fqcn, record.origin, record.destination, why)
+        for end in (record.origin, record.destination):
+            self._abort(end, record.origin, record.sid, reason)
+
+    def failed(self, frame: Frame, reason: str) -> None:
+        """A stream frame could not be forwarded: tell its sender."""
+        headers = frame.headers
+        sid = headers.get(Header.STREAM)
+        if sid is None or headers.get(Header.MSG_TYPE) in (MessageType.ACK, MessageType.ABORT):
+            return
+        origin = headers.get(Header.ORIGIN, "")
+        self._table.forget(origin, sid)
+        self._abort(origin, origin, sid, reason)
+
+    def link_closed(self, conn: Connection, detail: str) -> None:
+        """Tell the far end of every relayed stream that used `conn` that it is lost."""
+        me = self._cell.fqcn
+        for record in self._table.lost(conn):
+            if record.outbound is conn:
+                why = f"the link from {me} toward {record.destination} closed ({detail})"
+                self._abort(record.origin, record.origin, record.sid, why)
+            else:
+                why = f"the link from {me} toward {record.origin} closed ({detail})"
+                self._abort(record.destination, record.origin, record.sid, why)
+
+    def clear(self) -> None:
+        """Forget everything (the cell is closing)."""
+        self._table.clear()
+
+    def __len__(self) -> int:
+        return len(self._table)

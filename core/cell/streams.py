@@ -55,7 +55,7 @@ from fl_core.cell.payload import (
     kind_of,
     parse_kind,
 )
-from fl_core.cell.relay import RelayedStream, RelayedStreams
+from fl_core.cell.relay import StreamRelay
 from fl_core.cell.stream_state import (
     Incoming,
     Outgoing,
@@ -89,11 +89,10 @@ class StreamEngine:
         self._lock = threading.Lock()
         self._out: dict[str, Outgoing] = {}
         self._in: dict[tuple[str, str], Incoming] = {}
-        self._relayed = RelayedStreams(
-            cell.resources.timer,
-            settings.max_relayed_per_link,
-            settings.idle_timeout,
-            self._relay_expired,
+        self._relay = StreamRelay(
+            cell,
+            settings,
+            lambda to, origin, sid, why: self._abort(to, origin, sid, why, lost=True),
         )
         self._closed: str | None = None
 
@@ -213,6 +212,9 @@ class StreamEngine:
                 Header.STATUS: Status.UNREACHABLE if lost else Status.HANDLER_ERROR,
             },
         )
+
+    def _lost(self, target: str, stream_origin: str, sid: str, reason: str) -> None:
+        self._abort(target, stream_origin, sid, reason, lost=True)
 
     # --- receiving -------------------------------------------------------------------
 
@@ -563,59 +565,15 @@ class StreamEngine:
         )
         return False
 
-    # --- relaying ----------------------------------------------------------------------
+    # --- relaying (see `relay.StreamRelay`) --------------------------------------------
 
     def on_relay(self, inbound: Connection, outbound: Connection, frame: Frame) -> bool:
-        """Track a stream frame this cell forwards (headers only, never the body).
-
-        False for a frame that must not be forwarded: a chunk of a stream
-        this cell does not relay, or a stream over the per-link cap (refused
-        here: its sender, and a requester waiting on it, are told why).
-        """
-        try:
-            return self._relayed.track(inbound, outbound, frame)
-        except CellError as exc:
-            self._refuse_relayed(frame.headers, f"{self._cell.fqcn} refused the stream: {exc}")
-            return False
-
-    def _refuse_relayed(self, headers: dict[str, str], reason: str) -> None:
-        log.warning("%s: %s (%s)", self._cell.fqcn, reason, describe(headers))
-        origin = headers.get(Header.ORIGIN, "")
-        self._abort(origin, origin, headers.get(Header.STREAM, ""), reason, lost=True)
-        # A sender that already pumped all it had would not see the ABORT:
-        # answer whoever waits for the request this stream is or answers.
-        kind = headers.get(Header.MSG_TYPE)
-        if kind == MessageType.REQUEST:
-            waiting = Message(headers, None)
-        elif kind == MessageType.REPLY:
-            waiting = Message(
-                {
-                    **headers,
-                    Header.ORIGIN: headers.get(Header.DESTINATION, ""),
-                    Header.MSG_ID: headers.get(Header.IN_REPLY_TO, ""),
-                },
-                None,
-            )
-        else:
-            return
-        self._cell._send_reply(waiting, Status.UNREACHABLE, None, {Header.ERROR: reason})
-
-    def _relay_expired(self, record: RelayedStream, why: str) -> None:
-        """A relayed stream went idle: tell both ends (each fails it at once)."""
-        reason = f"{self._cell.fqcn} forgot the stream it relayed: {why}"
-        log.warning("%s: %s -> %s: %s", self._cell.fqcn, record.origin, record.destination, why)
-        for end in (record.origin, record.destination):
-            self._abort(end, record.origin, record.sid, reason, lost=True)
+        """Track a stream frame this cell forwards; False if it must not be forwarded."""
+        return self._relay.on_relay(inbound, outbound, frame)
 
     def relay_failed(self, frame: Frame, reason: str) -> None:
         """A stream frame could not be forwarded: tell its sender."""
-        headers = frame.headers
-        sid = headers.get(Header.STREAM)
-        if sid is None or headers.get(Header.MSG_TYPE) in (MessageType.ACK, MessageType.ABORT):
-            return
-        origin = headers.get(Header.ORIGIN, "")
-        self._relayed.forget(origin, sid)
-        self._abort(origin, origin, sid, reason, lost=True)
+        self._relay.failed(frame, reason)
 
     # --- links and shutdown ----------------------------------------------------------
 
@@ -628,14 +586,7 @@ class StreamEngine:
             stream.fail(TargetUnreachableError(stream.target, detail))
         for key in incoming:
             self._fail_incoming(key, f"the link it came on closed ({detail})")
-        me = self._cell.fqcn
-        for record in self._relayed.lost(conn):
-            if record.outbound is conn:
-                why = f"the link from {me} toward {record.destination} closed ({detail})"
-                self._abort(record.origin, record.origin, record.sid, why, lost=True)
-            else:
-                why = f"the link from {me} toward {record.origin} closed ({detail})"
-                self._abort(record.destination, record.origin, record.sid, why, lost=True)
+        self._relay.link_closed(conn, detail)
 
     def close(self, reason: str) -> None:
         """Fail every stream in either direction; refuse new ones."""
@@ -643,7 +594,7 @@ class StreamEngine:
             self._closed = reason
             outgoing = list(self._out.values())
             incoming = list(self._in)
-        self._relayed.clear()
+        self._relay.clear()
         for stream in outgoing:
             stream.fail(CellError(reason))
         for key in incoming:
@@ -655,7 +606,7 @@ class StreamEngine:
         """Streams in flight, by direction (for tests and diagnostics)."""
         with self._lock:
             counts = {"out": len(self._out), "in": len(self._in)}
-        return {**counts, "relayed": len(self._relayed)}
+        return {**counts, "relayed": len(self._relay)}
 
 
 def _replies_to(headers: dict[str, str], msg_id: str) -> bool:
