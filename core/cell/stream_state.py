@@ -1,11 +1,13 @@
-"""The records behind streams: settings, and the state of each stream in flight."""
+"""The records behind streams: settings, the state of each stream in flight, and the
+table of incoming streams with their idle checks."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from fl_core.cell.fqcn import SEPARATOR
 from fl_core.cell.message import Header, Message
@@ -15,7 +17,7 @@ from fl_core.spec.transport import Connection
 
 if TYPE_CHECKING:
     from fl_core.cell.incoming import IncomingPayload
-    from fl_core.cell.timer import TimerHandle
+    from fl_core.cell.timer import Timer, TimerHandle
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,3 +150,118 @@ class Incoming:
     @property
     def origin(self) -> str:
         return self.headers.get(Header.ORIGIN, "")
+
+
+Key = tuple[str, str]
+"""An incoming stream's key: (its sending cell, its stream id)."""
+
+IDLE_CHECKS: Final = 3
+"""Idle checks per `idle_timeout`: the keepalive ACKs a slow consumer's stream
+gets must reach the sender well within the sender's own idle timeout."""
+
+
+class IncomingStreams:
+    """The streams a cell receives, by key, with their idle checks.
+
+    `keepalive(incoming)` is called when a slow consumer holds a stream
+    whose data stopped (the sender must hear that this end is alive);
+    `idle(key, reason)` when no data came for `idle_timeout`.
+    """
+
+    def __init__(
+        self,
+        fqcn: str,
+        settings: StreamSettings,
+        timer: Timer,
+        keepalive: Callable[[Incoming], None],
+        idle: Callable[[Key, str], None],
+    ) -> None:
+        self._fqcn = fqcn
+        self._settings = settings
+        self._timer = timer
+        self._keepalive = keepalive
+        self._idle = idle
+        self._lock = threading.Lock()
+        self._table: dict[Key, Incoming] = {}
+        self._closed: str | None = None
+
+    def refusal(self, key: Key) -> str | None:
+        """Why a new incoming stream cannot be taken now, or None."""
+        with self._lock:
+            return self._refusal(key)
+
+    def _refusal(self, key: Key) -> str | None:
+        if self._closed is not None:
+            return self._closed
+        if key in self._table:
+            return f"stream {key[1]} from {key[0]} is already open"
+        if len(self._table) >= self._settings.max_incoming:
+            return f"{self._fqcn} already receives {len(self._table)} streams"
+        return None
+
+    def add(self, key: Key, incoming: Incoming) -> str | None:
+        """Take a new stream and start its idle checks; or say why not."""
+        with self._lock:
+            refused = self._refusal(key)
+            if refused is None:
+                self._table[key] = incoming
+        if refused is None:
+            self._schedule_idle_check(key, incoming)
+        return refused
+
+    def get(self, key: Key) -> Incoming | None:
+        """The stream under `key`, if it is still open."""
+        with self._lock:
+            return self._table.get(key)
+
+    def forget(self, key: Key) -> Incoming | None:
+        """Remove a stream (ended, failed, aborted) and stop its idle checks."""
+        with self._lock:
+            incoming = self._table.pop(key, None)
+        if incoming is not None and incoming.timer is not None:
+            incoming.timer.cancel()
+        return incoming
+
+    def keys_where(self, chosen: Callable[[Incoming], bool]) -> list[Key]:
+        """The keys of the streams `chosen` picks."""
+        with self._lock:
+            return [k for k, s in self._table.items() if chosen(s)]
+
+    def close(self, reason: str) -> list[Incoming]:
+        """Refuse new streams with `reason`; forget and return every open one."""
+        with self._lock:
+            self._closed = reason
+            keys = list(self._table)
+        return [s for s in map(self.forget, keys) if s is not None]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._table)
+
+    def _schedule_idle_check(self, key: Key, incoming: Incoming) -> None:
+        try:
+            incoming.timer = self._timer.call_later(
+                self._settings.idle_timeout / IDLE_CHECKS,
+                lambda: self._idle_check(key, incoming),
+            )
+        except RuntimeError:
+            pass  # closing: close() fails every stream
+
+    def _idle_check(self, key: Key, incoming: Incoming) -> None:
+        if self.get(key) is not incoming:
+            return
+        if incoming.received != incoming.checked:
+            incoming.checked, incoming.stale = incoming.received, 0
+        elif incoming.payload is not None and incoming.payload.unconsumed:
+            incoming.stale = 0
+            self._keepalive(incoming)
+        else:
+            incoming.stale += 1
+            if incoming.stale >= IDLE_CHECKS:
+                self._idle(
+                    key,
+                    f"no data for {self._settings.idle_timeout:g} s "
+                    f"({incoming.received} of {incoming.size} bytes arrived)",
+                )
+                return
+        self._schedule_idle_check(key, incoming)

@@ -58,6 +58,8 @@ from fl_core.cell.payload import (
 from fl_core.cell.relay import StreamRelay
 from fl_core.cell.stream_state import (
     Incoming,
+    IncomingStreams,
+    Key,
     Outgoing,
     StreamSettings,
     describe,
@@ -88,7 +90,14 @@ class StreamEngine:
         self.settings = settings
         self._lock = threading.Lock()
         self._out: dict[str, Outgoing] = {}
-        self._in: dict[tuple[str, str], Incoming] = {}
+        self._in = IncomingStreams(
+            cell.fqcn,
+            settings,
+            cell.resources.timer,
+            # An ACK repeating the last count: the sender waits for a slow consumer.
+            lambda incoming: self._send_ack(incoming, incoming.acked),
+            self._fail_incoming,
+        )
         self._relay = StreamRelay(
             cell,
             settings,
@@ -172,7 +181,7 @@ class StreamEngine:
         and stop receiving a reply to it that nobody waits for any more."""
         with self._lock:
             streams = [s for s in self._out.values() if s.message.get(Header.MSG_ID) == msg_id]
-            replies = [k for k, s in self._in.items() if _replies_to(s.headers, msg_id)]
+        replies = self._in.keys_where(lambda s: _replies_to(s.headers, msg_id))
         for stream in streams:
             stream.fail(CellError("its request has ended"))
         for key in replies:
@@ -290,7 +299,7 @@ class StreamEngine:
             self._refuse(headers, f"{self._cell.fqcn} refused the stream: {exc}")
             return
         key = (headers.get(Header.ORIGIN, ""), headers[Header.STREAM])
-        refused = self._refusal(key) or self._orphan_reply(headers)
+        refused = self._in.refusal(key) or self._orphan_reply(headers)
         if refused is not None:  # before any memory is reserved for it
             self._refuse(headers, refused)
             return
@@ -312,10 +321,7 @@ class StreamEngine:
             except CellError as exc:
                 self._refuse(headers, f"{self._cell.fqcn} refused the stream: {exc}")
                 return
-        with self._lock:
-            refused = self._refusal(key)
-            if refused is None:
-                self._in[key] = incoming
+        refused = self._in.add(key, incoming)
         if refused is not None:
             self._refuse(headers, refused)
             return
@@ -324,7 +330,6 @@ class StreamEngine:
             # may have looked before the stream was in the table.
             self._fail_incoming(key, "its request has ended")
             return
-        self._schedule_idle_check(key, incoming)
         if incoming.payload is not None:
             message.payload = incoming.payload
             self._cell._on_message(message)
@@ -343,10 +348,7 @@ class StreamEngine:
             or headers.get(Header.DESTINATION) != self._cell.fqcn
         ):
             return None
-        with self._lock:
-            incoming = self._in.get(
-                (headers.get(Header.ORIGIN, ""), headers.get(Header.STREAM, ""))
-            )
+        incoming = self._in.get((headers.get(Header.ORIGIN, ""), headers.get(Header.STREAM, "")))
         if (
             incoming is None
             or incoming.link is not conn
@@ -356,16 +358,6 @@ class StreamEngine:
             return None
         incoming.reserved = incoming.assembler.reserve(size)
         return incoming.reserved
-
-    def _refusal(self, key: tuple[str, str]) -> str | None:
-        """Why a new incoming stream cannot be taken now, or None."""
-        if self._closed is not None:
-            return self._closed
-        if key in self._in:
-            return f"stream {key[1]} from {key[0]} is already open"
-        if len(self._in) >= self.settings.max_incoming:
-            return f"{self._cell.fqcn} already receives {len(self._in)} streams"
-        return None
 
     def _orphan_reply(self, headers: dict[str, str]) -> str | None:
         """Why a streamed reply is refused at once: its request no longer waits."""
@@ -381,8 +373,7 @@ class StreamEngine:
 
     def _on_chunk(self, conn: Connection, headers: dict[str, str], body: object) -> None:
         key = (headers.get(Header.ORIGIN, ""), headers.get(Header.STREAM, ""))
-        with self._lock:
-            incoming = self._in.get(key)
+        incoming = self._in.get(key)
         if incoming is None:
             return  # a stream that already failed here; its sender was told
         if incoming.link is not conn:
@@ -401,7 +392,7 @@ class StreamEngine:
         incoming.next_seq += 1
         self._take_chunk(key, incoming, body)
 
-    def _take_chunk(self, key: tuple[str, str], incoming: Incoming, body: object) -> None:
+    def _take_chunk(self, key: Key, incoming: Incoming, body: object) -> None:
         if not isinstance(body, bytes | bytearray | memoryview):
             self._fail_incoming(key, f"a chunk body is {type(body).__name__}, not bytes")
             return
@@ -421,7 +412,7 @@ class StreamEngine:
         if incoming.payload is not None:
             incoming.payload.put(body)
             if incoming.received == incoming.size:
-                self._forget(key)
+                self._in.forget(key)
             return
         assert incoming.assembler is not None
         reserved, incoming.reserved = incoming.reserved, None
@@ -436,7 +427,7 @@ class StreamEngine:
         self._consumed(incoming, incoming.received)
         if incoming.received < incoming.size:
             return
-        if self._forget(key) is not incoming:
+        if self._in.forget(key) is not incoming:
             return  # failed meanwhile (idle check, abort): its sender was told
         try:
             payload = incoming.assembler.result()
@@ -473,55 +464,13 @@ class StreamEngine:
         elif kind == MessageType.REPLY:
             self._cell._pending.fail(headers.get(Header.IN_REPLY_TO, ""), CellError(reason))
 
-    def _fail_incoming(self, key: tuple[str, str], reason: str) -> None:
-        incoming = self._forget(key)
+    def _fail_incoming(self, key: Key, reason: str) -> None:
+        incoming = self._in.forget(key)
         if incoming is None:
             return
         if incoming.payload is not None:
             incoming.payload.fail(CellError(f"the payload from {key[0]} broke off: {reason}"))
         self._refuse(incoming.headers, f"stream {key[1]} from {key[0]}: {reason}")
-
-    def _forget(self, key: tuple[str, str]) -> Incoming | None:
-        with self._lock:
-            incoming = self._in.pop(key, None)
-        if incoming is not None and incoming.timer is not None:
-            incoming.timer.cancel()
-        return incoming
-
-    _IDLE_CHECKS: Final = 3
-    """Idle checks per `idle_timeout`: the keepalive ACKs a slow consumer's stream
-    gets must reach the sender well within the sender's own idle timeout."""
-
-    def _schedule_idle_check(self, key: tuple[str, str], incoming: Incoming) -> None:
-        try:
-            incoming.timer = self._cell.resources.timer.call_later(
-                self.settings.idle_timeout / self._IDLE_CHECKS,
-                lambda: self._idle_check(key, incoming),
-            )
-        except RuntimeError:
-            pass  # closing: close() fails every stream
-
-    def _idle_check(self, key: tuple[str, str], incoming: Incoming) -> None:
-        with self._lock:
-            if self._in.get(key) is not incoming:
-                return
-        if incoming.received != incoming.checked:
-            incoming.checked, incoming.stale = incoming.received, 0
-        elif incoming.payload is not None and incoming.payload.unconsumed:
-            # The consumer is slow and the sender waits for it: tell the sender
-            # this end is alive (an ACK repeating the last count).
-            incoming.stale = 0
-            self._send_ack(incoming, incoming.acked)
-        else:
-            incoming.stale += 1
-            if incoming.stale >= self._IDLE_CHECKS:
-                self._fail_incoming(
-                    key,
-                    f"no data for {self.settings.idle_timeout:g} s "
-                    f"({incoming.received} of {incoming.size} bytes arrived)",
-                )
-                return
-        self._schedule_idle_check(key, incoming)
 
     def _on_abort(self, conn: Connection, headers: dict[str, str]) -> None:
         sid = headers.get(Header.STREAM, "")
@@ -540,11 +489,10 @@ class StreamEngine:
                 stream.fail(RemoteError(stream.target, message.channel, message.topic, reason))
             return
         key = (stream_origin, sid)
-        with self._lock:
-            found = self._in.get(key)
+        found = self._in.get(key)
         if found is None or not self._may_abort(conn, found.link, sender, stream_origin):
             return
-        incoming = self._forget(key)
+        incoming = self._in.forget(key)
         if incoming is None:
             return
         error = CellError(f"the payload from {stream_origin} broke off: {reason}")
@@ -581,7 +529,7 @@ class StreamEngine:
         """Fail every stream that used `conn`, here and at the far ends of relayed ones."""
         with self._lock:
             outgoing = [s for s in self._out.values() if s.link is conn]
-            incoming = [k for k, s in self._in.items() if s.link is conn]
+        incoming = self._in.keys_where(lambda s: s.link is conn)
         for stream in outgoing:
             stream.fail(TargetUnreachableError(stream.target, detail))
         for key in incoming:
@@ -593,20 +541,18 @@ class StreamEngine:
         with self._lock:
             self._closed = reason
             outgoing = list(self._out.values())
-            incoming = list(self._in)
         self._relay.clear()
         for stream in outgoing:
             stream.fail(CellError(reason))
-        for key in incoming:
-            found = self._forget(key)
-            if found is not None and found.payload is not None:
+        for found in self._in.close(reason):
+            if found.payload is not None:
                 found.payload.fail(CellError(reason))
 
     def counts(self) -> dict[str, int]:
         """Streams in flight, by direction (for tests and diagnostics)."""
         with self._lock:
-            counts = {"out": len(self._out), "in": len(self._in)}
-        return {**counts, "relayed": len(self._relay)}
+            out = len(self._out)
+        return {"out": out, "in": len(self._in), "relayed": len(self._relay)}
 
 
 def _replies_to(headers: dict[str, str], msg_id: str) -> bool:
