@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
 from fl_core.cell.cell import Cell
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
-from fl_core.errors import CellError, RequestTimeoutError
+from fl_core.errors import CellError, RequestTimeoutError, TargetUnreachableError
 from fl_core.model import FLModel, MetaKey
 from fl_core.runtime.executor import Assignment, InProcessExecutor, Outcome
 from fl_core.runtime.protocol import Outcome as OutcomeKind
 from fl_core.runtime.protocol import TaskHeader, TaskKind, Topic
 
 log = logging.getLogger(__name__)
+
+JOIN_RETRY = 0.05
+"""Seconds between join attempts while the server job is not reachable yet."""
 
 
 class ClientRunner:
@@ -36,6 +40,7 @@ class ClientRunner:
         *,
         poll_timeout: float = 30.0,
         request_timeout: float = 60.0,
+        join_timeout: float = 0.0,
     ) -> None:
         self.cell = cell
         self.site = site
@@ -43,12 +48,20 @@ class ClientRunner:
         self.executor = executor
         self.poll_timeout = poll_timeout
         self.request_timeout = request_timeout
+        self.join_timeout = join_timeout
+        """Seconds to keep retrying the join while the server job is not reachable yet
+        (its process may start after this one); 0 tries once."""
+        self._join_deadline = 0.0
         self.done = threading.Event()
         self.error: str | None = None
         self._stopping = False
 
     def start(self) -> None:
         """Join the job and begin pulling tasks (returns at once)."""
+        self._join_deadline = time.monotonic() + self.join_timeout
+        self._join()
+
+    def _join(self) -> None:
         future = self.cell.request_async(
             self.server_job, Channel.SERVER_MAIN, Topic.JOIN, None, self.request_timeout
         )
@@ -85,10 +98,22 @@ class ClientRunner:
     def _on_joined(self, future: Future[Message]) -> None:
         try:
             future.result()
+        except TargetUnreachableError as exc:
+            if time.monotonic() < self._join_deadline and not self._stopping:
+                self.cell.resources.timer.call_later(JOIN_RETRY, self._guarded_join)
+                return
+            self._finish(f"could not join job at {self.server_job}: {exc}")
+            return
         except CellError as exc:
             self._finish(f"could not join job at {self.server_job}: {exc}")
             return
         self._poll()
+
+    def _guarded_join(self) -> None:
+        try:
+            self._join()
+        except Exception as exc:
+            self._finish(f"could not join job at {self.server_job}: {exc}")
 
     def _poll(self) -> None:
         if self._stopping:

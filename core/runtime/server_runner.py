@@ -72,6 +72,12 @@ class _Abort:
 
 
 @dataclass
+class _Lost:
+    site: str
+    reason: str
+
+
+@dataclass
 class RunRecord:
     """What a finished run leaves for the caller."""
 
@@ -103,8 +109,9 @@ class ServerRunner:
         self._sites: dict[str, _Site] = {}
         self._joined = threading.Condition(self._lock)
         self._ended = False
-        self._inbox: queue.Queue[Message | _Abort] = queue.Queue()
+        self._inbox: queue.Queue[Message | _Abort | _Lost] = queue.Queue()
         self._abort_reason: str | None = None
+        self._round = 0  # of the task being gathered, for failure records
         self._log_lock = threading.Lock()
         (workspace / "models").mkdir(parents=True, exist_ok=True)
         for topic, handler in (
@@ -164,6 +171,7 @@ class ServerRunner:
         on_stream: StreamHandler | None = None,
     ) -> GatherReport:
         report = GatherReport()
+        self._round = task.round_number
         waiting: dict[str, str] = {}
         wake: list[Message] = []
         with self._lock:
@@ -192,6 +200,11 @@ class ServerRunner:
                 break
             if isinstance(item, _Abort):
                 break
+            if isinstance(item, _Lost):
+                if item.site in waiting:
+                    del waiting[item.site]
+                    report.failed[item.site] = item.reason
+                continue
             self._take_result(item, task, waiting, report, on_result, on_stream, deadline)
             # The loop variable would keep the last result alive until the next one.
             del item
@@ -233,6 +246,24 @@ class ServerRunner:
         self._inbox.put(_Abort(reason))
         with self._joined:
             self._joined.notify_all()
+
+    def site_lost(self, site: str, reason: str) -> None:
+        """`site`'s client job is gone: its open task fails with `reason` at once.
+
+        The site leaves the job, so later rounds do not wait for it; the
+        workflow decides whether the sites left are enough.
+        """
+        with self._lock:
+            state = self._sites.pop(site, None)
+            waiter = state.waiter if state is not None else None
+            if state is not None and state.waiter_timer is not None:
+                state.waiter_timer.cancel()
+        if state is None:
+            return
+        log.warning("job %s: %s is lost: %s", self._job_id, site, reason)
+        self.record.failures.setdefault(site, SiteFailure(self._round, reason))
+        self._inbox.put(_Lost(site, reason))
+        del waiter  # its requester is gone; nobody waits for the reply
 
     def end(self) -> None:
         """Answer every pending and future task poll with END."""

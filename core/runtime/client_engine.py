@@ -1,0 +1,283 @@
+"""The client parent (CP, cell `<site>`): keeps a site in the federation and runs its jobs.
+
+It connects to the server parent (reconnecting if that restarts), beats
+every `heartbeat_interval` (the beat also registers it, so a restarted
+server learns the site again), listens for its own client jobs, and obeys
+`deploy` / `start_job` / `abort_job` / `shutdown` (see
+`fl_core.runtime.parents`). Each client job runs in a process of its own,
+started through the launcher; when one exits, the server parent hears of
+it at once with its exit code. It never holds a model: the client job's
+traffic passes through as relayed frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fl_core.cell.cell import DEFERRED, Cell
+from fl_core.cell.channels import Channel
+from fl_core.cell.message import Message
+from fl_core.config.federation import FederationConfig
+from fl_core.errors import CellError, FlCoreError
+from fl_core.runtime.job_store import unpack_job
+from fl_core.runtime.parents import Field, ParentTopic
+from fl_core.runtime.server_engine import ABORT_GRACE, describe_exit
+from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
+from fl_core.spec.transport import Transport
+
+log = logging.getLogger(__name__)
+
+REPORT_TIMEOUT = 10.0
+
+
+@dataclass
+class _Job:
+    job_id: str
+    handle: JobHandle
+    aborting: bool = False
+
+
+def _job_id(value: object) -> str:
+    text = str(value or "")
+    if not text or not all(c.isalnum() or c in "-_" for c in text) or len(text) > 64:
+        raise FlCoreError(f"not a job id: {text!r}")
+    return text
+
+
+class ClientEngine:
+    """Runs the client parent of one site."""
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        site: str,
+        transport: Transport,
+        launcher: Launcher,
+        *,
+        python: str = sys.executable,
+    ) -> None:
+        if site not in config.sites:
+            raise FlCoreError(
+                f"{site!r} is not a site of federation {config.name} "
+                f"(sites: {', '.join(config.sites)})"
+            )
+        self.config = config
+        self.site = site
+        self.transport = transport
+        self.launcher = launcher
+        self.python = python
+        self.workspace = config.site_dir(site)
+        self.cell = Cell(site, transport)
+        self.url = ""
+        self.interval = config.server.heartbeat_interval
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _Job] = {}
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        for topic, handler in (
+            (ParentTopic.DEPLOY, self._on_deploy),
+            (ParentTopic.START_JOB, self._on_start_job),
+            (ParentTopic.ABORT_JOB, self._on_abort_job),
+            (ParentTopic.SHUTDOWN, self._on_shutdown),
+        ):
+            self.cell.register_handler(Channel.CLIENT_MAIN, topic, handler)
+
+    def job_dir(self, job_id: str) -> Path:
+        """Where a job of this site lives: `job/` (the package), `workspace/`, `log.txt`."""
+        return self.workspace / "jobs" / job_id
+
+    # --- life ----------------------------------------------------------------------
+
+    def start(self, server_url: str, timeout: float = 30.0) -> None:
+        """Listen for client jobs, connect to the server parent, register."""
+        scheme = server_url.split("://", 1)[0]
+        self.url = self.cell.listen(f"{scheme}://127.0.0.1:0")
+        self.cell.connect_parent(server_url, timeout)
+        self._beat()  # registered before start() returns, or it raises
+        for name, target in (("fl-heartbeat", self._heartbeats), ("fl-jobs", self._watch_jobs)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("%s: client parent up, listening for its jobs on %s", self.site, self.url)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until `stop` or the server's shutdown; True if stopped."""
+        return self._stopping.wait(timeout)
+
+    def stop(self, reason: str = "the client parent stopped") -> None:
+        """Stop every client job and close the cell."""
+        first = not self._stopping.is_set()
+        self._stopping.set()
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            self._stop_job(job, reason)
+        if first:
+            self.cell.close()
+
+    # --- heartbeats ---------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        with self._lock:
+            jobs = sorted(self._jobs)
+        reply = self.cell.request(
+            "server",
+            Channel.SERVER_MAIN,
+            ParentTopic.HEARTBEAT,
+            {Field.SITE: self.site, Field.URL: self.url, Field.PID: os.getpid(), Field.JOBS: jobs},
+            max(2 * self.interval, 5.0),
+        )
+        if isinstance(reply.payload, dict):
+            interval = reply.payload.get(Field.HEARTBEAT_INTERVAL)
+            if isinstance(interval, int | float) and interval > 0:
+                self.interval = float(interval)
+
+    def _heartbeats(self) -> None:
+        failing = False
+        while not self._stopping.wait(self.interval):
+            try:
+                self._beat()
+                if failing:
+                    log.info("%s: the server parent answers again", self.site)
+                failing = False
+            except CellError as exc:
+                if not failing:
+                    log.warning("%s: heartbeat failed (will retry): %s", self.site, exc)
+                failing = True
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    def _on_deploy(self, message: Message) -> object:
+        job_id = _job_id(message.get(Field.JOB_ID))
+        if not isinstance(message.payload, bytes | bytearray | memoryview):
+            raise FlCoreError(f"job {job_id}: the package must be bytes")
+        with self._lock:
+            if job_id in self._jobs:
+                raise FlCoreError(f"job {job_id} is running on {self.site}")
+        folder = self.job_dir(job_id)
+        target = folder / "job"
+        if target.exists():
+            shutil.rmtree(target)
+        folder.mkdir(parents=True, exist_ok=True)
+        unpack_job(bytes(message.payload), target)
+        log.info("%s: job %s deployed", self.site, job_id)
+        return {}
+
+    def _on_start_job(self, message: Message) -> object:
+        data = message.payload if isinstance(message.payload, dict) else {}
+        job_id = _job_id(data.get(Field.JOB_ID))
+        folder = self.job_dir(job_id)
+        if not (folder / "job").is_dir():
+            raise FlCoreError(f"job {job_id} was not deployed to {self.site}")
+        workspace = folder / "workspace"
+        argv = [
+            self.python,
+            "-m",
+            "fl_core.runtime.main",
+            "client-job",
+            str(self.config.source),
+            self.site,
+            job_id,
+            str(folder / "job"),
+            str(workspace),
+            "--parent-url",
+            self.url,
+        ]
+        with self._lock:
+            if job_id in self._jobs:
+                raise FlCoreError(f"job {job_id} is already running on {self.site}")
+            handle = self.launcher.launch(
+                LaunchSpec(job_id, ProcessType.CLIENT_JOB, argv, workspace, folder / "log.txt", {})
+            )
+            self._jobs[job_id] = _Job(job_id, handle)
+        log.info("%s: client job %s started", self.site, job_id)
+        return {Field.PID: getattr(handle, "pid", 0)}
+
+    def _on_abort_job(self, message: Message) -> object:
+        data = message.payload if isinstance(message.payload, dict) else {}
+        job_id = _job_id(data.get(Field.JOB_ID))
+        reason = str(data.get(Field.REASON) or "aborted")
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            return {}
+
+        def stop_and_reply() -> None:
+            self._stop_job(job, reason)
+            try:
+                self.cell.reply(message, {})
+            except CellError as exc:
+                log.info("%s: abort of %s: the server is gone: %s", self.site, job_id, exc)
+
+        threading.Thread(target=stop_and_reply, name="fl-abort", daemon=True).start()
+        return DEFERRED
+
+    def _stop_job(self, job: _Job, reason: str) -> None:
+        job.aborting = True
+        if job.handle.poll() is None:
+            try:
+                self.cell.fire(
+                    f"{self.site}.{job.job_id}",
+                    Channel.CLIENT_COMMAND,
+                    ParentTopic.ABORT,
+                    {Field.REASON: reason},
+                )
+            except CellError:
+                pass  # not connected: terminate below stops it
+            if job.handle.wait(1.0) is None:
+                job.handle.terminate(ABORT_GRACE)
+
+    def _watch_jobs(self) -> None:
+        """Report every client job that exits, with its code."""
+        while not self._stopping.wait(0.1):
+            with self._lock:
+                ended = [(j, j.handle.poll()) for j in self._jobs.values()]
+                ended = [(j, code) for j, code in ended if code is not None]
+                for job, _ in ended:
+                    del self._jobs[job.job_id]
+            for job, code in ended:
+                assert code is not None
+                reason = (
+                    ""
+                    if code == 0 or job.aborting
+                    else (f"the client job of {self.site} {describe_exit(code)}")
+                )
+                log.info("%s: client job %s %s", self.site, job.job_id, describe_exit(code))
+                self._report_exit(job.job_id, code, reason)
+
+    def _report_exit(self, job_id: str, code: int, reason: str) -> None:
+        payload = {
+            Field.SITE: self.site,
+            Field.JOB_ID: job_id,
+            Field.EXIT_CODE: code,
+            Field.REASON: reason,
+        }
+        deadline = time.monotonic() + REPORT_TIMEOUT
+        while not self._stopping.is_set():
+            try:
+                self.cell.request(
+                    "server",
+                    Channel.SERVER_MAIN,
+                    ParentTopic.CLIENT_JOB_EXITED,
+                    payload,
+                    REPORT_TIMEOUT,
+                )
+                return
+            except CellError as exc:
+                if time.monotonic() > deadline:
+                    log.warning("%s: could not report the end of %s: %s", self.site, job_id, exc)
+                    return
+                time.sleep(0.2)
+
+    def _on_shutdown(self, message: Message) -> object:
+        threading.Thread(
+            target=self.stop, args=("the federation is shutting down",), daemon=True
+        ).start()
+        return {}

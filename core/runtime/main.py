@@ -1,0 +1,377 @@
+"""Entry points of the federation's processes: `python -m fl_core.runtime.main ROLE ...`.
+
+    server-parent FEDERATION                      the server parent (cell `server`)
+    client-parent FEDERATION SITE                 a client parent (cell SITE)
+    server-job FEDERATION JOB_ID JOB_DIR WORKSPACE --parent-url URL --sites A,B
+    client-job FEDERATION SITE JOB_ID JOB_DIR WORKSPACE --parent-url URL
+
+Parents run until SIGTERM / SIGINT (or the federation's shutdown) and write
+their pid into their workspace. Job processes are started by a launcher and
+exit by themselves when their job ends: 0 when it finished, 1 when it failed.
+Everything is logged to stderr, which the launcher (or `fl-core poc start`)
+sends to the process's log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from fl_core.errors import FlCoreError
+
+log = logging.getLogger("fl_core.runtime.main")
+
+EXIT_FAILED = 1
+JOIN_TIMEOUT_DEFAULT = 60.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fl_core.runtime.main")
+    roles = parser.add_subparsers(dest="role", required=True)
+    sp = roles.add_parser("server-parent")
+    sp.add_argument("federation")
+    cp = roles.add_parser("client-parent")
+    cp.add_argument("federation")
+    cp.add_argument("site")
+    sj = roles.add_parser("server-job")
+    cj = roles.add_parser("client-job")
+    sj.add_argument("federation")
+    cj.add_argument("federation")
+    cj.add_argument("site")
+    for job in (sj, cj):
+        job.add_argument("job_id")
+        job.add_argument("job_dir")
+        job.add_argument("workspace")
+        job.add_argument("--parent-url", required=True)
+    sj.add_argument("--sites", required=True)
+    return parser
+
+
+def _logging(name: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s {name} %(threadName)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _components(federation: str) -> tuple[object, object, object]:
+    """The federation config, its transport and the process launcher."""
+    from fl_core.config.federation import load_federation
+    from fl_core.plugins import make_plugin_manager
+    from fl_core.spec import ComponentKind
+    from fl_core.spec.launcher import Launcher
+    from fl_core.spec.transport import Transport
+
+    config = load_federation(federation)
+    registry = make_plugin_manager().registry()
+    transport = registry.create(
+        ComponentKind.TRANSPORT,
+        config.transport.name,
+        config.transport.options,
+        expect=Transport,
+    )
+    launcher = registry.create(ComponentKind.LAUNCHER, "process", {}, expect=Launcher)
+    return config, transport, launcher
+
+
+def _write_pid(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pid"
+    tmp = path.with_name("pid.tmp")
+    tmp.write_text(f"{os.getpid()}\n")
+    tmp.replace(path)
+    return path
+
+
+def server_parent(args: argparse.Namespace) -> int:
+    from fl_core.config.federation import FederationConfig
+    from fl_core.runtime.server_engine import ServerEngine
+    from fl_core.spec.launcher import Launcher
+    from fl_core.spec.transport import Transport
+
+    _logging("server")
+    config, transport, launcher = _components(args.federation)
+    assert isinstance(config, FederationConfig)
+    assert isinstance(transport, Transport) and isinstance(launcher, Launcher)
+    stop = threading.Event()
+    _on_signals(stop)
+    pid_file = _write_pid(config.server_dir)
+    engine = ServerEngine(config, transport, launcher)
+    try:
+        engine.start()
+        while not stop.is_set() and not engine.wait(0.2):
+            pass
+    finally:
+        engine.stop()
+        transport.close()
+        pid_file.unlink(missing_ok=True)
+    return 0
+
+
+def _server_url(config: object, timeout: float) -> str:
+    from fl_core.config.federation import FederationConfig
+
+    assert isinstance(config, FederationConfig)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            url = config.url_file.read_text().strip()
+            if url:
+                return url
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise FlCoreError(
+                f"the server parent did not come up within {timeout:g} s (no {config.url_file})"
+            )
+        time.sleep(0.05)
+
+
+def client_parent(args: argparse.Namespace) -> int:
+    from fl_core.config.federation import FederationConfig
+    from fl_core.errors import CellError
+    from fl_core.runtime.client_engine import ClientEngine
+    from fl_core.spec.launcher import Launcher
+    from fl_core.spec.transport import Transport
+
+    _logging(args.site)
+    config, transport, launcher = _components(args.federation)
+    assert isinstance(config, FederationConfig)
+    assert isinstance(transport, Transport) and isinstance(launcher, Launcher)
+    stop = threading.Event()
+    _on_signals(stop)
+    pid_file = _write_pid(config.site_dir(args.site))
+    engine = ClientEngine(config, args.site, transport, launcher)
+    try:
+        deadline = time.monotonic() + JOIN_TIMEOUT_DEFAULT
+        while True:  # the server parent may still be starting, or restarting
+            try:
+                engine.start(_server_url(config, JOIN_TIMEOUT_DEFAULT))
+                break
+            except CellError as exc:
+                if stop.is_set() or time.monotonic() > deadline:
+                    raise FlCoreError(f"{args.site} could not join the server: {exc}") from exc
+                engine.cell.close()
+                engine = ClientEngine(config, args.site, transport, launcher)
+                time.sleep(0.2)
+        while not stop.is_set() and not engine.wait(0.2):
+            pass
+    finally:
+        engine.stop()
+        transport.close()
+        pid_file.unlink(missing_ok=True)
+    return 0
+
+
+# --- job processes -------------------------------------------------------------------
+
+
+def server_job(args: argparse.Namespace) -> int:
+    from fl_core.cell.cell import Cell
+    from fl_core.cell.channels import Channel
+    from fl_core.cell.message import Message
+    from fl_core.config import load_job
+    from fl_core.config.federation import FederationConfig
+    from fl_core.containers.base import build_workflow
+    from fl_core.errors import CellError, JobFailedError
+    from fl_core.model import FLModel, load_params, save_params
+    from fl_core.plugins import make_plugin_manager
+    from fl_core.runtime.parents import Field, JobState, ParentTopic
+    from fl_core.runtime.server_runner import ServerRunner
+    from fl_core.spec.transport import Transport
+    from fl_core.spec.workflow import WorkflowEvent
+
+    _logging(f"server.{args.job_id}")
+    config, transport, _ = _components(args.federation)
+    assert isinstance(config, FederationConfig) and isinstance(transport, Transport)
+    workspace = Path(args.workspace)
+    workspace.mkdir(parents=True, exist_ok=True)
+    job = load_job(args.job_dir)
+    sites = [s for s in args.sites.split(",") if s]
+    registry = make_plugin_manager().registry()
+    workflow = build_workflow(
+        registry, job.workflow.name, job.workflow.options, job.min_clients, job.rounds
+    )
+    cell = Cell(f"server.{args.job_id}", transport)
+    start = time.monotonic()
+    progress: dict[str, object] = {"round": 0}
+
+    def report(state: JobState, reason: str = "") -> None:
+        payload = {
+            Field.JOB_ID: args.job_id,
+            Field.STATE: state,
+            Field.ROUND: progress["round"],
+            Field.TOTAL_ROUNDS: job.rounds,
+            Field.REASON: reason,
+        }
+        try:
+            cell.fire("server", Channel.SERVER_PARENT_LISTENER, ParentTopic.JOB_STATUS, payload)
+        except CellError as exc:
+            log.warning("could not report %s to the server parent: %s", state, exc)
+
+    def on_event(event: WorkflowEvent, round_number: int, data: dict[str, object]) -> None:
+        if event == WorkflowEvent.ROUND_FINISHED:
+            progress["round"] = round_number + 1
+            report(JobState.RUNNING)
+        log.info("round %d: %s %s", round_number + 1, event, json.dumps(data, default=str))
+
+    runner = ServerRunner(cell, args.job_id, workspace, workflow, on_event=on_event)
+
+    def on_site_lost(message: Message) -> object:
+        data = message.payload if isinstance(message.payload, dict) else {}
+        runner.site_lost(str(data.get(Field.SITE, "")), str(data.get(Field.REASON, "lost")))
+        return None
+
+    def on_abort(message: Message) -> object:
+        data = message.payload if isinstance(message.payload, dict) else {}
+        runner.abort(str(data.get(Field.REASON) or "aborted"))
+        return None
+
+    cell.register_handler(Channel.SERVER_COMMAND, ParentTopic.SITE_LOST, on_site_lost)
+    cell.register_handler(Channel.SERVER_COMMAND, ParentTopic.ABORT, on_abort)
+    status, reason = JobState.FAILED, ""
+    try:
+        cell.connect_parent(args.parent_url, reconnect=False)
+        report(JobState.RUNNING)
+        runner.wait_for_sites(len(sites), config.server.job_start_timeout)
+        initial = FLModel(params=load_params(job.initial_model) if job.initial_model else {})
+        final = runner.run(initial)
+        save_params(workspace / "final_model.npz", final.params)
+        status = JobState.FINISHED
+    except JobFailedError as exc:
+        reason = exc.reason
+    except FlCoreError as exc:
+        reason = str(exc)
+    except Exception as exc:
+        log.exception("job %s: unexpected error", args.job_id)
+        reason = f"{type(exc).__name__}: {exc}"
+    finally:
+        runner.end()
+        summary = {
+            "job": job.name,
+            "job_id": args.job_id,
+            "mode": "poc",
+            "status": str(status),
+            "reason": reason,
+            "sites": sites,
+            "rounds": job.rounds,
+            "elapsed_s": round(time.monotonic() - start, 3),
+            "final_model": "final_model.npz" if status is JobState.FINISHED else None,
+            "failures": {
+                site: {"round": f.round_number, "reason": f.reason, "traceback": f.detail}
+                for site, f in runner.record.failures.items()
+            },
+        }
+        (workspace / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        report(status, reason)
+        time.sleep(0.2)  # let the report and the END answers leave before the link closes
+        cell.close()
+        transport.close()
+    log.info("job %s %s%s", args.job_id, status, f": {reason}" if reason else "")
+    return 0 if status is JobState.FINISHED else EXIT_FAILED
+
+
+def client_job(args: argparse.Namespace) -> int:
+    from fl_core.cell.cell import Cell
+    from fl_core.cell.channels import Channel
+    from fl_core.cell.message import Message
+    from fl_core.config import load_job
+    from fl_core.config.federation import FederationConfig
+    from fl_core.runtime.client_runner import ClientRunner
+    from fl_core.runtime.executor import InProcessExecutor
+    from fl_core.runtime.parents import Field, ParentTopic
+    from fl_core.spec.transport import Transport
+
+    _logging(f"{args.site}.{args.job_id}")
+    config, transport, _ = _components(args.federation)
+    assert isinstance(config, FederationConfig) and isinstance(transport, Transport)
+    Path(args.workspace).mkdir(parents=True, exist_ok=True)
+    job = load_job(args.job_dir)
+    # The script sees its job folder on sys.path and its arguments in sys.argv.
+    sys.argv = [str(job.executor.script), *job.executor.args]
+    sys.path.insert(0, str(job.job_dir))
+    cell = Cell(f"{args.site}.{args.job_id}", transport)
+    runner: ClientRunner | None = None
+    executor = InProcessExecutor(
+        job.executor.script,
+        job.executor.launch,
+        threads=1,
+        job_id=args.job_id,
+        logs=lambda site, key, value, step: runner.send_log(key, value, step) if runner else None,
+        timer=cell.resources.timer,
+        task_timeout=job.executor.task_timeout,
+    )
+    runner = ClientRunner(
+        cell,
+        args.site,
+        f"server.{args.job_id}",
+        executor,
+        join_timeout=config.server.job_start_timeout,
+    )
+    stop = threading.Event()
+    _on_signals(stop)
+
+    def on_abort(message: Message) -> object:
+        data = message.payload if isinstance(message.payload, dict) else {}
+        log.info("aborted: %s", data.get(Field.REASON))
+        stop.set()
+        return None
+
+    cell.register_handler(Channel.CLIENT_COMMAND, ParentTopic.ABORT, on_abort)
+    try:
+        cell.connect_parent(args.parent_url, reconnect=False)
+        runner.start()
+        while not runner.done.wait(0.2):
+            if stop.is_set():
+                runner.stop()
+                break
+    finally:
+        executor.stop("the job ended", 5.0)
+        cell.close()
+        transport.close()
+    if runner.error:
+        log.error("client job failed: %s", runner.error)
+        return EXIT_FAILED
+    return 0
+
+
+ROLES = {
+    "server-parent": server_parent,
+    "client-parent": client_parent,
+    "server-job": server_job,
+    "client-job": client_job,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one process of the federation; the exit code says how it ended."""
+    args = _parser().parse_args(argv)
+    try:
+        return ROLES[args.role](args)
+    except FlCoreError as exc:
+        logging.getLogger("fl_core").error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,551 @@
+"""The server parent (SP, cell `server`): sites, the job store, and the job runner.
+
+It never holds a model: job packages go to the sites as bytes, models
+travel between job processes through it as relayed frames.
+
+- Sites register through their heartbeats (a heartbeat from an unknown
+  site registers it, so a restarted server parent learns its sites again
+  at their next beat). A site silent for `heartbeat_timeout` is dead: it
+  leaves every running job, whose server job hears `site_lost` at once.
+- Jobs are kept in the `JobStore` on disk. A submitted job waits until
+  `min_clients` sites are alive and fewer than `max_jobs` jobs run; then it
+  is deployed to every alive site, its server job is launched through the
+  launcher, and every site is told to start its client job. A thread per
+  running job watches its server job process and records how it ended.
+- The protocol is in `fl_core.runtime.parents`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fl_core.cell.cell import DEFERRED, Cell
+from fl_core.cell.channels import Channel
+from fl_core.cell.message import Message
+from fl_core.config.federation import FederationConfig
+from fl_core.errors import CellError, FlCoreError
+from fl_core.runtime.job_store import JobRecord, JobStore, UnknownJobError, zip_folder
+from fl_core.runtime.parents import (
+    ADMIN_PREFIX,
+    AdminTopic,
+    Field,
+    JobState,
+    ParentTopic,
+)
+from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
+from fl_core.spec.transport import Transport
+
+log = logging.getLogger(__name__)
+
+_Handler = Callable[[Message], object]
+
+DEPLOY_TIMEOUT = 120.0
+"""Seconds a site may take to unpack a job package."""
+COMMAND_TIMEOUT = 30.0
+"""Seconds for a command to a site or a job process to be answered."""
+ABORT_GRACE = 5.0
+"""Seconds a job process gets to stop after an abort before it is killed."""
+LOG_TAIL = 64 * 1024
+"""Bytes of a log that `job logs` returns."""
+
+
+@dataclass
+class SiteInfo:
+    """A client parent the server knows."""
+
+    site: str
+    url: str
+    pid: int
+    last_seen: float
+    jobs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Running:
+    """A job between deploy and its end."""
+
+    job_id: str
+    sites: list[str]
+    handle: JobHandle | None = None
+    abort_reason: str | None = None
+    reported: dict[str, object] = field(default_factory=dict)  # the SJ's last job_status
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def describe_exit(code: int) -> str:
+    """An exit code as words: 'exited with code 1', 'was killed by SIGKILL'."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class ServerEngine:
+    """Runs the server parent of one federation."""
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        transport: Transport,
+        launcher: Launcher,
+        *,
+        python: str = sys.executable,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.launcher = launcher
+        self.python = python
+        self.settings = config.server
+        self.store = JobStore(config.server_dir / "jobs")
+        self.cell = Cell("server", transport)
+        self.url = ""
+        self._lock = threading.Lock()
+        self._sites: dict[str, SiteInfo] = {}
+        self._running: dict[str, _Running] = {}
+        self._wake = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        handlers = {
+            (Channel.SERVER_MAIN, ParentTopic.HEARTBEAT): self._on_heartbeat,
+            (Channel.SERVER_MAIN, ParentTopic.REGISTER): self._on_heartbeat,
+            (Channel.SERVER_MAIN, ParentTopic.CLIENT_JOB_EXITED): self._on_client_job_exited,
+            (Channel.SERVER_PARENT_LISTENER, ParentTopic.JOB_STATUS): self._on_job_status,
+            (Channel.ADMIN, AdminTopic.SUBMIT): self._admin(self._on_submit),
+            (Channel.ADMIN, AdminTopic.LIST): self._admin(self._on_list),
+            (Channel.ADMIN, AdminTopic.STATUS): self._admin(self._on_status),
+            (Channel.ADMIN, AdminTopic.ABORT): self._admin(self._on_abort),
+            (Channel.ADMIN, AdminTopic.LOGS): self._admin(self._on_logs),
+            (Channel.ADMIN, AdminTopic.DOWNLOAD): self._admin(self._on_download),
+            (Channel.ADMIN, AdminTopic.SITES): self._admin(self._on_sites),
+            (Channel.ADMIN, AdminTopic.SHUTDOWN): self._admin(self._on_shutdown),
+        }
+        for (channel, topic), handler in handlers.items():
+            self.cell.register_handler(channel, topic, handler)
+
+    # --- life ------------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Listen, recover the job store, start the scheduler; returns the URL."""
+        for record in self.store.recover():
+            log.warning("job %s marked failed: %s", record.job_id, record.reason)
+        self.url = self.cell.listen(self.settings.listen)
+        self.config.server_dir.mkdir(parents=True, exist_ok=True)
+        url_file = self.config.url_file
+        tmp = url_file.with_name(url_file.name + ".tmp")
+        tmp.write_text(self.url + "\n")
+        tmp.replace(url_file)
+        for name, target in (("fl-scheduler", self._schedule), ("fl-heartbeats", self._watch)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("server parent of %s listening on %s", self.config.name, self.url)
+        return self.url
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until `stop` (or an admin's shutdown); True if it stopped."""
+        return self._stopping.wait(timeout)
+
+    def stop(self, reason: str = "the server parent stopped") -> None:
+        """Abort every running job, wait for their processes, close the cell."""
+        first = not self._stopping.is_set()
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+            running = list(self._running.values())
+        for job in running:
+            self._abort(job, reason)
+        for job in running:
+            job.done.wait(ABORT_GRACE * 3)
+        if first:
+            try:
+                self.config.url_file.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self.cell.close()
+
+    # --- sites -------------------------------------------------------------------------
+
+    def alive_sites(self) -> list[str]:
+        """Sites whose last heartbeat is recent enough, sorted."""
+        with self._lock:
+            return sorted(self._sites)
+
+    def _on_heartbeat(self, message: Message) -> object:
+        data = _mapping(message.payload, "heartbeat")
+        site = str(data.get(Field.SITE, ""))
+        if site != message.origin:
+            raise FlCoreError(f"{message.origin} sent a heartbeat for {site!r}")
+        if site not in self.config.sites:
+            raise FlCoreError(f"{site} is not a site of federation {self.config.name}")
+        url, pid = str(data.get(Field.URL, "")), data.get(Field.PID, 0)
+        jobs = [str(j) for j in _list(data.get(Field.JOBS, []), "heartbeat jobs")]
+        with self._wake:
+            known = site in self._sites
+            self._sites[site] = SiteInfo(site, url, _int(pid), time.monotonic(), jobs)
+            if not known:
+                self._wake.notify_all()
+        if not known:
+            log.info("%s registered (client parent pid %s, %s)", site, pid, url)
+        return {Field.HEARTBEAT_INTERVAL: self.settings.heartbeat_interval}
+
+    def _watch(self) -> None:
+        """Declare sites dead after `heartbeat_timeout` of silence."""
+        while not self._stopping.wait(self.settings.heartbeat_interval / 2):
+            now = time.monotonic()
+            with self._lock:
+                dead = [
+                    s
+                    for s, info in self._sites.items()
+                    if now - info.last_seen > self.settings.heartbeat_timeout
+                ]
+                for site in dead:
+                    del self._sites[site]
+                running = list(self._running.values())
+            for site in dead:
+                reason = f"{site} is dead: no heartbeat for {self.settings.heartbeat_timeout:g} s"
+                log.warning(reason)
+                for job in running:
+                    if site in job.sites:
+                        self._tell_site_lost(job, site, reason)
+
+    def _tell_site_lost(self, job: _Running, site: str, reason: str) -> None:
+        try:
+            self.cell.fire(
+                f"server.{job.job_id}",
+                Channel.SERVER_COMMAND,
+                ParentTopic.SITE_LOST,
+                {Field.SITE: site, Field.REASON: reason},
+            )
+        except CellError as exc:
+            log.info("job %s: could not tell its server job about %s: %s", job.job_id, site, exc)
+
+    def _on_client_job_exited(self, message: Message) -> object:
+        data = _mapping(message.payload, "client_job_exited")
+        site, job_id = message.origin, str(data.get(Field.JOB_ID, ""))
+        code = _int(data.get(Field.EXIT_CODE, 0))
+        with self._lock:
+            job = self._running.get(job_id)
+        if job is None or site not in job.sites:
+            return {}
+        reason = str(data.get(Field.REASON) or "") or (
+            f"the client job of {site} {describe_exit(code)}"
+        )
+        log.info("job %s: %s", job_id, reason)
+        if code != 0:
+            self._tell_site_lost(job, site, reason)
+        return {}
+
+    # --- jobs: scheduling ------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        while not self._stopping.is_set():
+            with self._wake:
+                job_id = self._next_job()
+                if job_id is None:
+                    self._wake.wait(1.0)
+                    continue
+                sites = sorted(self._sites)
+                running = _Running(job_id, sites)
+                self._running[job_id] = running
+            self.store.update(job_id, state=JobState.DEPLOYING, sites=sites, started=time.time())
+            thread = threading.Thread(
+                target=self._run_job, args=(running,), name=f"fl-job-{job_id}", daemon=True
+            )
+            thread.start()
+
+    def _next_job(self) -> str | None:
+        """The oldest submitted job that can start now; under the lock."""
+        if len(self._running) >= self.settings.max_jobs:
+            return None
+        for record in self.store.list():
+            if record.state is JobState.SUBMITTED and record.job_id not in self._running:
+                if len(self._sites) >= record.min_clients:
+                    return record.job_id
+                return None  # jobs start in order: a later one does not jump the queue
+        return None
+
+    def _run_job(self, job: _Running) -> None:
+        state, reason = JobState.FAILED, ""
+        try:
+            state, reason = self._deploy_and_watch(job)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, FlCoreError) else f"{type(exc).__name__}: {exc}"
+            log.exception("job %s failed to run", job.job_id)
+        finally:
+            if job.abort_reason is not None and state is not JobState.FINISHED:
+                state, reason = JobState.ABORTED, job.abort_reason
+            self._end_sites(job)
+            if job.handle is not None and job.handle.poll() is None:
+                job.handle.terminate(ABORT_GRACE)
+            round_done = job.reported.get(Field.ROUND)
+            changes: dict[str, object] = {"state": state, "reason": reason, "ended": time.time()}
+            if isinstance(round_done, int):
+                changes["round"] = round_done
+            self.store.update(job.job_id, **changes)
+            log.info("job %s %s%s", job.job_id, state, f": {reason}" if reason else "")
+            with self._wake:
+                self._running.pop(job.job_id, None)
+                self._wake.notify_all()
+            job.done.set()
+
+    def _deploy_and_watch(self, job: _Running) -> tuple[JobState, str]:
+        record = self.store.get(job.job_id)
+        package = self.store.package(job.job_id)
+        deployed: list[str] = []
+        for site in job.sites:
+            if job.abort_reason is not None:
+                return JobState.ABORTED, job.abort_reason
+            try:
+                self.cell.request(
+                    site,
+                    Channel.CLIENT_MAIN,
+                    ParentTopic.DEPLOY,
+                    package,
+                    DEPLOY_TIMEOUT,
+                    headers={Field.JOB_ID: job.job_id},
+                )
+                deployed.append(site)
+            except CellError as exc:
+                log.warning("job %s: deploy to %s failed: %s", job.job_id, site, exc)
+        if len(deployed) < record.min_clients:
+            return JobState.FAILED, (
+                f"deployed to {len(deployed)} of the {record.min_clients} sites it needs "
+                f"({', '.join(deployed) or 'none'})"
+            )
+        job.sites = deployed
+        self.store.update(job.job_id, sites=deployed)
+        workspace = self.store.workspace(job.job_id)
+        argv = [
+            self.python,
+            "-m",
+            "fl_core.runtime.main",
+            "server-job",
+            str(self.config.source),
+            job.job_id,
+            str(self.store.job_dir(job.job_id)),
+            str(workspace),
+            "--parent-url",
+            self.url,
+            "--sites",
+            ",".join(deployed),
+        ]
+        job.handle = self.launcher.launch(
+            LaunchSpec(
+                job.job_id, ProcessType.SERVER_JOB, argv, workspace, workspace / "log.txt", {}
+            )
+        )
+        if job.abort_reason is not None:
+            job.handle.terminate(ABORT_GRACE)
+        for site in deployed:
+            try:
+                self.cell.request(
+                    site,
+                    Channel.CLIENT_MAIN,
+                    ParentTopic.START_JOB,
+                    {Field.JOB_ID: job.job_id, Field.SERVER_JOB: f"server.{job.job_id}"},
+                    COMMAND_TIMEOUT,
+                )
+            except CellError as exc:
+                log.warning("job %s: %s could not start its client job: %s", job.job_id, site, exc)
+                self._tell_site_lost(job, site, f"{site} could not start its client job: {exc}")
+        if job.abort_reason is None:
+            self.store.update(job.job_id, state=JobState.RUNNING)
+        code = job.handle.wait()
+        while code is None:  # wait() without a timeout returns the code; be safe anyway
+            code = job.handle.wait(1.0)
+        reported = job.reported
+        if job.abort_reason is not None:
+            return JobState.ABORTED, job.abort_reason
+        if code == 0 and reported.get(Field.STATE) == JobState.FINISHED:
+            return JobState.FINISHED, ""
+        reason = str(reported.get(Field.REASON) or "")
+        if not reason:
+            reason = f"the server job {describe_exit(code)}"
+        return JobState.FAILED, reason
+
+    def _end_sites(self, job: _Running) -> None:
+        """Make sure no client job of `job` is left on any site."""
+        reason = job.abort_reason or "the job ended"
+        for site in job.sites:
+            try:
+                self.cell.request(
+                    site,
+                    Channel.CLIENT_MAIN,
+                    ParentTopic.ABORT_JOB,
+                    {Field.JOB_ID: job.job_id, Field.REASON: reason},
+                    COMMAND_TIMEOUT,
+                )
+            except CellError as exc:
+                log.info("job %s: %s did not confirm its end: %s", job.job_id, site, exc)
+
+    def _abort(self, job: _Running, reason: str) -> None:
+        if job.abort_reason is None:
+            job.abort_reason = reason
+        try:
+            self.cell.fire(
+                f"server.{job.job_id}",
+                Channel.SERVER_COMMAND,
+                ParentTopic.ABORT,
+                {Field.REASON: reason},
+            )
+        except CellError:
+            pass  # not connected (yet, or any more): the launcher stops it below
+        handle = job.handle
+        if handle is not None:
+            # The server job ends its workflow on the message; a hung one is killed.
+            threading.Thread(
+                target=handle.terminate, args=(ABORT_GRACE,), name="fl-abort", daemon=True
+            ).start()
+
+    def _on_job_status(self, message: Message) -> object:
+        data = _mapping(message.payload, "job_status")
+        job_id = str(data.get(Field.JOB_ID, ""))
+        if message.origin != f"server.{job_id}":
+            raise FlCoreError(f"{message.origin} reported the status of job {job_id!r}")
+        with self._lock:
+            job = self._running.get(job_id)
+        if job is None:
+            return None
+        job.reported = dict(data)
+        round_done = data.get(Field.ROUND)
+        if isinstance(round_done, int) and data.get(Field.STATE) == JobState.RUNNING:
+            self.store.update(job_id, round=round_done)
+        return None
+
+    # --- admin -------------------------------------------------------------------------
+
+    def _admin(self, handler: _Handler) -> _Handler:
+        def guarded(message: Message) -> object:
+            if not message.origin.startswith(ADMIN_PREFIX) or "." in message.origin:
+                raise FlCoreError(f"{message.origin} is not an admin")
+            return handler(message)
+
+        return guarded
+
+    def _on_submit(self, message: Message) -> object:
+        if not isinstance(message.payload, bytes | bytearray | memoryview):
+            raise FlCoreError("a job package must be sent as bytes (a zip of the job folder)")
+        record = self.store.submit(bytes(message.payload))
+        log.info("job %s (%s) submitted", record.job_id, record.name)
+        with self._wake:
+            self._wake.notify_all()
+        return {Field.JOB_ID: record.job_id}
+
+    def _on_list(self, message: Message) -> object:
+        return {Field.JOBS: [r.to_json() for r in self.store.list()]}
+
+    def _record(self, message: Message) -> JobRecord:
+        data = _mapping(message.payload, "admin request")
+        return self.store.get(str(data.get(Field.JOB_ID, "")))
+
+    def _on_status(self, message: Message) -> object:
+        return self._record(message).to_json()
+
+    def _on_abort(self, message: Message) -> object:
+        record = self._record(message)
+        if record.state.final:
+            return record.to_json()
+        with self._lock:
+            job = self._running.get(record.job_id)
+        if job is None:
+            record = self.store.update(
+                record.job_id, state=JobState.ABORTED, reason="aborted", ended=time.time()
+            )
+            return record.to_json()
+        self._abort(job, "aborted by the admin")
+        # Answered from a thread: the handler must not hold a dispatcher thread.
+        threading.Thread(
+            target=self._reply_when_done, args=(message, job), name="fl-abort-reply", daemon=True
+        ).start()
+        return DEFERRED
+
+    def _reply_when_done(self, message: Message, job: _Running) -> None:
+        job.done.wait(ABORT_GRACE * 4)
+        try:
+            self.cell.reply(message, self.store.get(job.job_id).to_json())
+        except CellError as exc:
+            log.info("abort of %s: the admin is gone: %s", job.job_id, exc)
+
+    def _on_logs(self, message: Message) -> object:
+        record = self._record(message)
+        data = _mapping(message.payload, "logs request")
+        which = str(data.get(Field.WHICH) or "server")
+        if which == "server":
+            path = self.store.workspace(record.job_id) / "log.txt"
+        elif which in self.config.sites:
+            # Sites keep their own logs; on one machine (POC) the server can read them.
+            path = self.config.site_dir(which) / "jobs" / record.job_id / "log.txt"
+        else:
+            raise FlCoreError(f"no log {which!r}: say 'server' or a site of job {record.job_id}")
+        if not path.is_file():
+            raise FlCoreError(f"job {record.job_id} has no {which} log yet")
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - LOG_TAIL))
+            return fh.read()
+
+    def _on_download(self, message: Message) -> object:
+        record = self._record(message)
+        return zip_folder(self.store.workspace(record.job_id))
+
+    def _on_sites(self, message: Message) -> object:
+        now = time.monotonic()
+        with self._lock:
+            sites = [
+                {
+                    Field.SITE: s.site,
+                    Field.URL: s.url,
+                    Field.PID: s.pid,
+                    Field.LAST_SEEN: round(now - s.last_seen, 3),
+                    Field.JOBS: list(s.jobs),
+                }
+                for s in sorted(self._sites.values(), key=lambda s: s.site)
+            ]
+        return {Field.SITES: sites}
+
+    def _on_shutdown(self, message: Message) -> object:
+        threading.Thread(target=self._shutdown, name="fl-shutdown", daemon=True).start()
+        return {}
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            sites = list(self._sites)
+        with self._lock:
+            running = list(self._running.values())
+        for job in running:
+            self._abort(job, "the federation is shutting down")
+        for job in running:
+            job.done.wait(ABORT_GRACE * 3)
+        for site in sites:
+            try:
+                self.cell.request(site, Channel.CLIENT_MAIN, ParentTopic.SHUTDOWN, {}, 10.0)
+            except CellError as exc:
+                log.info("%s did not confirm its shutdown: %s", site, exc)
+        self.stop("the federation is shutting down")
+
+
+def _mapping(payload: object, what: str) -> dict[str, object]:
+    if not isinstance(payload, dict):
+        raise FlCoreError(f"a {what} must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def _int(value: object) -> int:
+    """A whole number from a peer's JSON; anything else counts as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _list(value: object, what: str) -> list[object]:
+    if not isinstance(value, list):
+        raise FlCoreError(f"{what} must be a list, got {type(value).__name__}")
+    return value
+
+
+__all__ = ["ServerEngine", "SiteInfo", "UnknownJobError", "describe_exit"]
