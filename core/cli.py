@@ -1,9 +1,14 @@
 """The `fl-core` command line.
 
 fl-core run [--mode simulator] JOB [--clients N] [--threads T] [--workspace DIR]
+fl-core run --mode poc JOB [--clients N] [--workspace DIR] [--transport tcp|grpc]
+fl-core poc prepare|start|stop|status [--workspace DIR] ...
 fl-core job check JOB
+fl-core job submit|list|status|abort|logs|download ... [--workspace DIR]
 fl-core plugins
 fl-core version
+
+The POC and admin commands live in `fl_core.cli_poc`.
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ from pathlib import Path
 from typing import TextIO
 
 from fl_core import __version__
+from fl_core.cli_poc import add_job_parsers, add_poc_parser, job_command, poc_command, run_poc
 from fl_core.errors import FlCoreError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+class UsageError(FlCoreError):
+    """Options that do not go together; exits with the usage code, like argparse."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workspace", type=Path, help="where results go (default: ./fl-workspace/<job name>)"
     )
+    run.add_argument(
+        "--transport", choices=("tcp", "grpc"), help="--mode poc: the federation's transport"
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no per-round progress")
 
     job = sub.add_parser("job", help="job commands")
@@ -49,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     check = job_sub.add_parser("check", help="validate a job folder without running it")
     check.add_argument("job", type=Path)
     check.add_argument("--mode", choices=("simulator", "poc", "production"), default="simulator")
+    add_job_parsers(job_sub)
+    add_poc_parser(sub)
 
     sub.add_parser("plugins", help="list installed plugins and their components")
     sub.add_parser("version", help="print the version")
@@ -76,11 +91,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args, sys.stdout)
         if args.command == "job":
+            if args.job_command != "check":
+                return job_command(args, sys.stdout)
             return _job_check(args, sys.stdout)
+        if args.command == "poc":
+            return poc_command(args, sys.stdout)
         if args.command == "plugins":
             return _plugins(sys.stdout)
         print(f"fl-core {__version__}")
         return EXIT_OK
+    except UsageError as exc:
+        print(f"fl-core: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except FlCoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -126,7 +148,7 @@ def _job_check(args: argparse.Namespace, out: TextIO) -> int:
 
     job = load_job(args.job)
     container = _containers(args.mode)(job)
-    if args.mode != "simulator":
+    if args.mode == "production":
         container.runner()  # refuses clearly until the mode is built
     registry = container.registry()
     for kind, choice in sorted(container.config.components().items()):
@@ -144,6 +166,12 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     from fl_core.config import load_job
     from fl_core.runtime.simulator import JobStatus, run_with_interrupt
 
+    if args.mode == "poc":
+        if args.threads is not None:
+            raise UsageError("--threads applies to --mode simulator only")
+        return run_poc(args, out, sys.stderr)
+    if args.transport is not None:
+        raise UsageError("--transport applies to --mode poc only")
     job = load_job(args.job)
     clients = args.clients if args.clients is not None else job.min_clients
     threads = (

@@ -87,7 +87,7 @@ def test_bad_workflow_option_names_the_option(tmp_path: Path) -> None:
     assert "workflow.options.task_timeout" in proc.stderr
 
 
-@pytest.mark.parametrize("mode", ["poc", "production"])
+@pytest.mark.parametrize("mode", ["production"])
 def test_modes_not_built_yet_refuse_clearly(mode: str) -> None:
     proc = fl_core("run", "--mode", mode, str(HELLO))
     assert proc.returncode == 1

@@ -1,0 +1,284 @@
+"""The POC and admin commands of `fl-core` (wired in by `fl_core.cli`).
+
+fl-core poc prepare|start|stop|status [--workspace DIR] [--clients N] [--transport T] [--force]
+fl-core job submit JOB_DIR | list | status ID | abort ID | logs ID [--site S]
+            | download ID [--output DIR]                      [--workspace DIR]
+fl-core run --mode poc JOB [--clients N] [--workspace OUT] [--transport T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from fl_core.errors import FlCoreError
+
+__all__ = ["add_job_parsers", "add_poc_parser", "job_command", "poc_command", "run_poc"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_INTERRUPTED: Final = 130
+DEFAULT_POC: Final = Path("fl-poc")
+TRANSPORTS: Final = ("tcp", "grpc")
+STATUS_POLL: Final = 0.25
+"""Seconds between status requests while following a job."""
+
+
+def add_poc_parser(sub: Any) -> None:
+    """Add `fl-core poc ...` to the top-level subparsers."""
+    poc = sub.add_parser("poc", help="a federation of real processes on this machine")
+    poc_sub = poc.add_subparsers(dest="poc_command", required=True, metavar="ACTION")
+    helps = {
+        "prepare": "write a POC workspace (federation.yaml, server/, site-N/)",
+        "start": "start the server parent and every client parent",
+        "stop": "shut the POC down; no process is left",
+        "status": "show the processes, the registered sites and the jobs",
+    }
+    for name, text in helps.items():
+        action = poc_sub.add_parser(name, help=text)
+        _workspace_option(action)
+        if name == "prepare":
+            action.add_argument("--clients", type=_positive, default=2, help="sites (default: 2)")
+            action.add_argument("--transport", choices=TRANSPORTS, default="tcp")
+            action.add_argument("--force", action="store_true", help="overwrite a non-empty DIR")
+        if name in ("start", "stop"):
+            action.add_argument(
+                "--timeout", type=float, default=60.0, help="seconds to wait (default: 60)"
+            )
+
+
+def add_job_parsers(job_sub: Any) -> None:
+    """Add the admin actions to `fl-core job ...` (beside `check`)."""
+    submit = job_sub.add_parser("submit", help="submit a job folder to a running POC")
+    submit.add_argument("job", type=Path)
+    job_sub.add_parser("list", help="list the jobs")
+    for name, text in (("status", "show a job's record"), ("abort", "abort a job")):
+        job_sub.add_parser(name, help=text).add_argument("job_id")
+    logs = job_sub.add_parser("logs", help="print the tail of a job's log")
+    logs.add_argument("job_id")
+    logs.add_argument("--site", help="a site's client job log (default: the server job's)")
+    download = job_sub.add_parser("download", help="download a job's server workspace")
+    download.add_argument("job_id")
+    download.add_argument(
+        "--output", type=Path, help="where to unpack it (default: ./fl-workspace/<job name>)"
+    )
+    for action in (submit, *(job_sub.choices[n] for n in ("list", "status", "abort")), logs):
+        _workspace_option(action)
+    _workspace_option(download)
+
+
+def _workspace_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workspace", type=Path, default=DEFAULT_POC, help="the POC workspace (default: ./fl-poc)"
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+# --- fl-core poc -------------------------------------------------------------------
+
+
+def poc_command(args: argparse.Namespace, out: TextIO) -> int:
+    """Run `fl-core poc <action>`."""
+    from fl_core.config.federation import load_federation
+    from fl_core.runtime import poc
+
+    if args.poc_command == "prepare":
+        config = poc.prepare(args.workspace, args.clients, args.transport, args.force)
+        out.write(
+            f"prepared a POC in {config.root}: server and {len(config.sites)} sites "
+            f"({', '.join(config.sites)}) over {config.transport.name}\n"
+        )
+        return EXIT_OK
+    config = load_federation(args.workspace)
+    if args.poc_command == "start":
+        poc.start(config, args.timeout, on_progress=lambda line: _line(out, line))
+        out.write(f"POC in {config.root} is running ({len(config.sites)} sites)\n")
+        return EXIT_OK
+    if args.poc_command == "stop":
+        for note in poc.stop(config, args.timeout):
+            _line(out, note)
+        out.write(f"POC in {config.root} is stopped\n")
+        return EXIT_OK
+    return _print_status(poc.status(config), out)
+
+
+def _print_status(state: dict[str, Any], out: TextIO) -> int:
+    server = state["server"]
+    rows = [("server", server, server.get("url") or "-")]
+    for site, info in state["sites"].items():
+        rows.append((site, info, "registered" if info["registered"] else "not registered"))
+    width = max(len(name) for name, _, _ in rows)
+    for name, info, extra in rows:
+        pid = info["pid"] if info["pid"] is not None else "-"
+        alive = "running" if info["alive"] else "not running"
+        out.write(f"{name.ljust(width)}  pid {pid}  {alive}  {extra}\n")
+    if state["error"]:
+        out.write(f"error: {state['error']}\n")
+    out.write(f"jobs: {len(state['jobs'])}\n")
+    for job in state["jobs"]:
+        out.write(f"  {_job_row(job)}\n")
+    out.write(f"POC in {state['root']} is {'running' if state['running'] else 'not running'}\n")
+    return EXIT_OK if state["running"] else EXIT_FAILED
+
+
+def _job_row(job: dict[str, Any]) -> str:
+    reason = f"  {job['reason']}" if job.get("reason") else ""
+    return (
+        f"{job.get('job_id')}  {job.get('name')}  {job.get('state')}  "
+        f"round {job.get('round', 0)}/{job.get('rounds', '?')}{reason}"
+    )
+
+
+def _line(out: TextIO, text: str) -> None:
+    out.write(text + "\n")
+    out.flush()
+
+
+# --- fl-core job ... (admin) ---------------------------------------------------------
+
+
+def job_command(args: argparse.Namespace, out: TextIO) -> int:
+    """Run an admin action of `fl-core job` against the POC in `--workspace`."""
+    from fl_core.config.federation import load_federation
+    from fl_core.runtime.admin_client import AdminClient
+
+    config = load_federation(args.workspace)
+    with AdminClient(config, wait=0.0) as admin:
+        action = args.job_command
+        if action == "submit":
+            out.write(admin.submit(args.job) + "\n")
+        elif action == "list":
+            for job in admin.list():
+                out.write(_job_row(job) + "\n")
+        elif action == "status":
+            out.write(json.dumps(admin.status(args.job_id), indent=2) + "\n")
+        elif action == "abort":
+            record = admin.abort(args.job_id)
+            out.write(f"{args.job_id}: {record.get('state')}\n")
+        elif action == "logs":
+            out.write(admin.logs(args.job_id, args.site or "server"))
+        else:
+            dest = args.output or Path("fl-workspace") / str(admin.status(args.job_id)["name"])
+            out.write(f"{admin.download(args.job_id, dest)}\n")
+    return EXIT_OK
+
+
+# --- fl-core run --mode poc ------------------------------------------------------------
+
+
+def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run one job in an ephemeral POC: prepare, start, submit, follow, download, stop."""
+    from fl_core.config import load_job
+    from fl_core.runtime import poc
+    from fl_core.runtime.admin_client import AdminClient
+
+    job = load_job(args.job)
+    clients = args.clients if args.clients is not None else job.min_clients
+    transport = args.transport or "tcp"
+    output = args.workspace or Path("fl-workspace") / job.name
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fl-poc-") as tmp:
+        config = poc.prepare(Path(tmp) / "poc", clients, transport)
+        try:
+            out.write(
+                f"fl-core poc: job {job.name}, {clients} sites, {job.rounds} rounds, "
+                f"over {transport} (workspace {config.root})\n"
+            )
+            out.flush()
+            poc.start(config, on_progress=None if args.quiet else lambda s: _line(out, s))
+            with AdminClient(config) as admin:
+                job_id = admin.submit(job.job_dir)
+                _line(out, f"submitted job {job.name} (id {job_id})")
+                try:
+                    record = _follow(admin, job_id, out, quiet=args.quiet)
+                except KeyboardInterrupt:
+                    with _no_interrupts():
+                        _line(err, f"interrupted: aborting job {job.name} and stopping the POC")
+                        admin.abort(job_id)
+                    raise
+                missing = _download(admin, job_id, output, record)
+        finally:
+            with _no_interrupts():
+                poc.stop(config)
+    state = record.get("state")
+    if state == "finished":
+        out.write(
+            f"finished in {time.monotonic() - started:.2f} s: final model "
+            f"{output / 'final_model.npz'}, metrics {output / 'metrics.json'}\n"
+        )
+        return EXIT_OK
+    err.write(f"\nerror: job {job.name} {state}: {record.get('reason') or 'no reason given'}\n")
+    if missing:
+        err.write(f"(its server workspace could not be downloaded: {missing})\n")
+    else:
+        err.write(f"logs: {output / 'log.txt'}\n")
+    return EXIT_FAILED
+
+
+def _download(admin: Any, job_id: str, output: Path, record: dict[str, Any]) -> str:
+    """Fetch the job's server workspace; returns why not, for a failed job, or ''."""
+    try:
+        admin.download(job_id, output)
+    except FlCoreError as exc:
+        if record.get("state") == "finished":
+            raise  # the results are the point of a finished run
+        return str(exc)  # the job's own failure is the error to report
+    return ""
+
+
+def _follow(admin: Any, job_id: str, out: TextIO, *, quiet: bool) -> dict[str, Any]:
+    """Poll the job until it is final, printing its state changes and rounds as they pass."""
+    from fl_core.runtime.parents import JobState
+
+    state = ""
+    shown = 0
+    started = time.monotonic()
+    while True:
+        record: dict[str, Any] = admin.status(job_id)
+        rounds = int(record.get("rounds") or 0)
+        if record.get("state") != state:
+            state = str(record.get("state"))
+            if not quiet:
+                _line(out, f"job {job_id}: {state}")
+        # `round` counts up as rounds pass; a line per round done, as the simulator prints.
+        done = int(record.get("round") or 0)
+        if state == JobState.FINISHED:
+            done = rounds
+        while shown < min(done, rounds):
+            shown += 1
+            if not quiet:
+                # Time since submission: rounds that pass between two polls share a stamp.
+                _line(out, f"round {shown}/{rounds}: done  ({time.monotonic() - started:.2f} s)")
+        if JobState(state).final:
+            return record
+        time.sleep(STATUS_POLL)
+
+
+@contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """Hold off Ctrl-C while the POC is taken down, so no process is left behind."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals cannot be masked here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,317 @@
+"""The admin side of the ADMIN channel: what `fl-core job ...` and `fl-core poc ...` use.
+
+An `AdminClient` is a short-lived cell `admin-<8 hex>` connected as a child
+of the server parent (SP) of one federation. It finds SP through the URL
+file SP writes once it listens, sends `AdminTopic` requests (see
+`fl_core.runtime.parents`) and turns SP's refusals into `AdminRequestError`
+carrying SP's reason:
+
+    with AdminClient(load_federation("fl-poc")) as admin:
+        job_id = admin.submit(Path("examples/hello-numpy"))
+        print(admin.status(job_id)["state"])
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import secrets
+import stat
+import time
+import zipfile
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Any, Final
+
+from fl_core.cell.cell import Cell
+from fl_core.cell.channels import Channel
+from fl_core.config.federation import FederationConfig
+from fl_core.errors import CellError, FlCoreError, RemoteError
+from fl_core.runtime.parents import (
+    ADMIN_PREFIX,
+    MAX_JOB_FILES,
+    MAX_JOB_PACKAGE,
+    AdminTopic,
+    Field,
+)
+from fl_core.spec.transport import Transport
+
+__all__ = [
+    "AdminClient",
+    "AdminRequestError",
+    "ServerNotRunningError",
+    "UnsafeArchiveError",
+    "extract_zip",
+]
+
+REQUEST_TIMEOUT: Final = 30.0
+"""Seconds an ordinary admin request may take."""
+TRANSFER_TIMEOUT: Final = 300.0
+"""Seconds a request that moves a job package or a workspace may take."""
+ABORT_TIMEOUT: Final = 120.0
+"""Seconds SP may take to stop every process of an aborted job before it answers."""
+_POLL: Final = 0.05
+
+
+class ServerNotRunningError(FlCoreError):
+    """No server parent answers for the federation at `root`."""
+
+    def __init__(self, root: Path, url_file: Path, detail: str = "") -> None:
+        self.root = root
+        self.url_file = url_file
+        self.detail = detail
+        super().__init__(
+            f"the server parent of {root} is not running ("
+            + (detail or f"no {url_file}")
+            + "); start it with `fl-core poc start`"
+        )
+
+
+class AdminRequestError(FlCoreError):
+    """SP refused or did not answer an admin request; `reason` is SP's text (or the cause)."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(f"{topic}: {reason}")
+
+
+class UnsafeArchiveError(FlCoreError):
+    """A zip from SP would write outside its destination, or is too big."""
+
+    def __init__(self, dest: Path, member: str, problem: str) -> None:
+        self.dest = dest
+        self.member = member
+        self.problem = problem
+        super().__init__(f"refused to unpack {member!r} into {dest}: {problem}")
+
+
+def make_transport(config: FederationConfig) -> Transport:
+    """The federation's transport, built from the installed plugins."""
+    from fl_core.plugins import make_plugin_manager
+
+    transport = (
+        make_plugin_manager()
+        .registry()
+        .create(
+            "transport", config.transport.name, dict(config.transport.options), expect=Transport
+        )
+    )
+    assert isinstance(transport, Transport)
+    return transport
+
+
+class AdminClient:
+    """A connection to one federation's server parent for admin requests.
+
+    `wait` is how long to wait for SP's URL file to appear (SP may be
+    starting); `transport` overrides the federation's transport (tests).
+    Use it as a context manager; `close()` releases the cell and transport.
+    """
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        *,
+        wait: float = 10.0,
+        timeout: float = REQUEST_TIMEOUT,
+        transport: Transport | None = None,
+    ) -> None:
+        self.config = config
+        self.wait = wait
+        self.timeout = timeout
+        self.name = f"{ADMIN_PREFIX}{secrets.token_hex(4)}"
+        self._transport = transport
+        self._owns_transport = transport is None
+        self._cell: Cell | None = None
+
+    # --- connection --------------------------------------------------------------
+
+    def connect(self) -> AdminClient:
+        """Find SP's URL (waiting up to `wait`) and join SP as a child cell."""
+        if self._cell is not None:
+            return self
+        url = self._server_url()
+        transport = self._transport or make_transport(self.config)
+        self._transport = transport
+        cell = Cell(self.name, transport)
+        try:
+            # No reconnect: an admin's request fails fast when SP goes away.
+            cell.connect_parent(url, timeout=min(self.timeout, 10.0), reconnect=False)
+        except CellError as exc:
+            cell.close()
+            self._close_transport()
+            raise ServerNotRunningError(
+                self.config.root, self.config.url_file, f"nothing answers at {url}: {exc}"
+            ) from exc
+        self._cell = cell
+        return self
+
+    def _server_url(self) -> str:
+        url_file = self.config.url_file
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                url = url_file.read_text().strip()
+            except FileNotFoundError:
+                url = ""
+            if url:
+                return url
+            if time.monotonic() >= deadline:
+                raise ServerNotRunningError(self.config.root, url_file)
+            time.sleep(_POLL)
+
+    def close(self) -> None:
+        """Leave SP and release the transport; safe to call twice."""
+        cell, self._cell = self._cell, None
+        if cell is not None:
+            cell.close()
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        if self._owns_transport and self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def __enter__(self) -> AdminClient:
+        return self.connect()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- requests ----------------------------------------------------------------
+
+    def _request(self, topic: AdminTopic, payload: object, timeout: float | None = None) -> object:
+        if self._cell is None:
+            self.connect()
+        assert self._cell is not None
+        try:
+            reply = self._cell.request(
+                "server", Channel.ADMIN, topic, payload, timeout=timeout or self.timeout
+            )
+        except RemoteError as exc:
+            raise AdminRequestError(topic, exc.detail) from exc
+        except CellError as exc:
+            raise AdminRequestError(topic, f"the server parent did not answer: {exc}") from exc
+        return reply.payload
+
+    def _json(
+        self, topic: AdminTopic, payload: object, timeout: float | None = None
+    ) -> dict[str, Any]:
+        reply = self._request(topic, payload, timeout)
+        if not isinstance(reply, dict):
+            raise AdminRequestError(
+                topic, f"expected a JSON object from the server parent, got {type(reply).__name__}"
+            )
+        return reply
+
+    def _bytes(self, topic: AdminTopic, payload: object, timeout: float | None = None) -> bytes:
+        reply = self._request(topic, payload, timeout)
+        if isinstance(reply, bytes | bytearray | memoryview):
+            return bytes(reply)
+        if reply is None:
+            return b""
+        raise AdminRequestError(
+            topic, f"expected bytes from the server parent, got {type(reply).__name__}"
+        )
+
+    def submit(self, job_dir: Path) -> str:
+        """Pack `job_dir` and submit it; returns the job id SP gave it."""
+        from fl_core.runtime.job_store import pack_job
+
+        package = pack_job(Path(job_dir))
+        reply = self._json(AdminTopic.SUBMIT, package, TRANSFER_TIMEOUT)
+        job_id = reply.get(Field.JOB_ID)
+        if not isinstance(job_id, str) or not job_id:
+            raise AdminRequestError(AdminTopic.SUBMIT, f"no job id in the reply {reply!r}")
+        return job_id
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every job SP knows, oldest first (job records)."""
+        jobs = self._json(AdminTopic.LIST, {}).get(Field.JOBS, [])
+        return [job for job in jobs if isinstance(job, dict)] if isinstance(jobs, list) else []
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """The job's record: state, round, rounds, reason, sites, times."""
+        return self._json(AdminTopic.STATUS, {Field.JOB_ID: job_id})
+
+    def abort(self, job_id: str) -> dict[str, Any]:
+        """Abort the job; returns its record once every process of it is gone."""
+        return self._json(AdminTopic.ABORT, {Field.JOB_ID: job_id}, ABORT_TIMEOUT)
+
+    def logs(self, job_id: str, which: str = "server") -> str:
+        """The tail of the server job's log, or of a site's client job log (`which` = site)."""
+        data = self._bytes(AdminTopic.LOGS, {Field.JOB_ID: job_id, Field.WHICH: which})
+        return data.decode("utf-8", errors="replace")
+
+    def download(self, job_id: str, dest: Path) -> Path:
+        """Unpack the job's server workspace into `dest` (created); returns `dest`."""
+        data = self._bytes(AdminTopic.DOWNLOAD, {Field.JOB_ID: job_id}, TRANSFER_TIMEOUT)
+        return extract_zip(data, Path(dest))
+
+    # `builtins.list`: inside the class body `list` is the method above.
+    def sites(self) -> builtins.list[dict[str, Any]]:
+        """The registered sites: `{site, url, last_seen, jobs}` each."""
+        sites = self._json(AdminTopic.SITES, {}).get(Field.SITES, [])
+        return [site for site in sites if isinstance(site, dict)] if isinstance(sites, list) else []
+
+    def shutdown(self) -> None:
+        """Ask SP to stop every job, tell every client parent to exit, and exit."""
+        try:
+            self._request(AdminTopic.SHUTDOWN, {}, ABORT_TIMEOUT)
+        except AdminRequestError as exc:
+            # SP may close its links as it exits, before its reply reaches us;
+            # only a refusal (SP's own reason) is an error here.
+            if isinstance(exc.__cause__, RemoteError):
+                raise
+
+
+def extract_zip(data: bytes, dest: Path) -> Path:
+    """Unpack a zip into `dest`, refusing absolute paths, `..`, links and oversized content."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise UnsafeArchiveError(dest, "", f"not a zip archive: {exc}") from exc
+    with archive:
+        members = archive.infolist()
+        if len(members) > MAX_JOB_FILES:
+            raise UnsafeArchiveError(dest, "", f"{len(members)} files, more than {MAX_JOB_FILES}")
+        total = sum(member.file_size for member in members)
+        if total > MAX_JOB_PACKAGE:
+            raise UnsafeArchiveError(
+                dest, "", f"{total} bytes unpacked, more than {MAX_JOB_PACKAGE}"
+            )
+        planned: list[tuple[zipfile.ZipInfo, Path]] = []
+        for member in members:
+            planned.append((member, _target(dest, member)))
+        dest.mkdir(parents=True, exist_ok=True)
+        for member, target in planned:
+            if member.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as src, open(target, "wb") as out:
+                # Copy at most the declared size: a lying header cannot fill the disk.
+                remaining = member.file_size
+                while chunk := src.read(min(1 << 20, remaining + 1)):
+                    remaining -= len(chunk)
+                    if remaining < 0:
+                        raise UnsafeArchiveError(dest, member.filename, "larger than declared")
+                    out.write(chunk)
+    return dest
+
+
+def _target(dest: Path, member: zipfile.ZipInfo) -> Path:
+    name = member.filename
+    path = PurePosixPath(name)
+    if "\\" in name or path.is_absolute() or ".." in path.parts or not path.parts:
+        raise UnsafeArchiveError(dest, name, "path escapes the destination")
+    mode = member.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise UnsafeArchiveError(dest, name, "symbolic links are not unpacked")
+    return dest.joinpath(*path.parts)

@@ -1,0 +1,185 @@
+"""AdminClient against a fake server parent: finding SP, requests, refusals, safe unpacking."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fl_core.cell.cell import Cell
+from fl_core.cell.channels import Channel
+from fl_core.cell.message import Message
+from fl_core.config.federation import FederationConfig
+from fl_core.errors import FlCoreError
+from fl_core.runtime.admin_client import (
+    AdminClient,
+    AdminRequestError,
+    ServerNotRunningError,
+    UnsafeArchiveError,
+    extract_zip,
+)
+from fl_core.runtime.parents import ADMIN_PREFIX, AdminTopic
+from fl_core.runtime.poc import prepare
+from fl_plugins.transport_tcp.transport import TcpTransport
+
+pytestmark = pytest.mark.usefixtures("fl_no_threads_left")
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+class FakeServer:
+    """A cell named `server` that answers ADMIN requests the way SP's protocol says."""
+
+    def __init__(self, config: FederationConfig) -> None:
+        self.transport = TcpTransport()
+        self.cell = Cell("server", self.transport)
+        self.url = self.cell.listen("tcp://127.0.0.1:0")
+        self.received: list[tuple[str, str, object]] = []
+        handlers = {
+            AdminTopic.SUBMIT: lambda m: {"job_id": "job1"},
+            AdminTopic.STATUS: self._status,
+            AdminTopic.LIST: lambda m: {"jobs": [{"job_id": "job1", "state": "running"}]},
+            AdminTopic.LOGS: lambda m: b"round 1 done\n",
+            AdminTopic.DOWNLOAD: lambda m: _zip({"final_model.npz": b"npz", "models/r1": b"1"}),
+            AdminTopic.SITES: lambda m: {"sites": [{"site": "site-1", "url": "u", "jobs": []}]},
+            AdminTopic.SHUTDOWN: lambda m: {},
+        }
+        for topic, handler in handlers.items():
+            self.cell.register_handler(Channel.ADMIN, topic, self._recording(topic, handler))
+        config.url_file.write_text(self.url + "\n")
+
+    def _recording(self, topic: str, handler: object) -> object:
+        def handle(message: Message) -> object:
+            self.received.append((message.origin, topic, message.payload))
+            return handler(message)  # type: ignore[operator]
+
+        return handle
+
+    @staticmethod
+    def _status(message: Message) -> object:
+        assert isinstance(message.payload, dict)
+        if message.payload["job_id"] != "job1":
+            raise FlCoreError(f"unknown job {message.payload['job_id']!r}")
+        return {"job_id": "job1", "state": "finished", "round": 2, "rounds": 2}
+
+    def close(self) -> None:
+        self.cell.close()
+        self.transport.close()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> FederationConfig:
+    return prepare(tmp_path / "poc", 1)
+
+
+@pytest.fixture
+def server(config: FederationConfig) -> Iterator[FakeServer]:
+    fake = FakeServer(config)
+    yield fake
+    fake.close()
+
+
+def test_no_url_file_says_the_server_parent_is_not_running(config: FederationConfig) -> None:
+    started = time.monotonic()
+    with pytest.raises(ServerNotRunningError) as info:
+        AdminClient(config, wait=0.3).connect()
+    assert time.monotonic() - started >= 0.3  # it waited for SP to write the file
+    assert str(info.value).startswith(
+        f"the server parent of {config.root} is not running (no {config.url_file})"
+    )
+
+
+def test_a_stale_url_file_names_the_url_nothing_answers_at(config: FederationConfig) -> None:
+    config.url_file.write_text("tcp://127.0.0.1:9\n")  # the discard port: nothing listens
+    with pytest.raises(ServerNotRunningError) as info:
+        AdminClient(config, wait=0.0, timeout=2.0).connect()
+    assert "nothing answers at tcp://127.0.0.1:9" in str(info.value)
+
+
+def test_waits_for_the_url_file_to_appear(config: FederationConfig) -> None:
+    box: list[FakeServer] = []
+    later = threading.Timer(0.3, lambda: box.append(FakeServer(config)))
+    later.start()
+    try:
+        with AdminClient(config, wait=10.0) as admin:
+            assert admin.sites() == [{"site": "site-1", "url": "u", "jobs": []}]
+    finally:
+        later.join()
+        for fake in box:
+            fake.close()
+
+
+def test_requests_carry_the_protocol_payloads(
+    config: FederationConfig, server: FakeServer, tmp_path: Path
+) -> None:
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.yaml").write_text("name: x\n")
+    with AdminClient(config) as admin:
+        assert admin.name.startswith(ADMIN_PREFIX) and len(admin.name) == len(ADMIN_PREFIX) + 8
+        assert admin.submit(job) == "job1"
+        assert admin.status("job1")["state"] == "finished"
+        assert admin.list() == [{"job_id": "job1", "state": "running"}]
+        assert admin.logs("job1", "site-1") == "round 1 done\n"
+        dest = admin.download("job1", tmp_path / "out")
+        admin.shutdown()
+    assert (dest / "final_model.npz").read_bytes() == b"npz"
+    assert (dest / "models" / "r1").read_bytes() == b"1"
+    origins = {origin for origin, _, _ in server.received}
+    assert origins == {admin.name}
+    by_topic = {topic: payload for _, topic, payload in server.received}
+    package = by_topic[AdminTopic.SUBMIT]
+    assert isinstance(package, bytes | bytearray)
+    assert "job.yaml" in zipfile.ZipFile(io.BytesIO(package)).namelist()
+    assert by_topic[AdminTopic.LOGS] == {"job_id": "job1", "which": "site-1"}
+    assert by_topic[AdminTopic.DOWNLOAD] == {"job_id": "job1"}
+
+
+def test_a_refusal_surfaces_with_the_servers_reason(
+    config: FederationConfig, server: FakeServer
+) -> None:
+    with AdminClient(config) as admin, pytest.raises(AdminRequestError) as info:
+        admin.status("nope")
+    assert info.value.topic == "status"
+    assert "unknown job 'nope'" in info.value.reason
+    assert isinstance(info.value, FlCoreError)
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("../evil", "escapes"), ("/etc/evil", "escapes"), ("a/../../evil", "escapes")],
+)
+def test_extract_refuses_paths_outside_the_destination(
+    tmp_path: Path, name: str, problem: str
+) -> None:
+    with pytest.raises(UnsafeArchiveError) as info:
+        extract_zip(_zip({"ok.txt": b"1", name: b"x"}), tmp_path / "out")
+    assert problem in str(info.value) and name in str(info.value)
+    assert not (tmp_path / "out").exists()  # checked before anything is written
+    assert not (tmp_path / "evil").exists()
+
+
+def test_extract_refuses_symlinks(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        link = zipfile.ZipInfo("link")
+        link.external_attr = (0o120777 << 16) | 0
+        archive.writestr(link, "/etc/passwd")
+    with pytest.raises(UnsafeArchiveError, match="symbolic links"):
+        extract_zip(buffer.getvalue(), tmp_path / "out")
+
+
+def test_extract_refuses_what_is_not_a_zip(tmp_path: Path) -> None:
+    with pytest.raises(UnsafeArchiveError, match="not a zip archive"):
+        extract_zip(b"not a zip", tmp_path / "out")
