@@ -134,7 +134,8 @@ class RelayedStreams:
         self._lock = threading.Lock()
         self._table: dict[tuple[str, str], RelayedStream] = {}
         self._counts: dict[Connection, int] = {}  # streams per inbound link
-        self._sweep: TimerHandle | None = None
+        self._sweeping = False  # a sweep is due; set under the lock before it is scheduled
+        self._sweep: TimerHandle | None = None  # the latest one, for clear()
 
     def track(self, inbound: Connection, outbound: Connection, frame: Frame) -> bool:
         """Account for one frame to forward (only headers and body size are read).
@@ -181,7 +182,7 @@ class RelayedStreams:
                 key[0], sid, destination, inbound, outbound, total, size, time.monotonic()
             )
             self._counts[inbound] = count + 1
-            start_sweep = self._sweep is None
+            start_sweep, self._sweeping = not self._sweeping, True
         if start_sweep:
             self._schedule_sweep()
         return True
@@ -226,7 +227,9 @@ class RelayedStreams:
         try:
             handle = self._timer.call_later(self._idle_timeout / 3, self._sweep_idle)
         except RuntimeError:
-            handle = None  # the cell is closing; close() clears the table
+            with self._lock:
+                self._sweeping = False  # the cell is closing; close() clears the table
+            return
         with self._lock:
             self._sweep = handle
 
@@ -235,8 +238,7 @@ class RelayedStreams:
         with self._lock:
             keys = [k for k, r in self._table.items() if r.heard <= stale]
             expired = [r for r in map(self._remove, keys) if r is not None]
-            again = bool(self._table)
-            self._sweep = None
+            again = self._sweeping = bool(self._table)
         why = f"no frame for {self._idle_timeout:g} s"
         for record in expired:
             self._expired(record, why)
@@ -259,6 +261,7 @@ class RelayedStreams:
         with self._lock:
             self._table.clear()
             self._counts.clear()
+            self._sweeping = False
             sweep, self._sweep = self._sweep, None
         if sweep is not None:
             sweep.cancel()
