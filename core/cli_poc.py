@@ -210,7 +210,11 @@ def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 except KeyboardInterrupt:
                     with _no_interrupts():
                         _line(err, f"interrupted: aborting job {job.name} and stopping the POC")
-                        admin.abort(job_id)
+                        try:
+                            admin.abort(job_id)
+                        except FlCoreError as exc:
+                            # Stopping the POC below ends the job's processes anyway.
+                            _line(err, f"the abort failed ({exc}); stopping the POC")
                     raise
                 missing = _download(admin, job_id, output, record)
         finally:
