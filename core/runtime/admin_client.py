@@ -14,11 +14,8 @@ carrying SP's reason:
 from __future__ import annotations
 
 import builtins
-import io
 import secrets
-import stat
 import time
-import zipfile
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, Final
@@ -29,8 +26,6 @@ from fl_core.config.federation import FederationConfig
 from fl_core.errors import CellError, FlCoreError, RemoteError
 from fl_core.runtime.parents import (
     ADMIN_PREFIX,
-    MAX_JOB_FILES,
-    MAX_JOB_PACKAGE,
     AdminTopic,
     Field,
 )
@@ -41,7 +36,6 @@ __all__ = [
     "AdminRequestError",
     "ServerNotRunningError",
     "UnsafeArchiveError",
-    "extract_zip",
 ]
 
 REQUEST_TIMEOUT: Final = 30.0
@@ -250,9 +244,38 @@ class AdminClient:
         return data.decode("utf-8", errors="replace")
 
     def download(self, job_id: str, dest: Path) -> Path:
-        """Unpack the job's server workspace into `dest` (created); returns `dest`."""
-        data = self._bytes(AdminTopic.DOWNLOAD, {Field.JOB_ID: job_id}, TRANSFER_TIMEOUT)
-        return extract_zip(data, Path(dest))
+        """Copy the job's server workspace into `dest` (created); returns `dest`.
+
+        File by file, a chunk at a time: a result of many GiB never sits
+        whole in memory here or in the server parent.
+        """
+        dest = Path(dest)
+        listing = self._json(AdminTopic.DOWNLOAD, {Field.JOB_ID: job_id}).get(Field.FILES, [])
+        if not isinstance(listing, list):
+            raise AdminRequestError(AdminTopic.DOWNLOAD, "the server sent no file list")
+        dest.mkdir(parents=True, exist_ok=True)
+        for entry in listing:
+            name = entry.get(Field.PATH) if isinstance(entry, dict) else None
+            size = entry.get(Field.SIZE) if isinstance(entry, dict) else None
+            if not isinstance(name, str) or not isinstance(size, int) or size < 0:
+                raise AdminRequestError(AdminTopic.DOWNLOAD, f"a bad file entry: {entry!r}")
+            target = _safe_target(dest, name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as out:
+                offset = 0
+                while offset < size:
+                    chunk = self._bytes(
+                        AdminTopic.READ,
+                        {Field.JOB_ID: job_id, Field.PATH: name, Field.OFFSET: offset},
+                        TRANSFER_TIMEOUT,
+                    )
+                    if not chunk:
+                        raise AdminRequestError(
+                            AdminTopic.READ, f"{name} ended at {offset} of {size} bytes"
+                        )
+                    out.write(chunk)
+                    offset += len(chunk)
+        return dest
 
     # `builtins.list`: inside the class body `list` is the method above.
     def sites(self) -> builtins.list[dict[str, Any]]:
@@ -271,47 +294,9 @@ class AdminClient:
                 raise
 
 
-def extract_zip(data: bytes, dest: Path) -> Path:
-    """Unpack a zip into `dest`, refusing absolute paths, `..`, links and oversized content."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise UnsafeArchiveError(dest, "", f"not a zip archive: {exc}") from exc
-    with archive:
-        members = archive.infolist()
-        if len(members) > MAX_JOB_FILES:
-            raise UnsafeArchiveError(dest, "", f"{len(members)} files, more than {MAX_JOB_FILES}")
-        total = sum(member.file_size for member in members)
-        if total > MAX_JOB_PACKAGE:
-            raise UnsafeArchiveError(
-                dest, "", f"{total} bytes unpacked, more than {MAX_JOB_PACKAGE}"
-            )
-        planned: list[tuple[zipfile.ZipInfo, Path]] = []
-        for member in members:
-            planned.append((member, _target(dest, member)))
-        dest.mkdir(parents=True, exist_ok=True)
-        for member, target in planned:
-            if member.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(member) as src, open(target, "wb") as out:
-                # Copy at most the declared size: a lying header cannot fill the disk.
-                remaining = member.file_size
-                while chunk := src.read(min(1 << 20, remaining + 1)):
-                    remaining -= len(chunk)
-                    if remaining < 0:
-                        raise UnsafeArchiveError(dest, member.filename, "larger than declared")
-                    out.write(chunk)
-    return dest
-
-
-def _target(dest: Path, member: zipfile.ZipInfo) -> Path:
-    name = member.filename
+def _safe_target(dest: Path, name: str) -> Path:
+    """Where a downloaded file `name` goes under `dest`; refuses a path that escapes it."""
     path = PurePosixPath(name)
     if "\\" in name or path.is_absolute() or ".." in path.parts or not path.parts:
         raise UnsafeArchiveError(dest, name, "path escapes the destination")
-    mode = member.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        raise UnsafeArchiveError(dest, name, "symbolic links are not unpacked")
     return dest.joinpath(*path.parts)

@@ -340,19 +340,6 @@ def pack_job(job_dir: Path) -> bytes:
     return package
 
 
-def zip_folder(folder: Path) -> bytes:
-    """Zip the regular files under `folder` (a job's workspace, for `job download`)."""
-    top = Path(folder)
-    entries = []
-    # os.walk does not follow symlinked folders; symlinked files are skipped below.
-    for dirpath, _, filenames in os.walk(top):
-        for name in filenames:
-            path = Path(dirpath, name)
-            if path.is_file() and not path.is_symlink():
-                entries.append((path.relative_to(top).as_posix(), path))
-    return _zip(sorted(entries))
-
-
 def _inside(top: Path, link: Path) -> Path:
     target = link.resolve()
     if not target.is_relative_to(top):

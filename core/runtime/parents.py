@@ -70,7 +70,12 @@ class AdminTopic(enum.StrEnum):
     - `abort`: `{job_id}` -> the job record, once every job process is gone.
     - `logs`: `{job_id, which}` -> bytes, the tail of the server job's log
       (`which` = "server") or of a site's client job log (a site name).
-    - `download`: `{job_id}` -> bytes, a zip of the job's server workspace.
+    - `download`: `{job_id}` -> `{files: [{path, size}...]}`, the regular files
+      of the job's server workspace (POSIX paths relative to it, sorted).
+    - `read`: `{job_id, path, offset}` -> bytes: at most `DOWNLOAD_CHUNK` of
+      one of those files from `offset`. A download is a `download` and then
+      `read`s, so neither end ever holds more than a chunk of a result that
+      may be many GiB.
     - `sites`: `{}` -> `{sites: [{site, url, last_seen, jobs}...]}`.
     - `shutdown`: `{}` -> `{}`: SP stops every job, tells every CP to exit,
       and exits.
@@ -82,6 +87,7 @@ class AdminTopic(enum.StrEnum):
     ABORT = "abort"
     LOGS = "logs"
     DOWNLOAD = "download"
+    READ = "read"
     SITES = "sites"
     SHUTDOWN = "shutdown"
 
@@ -122,11 +128,17 @@ class Field(enum.StrEnum):
     WHICH = "which"
     SITES = "sites"
     LAST_SEEN = "last_seen"
+    FILES = "files"
+    PATH = "path"
+    SIZE = "size"
+    OFFSET = "offset"
 
 
 MAX_JOB_PACKAGE: Final = 256 * 1024 * 1024
 """The largest job package (zip) SP accepts, and the most it unpacks."""
 MAX_JOB_FILES: Final = 10_000
 """The most files a job package may hold."""
+DOWNLOAD_CHUNK: Final = 8 * 1024 * 1024
+"""The most one `read` returns."""
 ADMIN_PREFIX: Final = "admin-"
 """Admin cells are named `admin-<hex>`; SP serves ADMIN only to them."""

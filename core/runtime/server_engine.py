@@ -30,9 +30,10 @@ from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
 from fl_core.config.federation import FederationConfig
 from fl_core.errors import CellError, FlCoreError
-from fl_core.runtime.job_store import JobRecord, JobStore, UnknownJobError, zip_folder
+from fl_core.runtime.job_store import JobRecord, JobStore, UnknownJobError
 from fl_core.runtime.parents import (
     ADMIN_PREFIX,
+    DOWNLOAD_CHUNK,
     AdminTopic,
     Field,
     JobState,
@@ -74,6 +75,8 @@ class _Running:
     sites: list[str]
     handle: JobHandle | None = None
     abort_reason: str | None = None
+    abort_state: JobState = JobState.ABORTED
+    """How the job is recorded once stopped: an admin's abort, or a failure (SP stopping)."""
     reported: dict[str, object] = field(default_factory=dict)  # the SJ's last job_status
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -124,6 +127,7 @@ class ServerEngine:
             (Channel.ADMIN, AdminTopic.ABORT): self._admin(self._on_abort),
             (Channel.ADMIN, AdminTopic.LOGS): self._admin(self._on_logs),
             (Channel.ADMIN, AdminTopic.DOWNLOAD): self._admin(self._on_download),
+            (Channel.ADMIN, AdminTopic.READ): self._admin(self._on_read),
             (Channel.ADMIN, AdminTopic.SITES): self._admin(self._on_sites),
             (Channel.ADMIN, AdminTopic.SHUTDOWN): self._admin(self._on_shutdown),
         }
@@ -161,7 +165,8 @@ class ServerEngine:
             self._wake.notify_all()
             running = list(self._running.values())
         for job in running:
-            self._abort(job, reason)
+            # Not an admin's abort: the job is cut short, so it failed, with the reason.
+            self._abort(job, reason, JobState.FAILED)
         for job in running:
             job.done.wait(ABORT_GRACE * 3)
         if first:
@@ -281,7 +286,7 @@ class ServerEngine:
             log.exception("job %s failed to run", job.job_id)
         finally:
             if job.abort_reason is not None and state is not JobState.FINISHED:
-                state, reason = JobState.ABORTED, job.abort_reason
+                state, reason = job.abort_state, job.abort_reason
             self._end_sites(job)
             if job.handle is not None and job.handle.poll() is None:
                 job.handle.terminate(ABORT_GRACE)
@@ -386,9 +391,10 @@ class ServerEngine:
             except CellError as exc:
                 log.info("job %s: %s did not confirm its end: %s", job.job_id, site, exc)
 
-    def _abort(self, job: _Running, reason: str) -> None:
+    def _abort(self, job: _Running, reason: str, state: JobState = JobState.ABORTED) -> None:
         if job.abort_reason is None:
             job.abort_reason = reason
+            job.abort_state = state
         try:
             self.cell.fire(
                 f"server.{job.job_id}",
@@ -493,7 +499,25 @@ class ServerEngine:
 
     def _on_download(self, message: Message) -> object:
         record = self._record(message)
-        return zip_folder(self.store.workspace(record.job_id))
+        top = self.store.workspace(record.job_id).resolve()
+        files = [
+            {Field.PATH: path.relative_to(top).as_posix(), Field.SIZE: path.stat().st_size}
+            for path in sorted(top.rglob("*"))
+            if path.is_file() and not path.is_symlink()
+        ]
+        return {Field.FILES: files}
+
+    def _on_read(self, message: Message) -> object:
+        record = self._record(message)
+        data = _mapping(message.payload, "read request")
+        top = self.store.workspace(record.job_id).resolve()
+        name, offset = str(data.get(Field.PATH, "")), _int(data.get(Field.OFFSET))
+        path = (top / name).resolve()
+        if not path.is_relative_to(top) or path == top or not path.is_file() or offset < 0:
+            raise FlCoreError(f"job {record.job_id} has no result file {name!r}")
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(DOWNLOAD_CHUNK)
 
     def _on_sites(self, message: Message) -> object:
         now = time.monotonic()

@@ -21,7 +21,6 @@ from fl_core.runtime.admin_client import (
     AdminRequestError,
     ServerNotRunningError,
     UnsafeArchiveError,
-    extract_zip,
 )
 from fl_core.runtime.parents import ADMIN_PREFIX, AdminTopic
 from fl_core.runtime.poc import prepare
@@ -30,12 +29,7 @@ from fl_plugins.transport_tcp.transport import TcpTransport
 pytestmark = pytest.mark.usefixtures("fl_no_threads_left")
 
 
-def _zip(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
+FILES = [("final_model.npz", b"npz-bytes-longer-than-a-chunk"), ("models/r1", b"1")]
 
 
 class FakeServer:
@@ -51,7 +45,10 @@ class FakeServer:
             AdminTopic.STATUS: self._status,
             AdminTopic.LIST: lambda m: {"jobs": [{"job_id": "job1", "state": "running"}]},
             AdminTopic.LOGS: lambda m: b"round 1 done\n",
-            AdminTopic.DOWNLOAD: lambda m: _zip({"final_model.npz": b"npz", "models/r1": b"1"}),
+            AdminTopic.DOWNLOAD: lambda m: {
+                "files": [{"path": p, "size": len(d)} for p, d in FILES]
+            },
+            AdminTopic.READ: self._read,
             AdminTopic.SITES: lambda m: {"sites": [{"site": "site-1", "url": "u", "jobs": []}]},
             AdminTopic.SHUTDOWN: lambda m: {},
         }
@@ -65,6 +62,13 @@ class FakeServer:
             return handler(message)  # type: ignore[operator]
 
         return handle
+
+    @staticmethod
+    def _read(message: Message) -> object:
+        assert isinstance(message.payload, dict)
+        data = dict(FILES)[message.payload["path"]]
+        offset = message.payload["offset"]
+        return data[offset : offset + 3]  # small chunks: the client must loop
 
     @staticmethod
     def _status(message: Message) -> object:
@@ -134,7 +138,7 @@ def test_requests_carry_the_protocol_payloads(
         assert admin.logs("job1", "site-1") == "round 1 done\n"
         dest = admin.download("job1", tmp_path / "out")
         admin.shutdown()
-    assert (dest / "final_model.npz").read_bytes() == b"npz"
+    assert (dest / "final_model.npz").read_bytes() == b"npz-bytes-longer-than-a-chunk"
     assert (dest / "models" / "r1").read_bytes() == b"1"
     origins = {origin for origin, _, _ in server.received}
     assert origins == {admin.name}
@@ -156,30 +160,15 @@ def test_a_refusal_surfaces_with_the_servers_reason(
     assert isinstance(info.value, FlCoreError)
 
 
-@pytest.mark.parametrize(
-    ("name", "problem"),
-    [("../evil", "escapes"), ("/etc/evil", "escapes"), ("a/../../evil", "escapes")],
-)
-def test_extract_refuses_paths_outside_the_destination(
-    tmp_path: Path, name: str, problem: str
+@pytest.mark.parametrize("name", ["../evil", "/etc/evil", "a/../../evil", "a\\..\\evil"])
+def test_a_download_refuses_file_names_outside_the_destination(
+    config: FederationConfig, server: FakeServer, tmp_path: Path, name: str
 ) -> None:
-    with pytest.raises(UnsafeArchiveError) as info:
-        extract_zip(_zip({"ok.txt": b"1", name: b"x"}), tmp_path / "out")
-    assert problem in str(info.value) and name in str(info.value)
-    assert not (tmp_path / "out").exists()  # checked before anything is written
+    FILES.append((name, b"x"))
+    try:
+        with AdminClient(config) as admin, pytest.raises(UnsafeArchiveError) as info:
+            admin.download("job1", tmp_path / "out")
+    finally:
+        FILES.pop()
+    assert "escapes" in str(info.value) and repr(name) in str(info.value)
     assert not (tmp_path / "evil").exists()
-
-
-def test_extract_refuses_symlinks(tmp_path: Path) -> None:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        link = zipfile.ZipInfo("link")
-        link.external_attr = (0o120777 << 16) | 0
-        archive.writestr(link, "/etc/passwd")
-    with pytest.raises(UnsafeArchiveError, match="symbolic links"):
-        extract_zip(buffer.getvalue(), tmp_path / "out")
-
-
-def test_extract_refuses_what_is_not_a_zip(tmp_path: Path) -> None:
-    with pytest.raises(UnsafeArchiveError, match="not a zip archive"):
-        extract_zip(b"not a zip", tmp_path / "out")

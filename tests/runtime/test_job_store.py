@@ -25,7 +25,6 @@ from fl_core.runtime.job_store import (
     UnknownJobError,
     pack_job,
     unpack_job,
-    zip_folder,
 )
 from fl_core.runtime.parents import JobState
 
@@ -395,17 +394,6 @@ def test_pack_refuses_too_many_files(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(job_store, "MAX_JOB_FILES", 3)
     with pytest.raises(JobPackageError, match="more than 3 files"):
         pack_job(job_folder(tmp_path))
-
-
-def test_zip_folder_holds_regular_files_only(tmp_path: Path) -> None:
-    workspace = tmp_path / "workspace"
-    (workspace / "models").mkdir(parents=True)
-    (workspace / "models" / "final.npz").write_bytes(b"npz")
-    (workspace / "log.txt").write_text("done")
-    (workspace / "link").symlink_to(tmp_path / "elsewhere.txt")
-    archive = zipfile.ZipFile(io.BytesIO(zip_folder(workspace)))
-    assert sorted(archive.namelist()) == ["log.txt", "models/final.npz"]
-    assert archive.read("models/final.npz") == b"npz"
 
 
 def test_a_crashed_submit_leaves_nothing_a_new_store_keeps(tmp_path: Path) -> None:
