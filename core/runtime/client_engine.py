@@ -76,7 +76,12 @@ class ClientEngine:
         self.workspace = config.site_dir(site)
         self.cell = Cell(site, transport)
         self.url = ""
+        self.server_url = ""
         self.interval = config.server.heartbeat_interval
+        self.moved = threading.Event()
+        """Set when the server parent answers no more and its URL file names another URL:
+        it restarted on a new port, and this engine must be replaced by one that joins it
+        there (the cell's own reconnect only retries the old URL)."""
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._stopping = threading.Event()
@@ -95,10 +100,18 @@ class ClientEngine:
 
     # --- life ----------------------------------------------------------------------
 
-    def start(self, server_url: str, timeout: float = 30.0) -> None:
-        """Listen for client jobs, connect to the server parent, register."""
+    def start(self, server_url: str, timeout: float | None = None) -> None:
+        """Listen for client jobs, connect to the server parent, register.
+
+        `timeout` bounds each attempt to connect, now and when the cell reconnects
+        later; by default `heartbeat_timeout`: a server that does not answer for that
+        long is as gone as a silent site, and `stop` waits for a pending attempt.
+        """
+        if timeout is None:
+            timeout = self.config.server.heartbeat_timeout
         scheme = server_url.split("://", 1)[0]
         self.url = self.cell.listen(f"{scheme}://127.0.0.1:0")
+        self.server_url = server_url
         self.cell.connect_parent(server_url, timeout)
         self._beat()  # registered before start() returns, or it raises
         for name, target in (("fl-heartbeat", self._heartbeats), ("fl-jobs", self._watch_jobs)):
@@ -108,8 +121,8 @@ class ClientEngine:
         log.info("%s: client parent up, listening for its jobs on %s", self.site, self.url)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until `stop` or the server's shutdown; True if stopped."""
-        return self._stopping.wait(timeout)
+        """Block until `stop`, the server's shutdown or its move; True if stopped or moved."""
+        return self._stopping.wait(timeout) or self.moved.is_set()
 
     def stop(self, reason: str = "the client parent stopped") -> None:
         """Stop every client job and close the cell."""
@@ -151,6 +164,20 @@ class ClientEngine:
                 if not failing:
                     log.warning("%s: heartbeat failed (will retry): %s", self.site, exc)
                 failing = True
+                if self._server_moved():
+                    return
+
+    def _server_moved(self) -> bool:
+        """True (and `moved` set) if the URL file names a server other than ours."""
+        try:
+            url = self.config.url_file.read_text().strip()
+        except OSError:
+            return False  # no file (yet, or not on this machine): keep retrying ours
+        if not url or url == self.server_url:
+            return False
+        log.warning("%s: the server parent moved to %s; joining it there", self.site, url)
+        self.moved.set()
+        return True
 
     # --- jobs ------------------------------------------------------------------------------
 

@@ -162,19 +162,26 @@ def client_parent(args: argparse.Namespace) -> int:
     pid_file = _write_pid(config.site_dir(args.site))
     engine = ClientEngine(config, args.site, transport, launcher)
     try:
-        deadline = time.monotonic() + JOIN_TIMEOUT_DEFAULT
-        while True:  # the server parent may still be starting, or restarting
-            try:
-                engine.start(_server_url(config, JOIN_TIMEOUT_DEFAULT))
+        while not stop.is_set():
+            deadline = time.monotonic() + JOIN_TIMEOUT_DEFAULT
+            while True:  # the server parent may still be starting, or restarting
+                try:
+                    engine.start(_server_url(config, JOIN_TIMEOUT_DEFAULT))
+                    break
+                except CellError as exc:
+                    if stop.is_set() or time.monotonic() > deadline:
+                        raise FlCoreError(f"{args.site} could not join the server: {exc}") from exc
+                    engine.cell.close()
+                    engine = ClientEngine(config, args.site, transport, launcher)
+                    time.sleep(0.2)
+            while not stop.is_set() and not engine.wait(0.2):
+                pass
+            if stop.is_set() or not engine.moved.is_set():
                 break
-            except CellError as exc:
-                if stop.is_set() or time.monotonic() > deadline:
-                    raise FlCoreError(f"{args.site} could not join the server: {exc}") from exc
-                engine.cell.close()
-                engine = ClientEngine(config, args.site, transport, launcher)
-                time.sleep(0.2)
-        while not stop.is_set() and not engine.wait(0.2):
-            pass
+            # A restarted server parent listens on a new URL: its old jobs are gone with
+            # it, so this site's are stopped, and a fresh engine joins the new server.
+            engine.stop("the server parent restarted")
+            engine = ClientEngine(config, args.site, transport, launcher)
     finally:
         engine.stop()
         transport.close()
