@@ -30,6 +30,29 @@ def test_save_and_load_round_trip_exactly(tmp_path: Path) -> None:
     assert not (tmp_path / "m.npz.tmp").exists()
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.float64(3.5) * np.ones(()),  # 0-d
+        np.zeros((0, 3), np.int16),  # empty
+        np.asfortranarray(np.arange(12.0).reshape(3, 4)),  # not C-ordered
+        np.arange(20, dtype=np.uint8)[::3],  # strided view
+        np.array([True, False]),
+        np.arange(4, dtype=">i4"),  # big-endian
+    ],
+    ids=["0-d", "empty", "fortran", "strided", "bool", "big-endian"],
+)
+def test_any_array_layout_round_trips_and_numpy_reads_the_file(
+    tmp_path: Path, value: np.ndarray
+) -> None:
+    path = tmp_path / "m.npz"
+    save_params(path, {"x": value})
+    with np.load(path, allow_pickle=False) as data:  # the file is a plain .npz
+        loaded = data["x"]
+    assert loaded.dtype == value.dtype and loaded.shape == value.shape
+    assert np.array_equal(loaded, value)
+
+
 def test_load_refuses_pickled_objects(tmp_path: Path) -> None:
     path = tmp_path / "evil.npz"
     np.savez(path, obj=np.array([{"x": 1}], dtype=object))
