@@ -58,6 +58,8 @@ while flare.is_running():
     (marks / f"{site}-r{r}").write_text(str(os.getpid()))
     if opts.get("fail") == f"{site}-r{r}":
         raise RuntimeError(f"boom at {site} in round {r}")
+    if opts.get("hold") == f"{site}-r{r}":
+        time.sleep(60)  # until the test kills this process: it is surely mid-round
     time.sleep(float(opts.get("sleep", "0")))
     params = {name: array + delta for name, array in model.params.items()}
     flare.send(flare.FLModel(params=params, meta={"num_samples": 10}))
@@ -72,12 +74,13 @@ def make_job(
     min_clients: int = 2,
     sleep: float = 0.0,
     fail: str = "",
+    hold: str = "",
     options: dict[str, Any] | None = None,
 ) -> Path:
     """A hello-numpy-like job in `root/name`; its marks go to `root/name-marks`."""
     marks = root / f"{name}-marks"
     marks.mkdir()
-    args = [f"marks={marks}", f"sleep={sleep}"] + ([f"fail={fail}"] if fail else [])
+    args = [f"marks={marks}", f"sleep={sleep}", f"fail={fail}", f"hold={hold}"]
     folder = write_job(
         root / name,
         script=TRAIN,
@@ -313,7 +316,7 @@ def test_killed_client_job_leaves_the_round_which_goes_on(
     poc: Callable[..., Federation], tmp_path: Path
 ) -> None:
     fed = poc(sites=3)
-    job = make_job(tmp_path, "tolerant", rounds=3, min_clients=2, sleep=0.3)
+    job = make_job(tmp_path, "tolerant", rounds=3, min_clients=2, hold="site-2-r1")
     job_id = fed.admin.submit(job)
     pid = wait_mark(job, "site-2-r1")
     assert pid == fed.pid_of("client-job", job_id, "site-2")
@@ -331,7 +334,7 @@ def test_killed_client_job_fails_a_job_that_needs_every_site(
     poc: Callable[..., Federation], tmp_path: Path
 ) -> None:
     fed = poc(sites=3)
-    job = make_job(tmp_path, "strict", rounds=3, min_clients=3, sleep=0.3)
+    job = make_job(tmp_path, "strict", rounds=3, min_clients=3, hold="site-2-r1")
     job_id = fed.admin.submit(job)
     kill(wait_mark(job, "site-2-r1"))
     record = fed.wait_state(job_id)
@@ -349,7 +352,7 @@ def test_killed_client_parent_is_dead_after_the_timeout_and_its_job_goes(
     poc: Callable[..., Federation], tmp_path: Path
 ) -> None:
     fed = poc(sites=3)
-    job = make_job(tmp_path, "tolerant", rounds=3, min_clients=2, sleep=0.3)
+    job = make_job(tmp_path, "tolerant", rounds=3, min_clients=2, hold="site-2-r1")
     job_id = fed.admin.submit(job)
     client_job = wait_mark(job, "site-2-r1")
     kill(fed.clients["site-2"].pid)
@@ -367,7 +370,7 @@ def test_killed_client_parent_fails_a_job_that_needs_every_site(
     poc: Callable[..., Federation], tmp_path: Path
 ) -> None:
     fed = poc(sites=2)
-    job = make_job(tmp_path, "strict", rounds=3, min_clients=2, sleep=0.3)
+    job = make_job(tmp_path, "strict", rounds=3, min_clients=2, hold="site-2-r1")
     job_id = fed.admin.submit(job)
     wait_mark(job, "site-2-r1")
     kill(fed.clients["site-2"].pid)
