@@ -27,7 +27,8 @@ from fl_core.cell.message import Message
 from fl_core.cell.payload import PayloadKind
 from fl_core.cell.timer import TimerHandle
 from fl_core.errors import CellError, FlCoreError, JobFailedError
-from fl_core.model import FLModel, save_params
+from fl_core.model import FLModel
+from fl_core.runtime.model_writer import ModelWriter
 from fl_core.runtime.protocol import Outcome, TaskHeader, TaskKind, Topic
 from fl_core.runtime.streamed_result import StreamedResult
 from fl_core.spec.workflow import (
@@ -113,6 +114,7 @@ class ServerRunner:
         self._abort_reason: str | None = None
         self._round = 0  # of the task being gathered, for failure records
         self._log_lock = threading.Lock()
+        self._writer = ModelWriter(f"fl-model-writer-{job_id}")
         (workspace / "models").mkdir(parents=True, exist_ok=True)
         for topic, handler in (
             (Topic.JOIN, self._on_join),
@@ -150,8 +152,9 @@ class ServerRunner:
             self._on_event(event, round_number, data)
 
     def save_model(self, model: FLModel, round_number: int) -> Path:
+        # Written in the background: the next round does not wait for the disk.
         path = self._workspace / "models" / MODEL_FILE
-        save_params(path, model.params)
+        self._writer.submit(path, model.params)
         return path
 
     def record_metrics(self, round_number: int, metrics: Mapping[str, object]) -> None:
@@ -236,7 +239,9 @@ class ServerRunner:
     def run(self, initial: FLModel) -> FLModel:
         """Run the workflow to its end; then tell every site the job is over."""
         try:
-            return self.workflow.run(self, initial)
+            final = self.workflow.run(self, initial)
+            self._writer.flush()  # a model that could not be written fails the job
+            return final
         finally:
             self.end()
 
@@ -266,7 +271,11 @@ class ServerRunner:
         del waiter  # its requester is gone; nobody waits for the reply
 
     def end(self) -> None:
-        """Answer every pending and future task poll with END."""
+        """Answer every pending and future task poll with END, and finish writing models."""
+        try:
+            self._writer.flush()
+        except FlCoreError as exc:
+            log.error("job %s: %s", self._job_id, exc)
         with self._lock:
             self._ended = True
             waiters = [self._take_waiter(s) for s in self._sites.values() if s.waiter]

@@ -265,7 +265,13 @@ class WorkflowContext(Protocol):
         """
 
     def save_model(self, model: FLModel, round_number: int) -> Path:
-        """Persist the global model of a round; returns the file written."""
+        """Persist the global model of a round; returns the file that holds it.
+
+        The runtime may write the file after this returns (the next round
+        does not wait for the disk), so the model's arrays must not be
+        changed in place afterwards; build the next model in new arrays. A
+        write that fails fails the job.
+        """
 
     def record_metrics(self, round_number: int, metrics: Mapping[str, object]) -> None:
         """Keep the metrics of a round (written to the workspace as JSON)."""
