@@ -227,6 +227,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--skip-small", action="store_true")
     parser.add_argument("--skip-big", action="store_true")
+    parser.add_argument("--keep", help="copy the big case's downloaded workspace here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -266,7 +267,10 @@ def main() -> None:
                 f"({raw:.2f} s per {args.size_mib} MiB); whole command {seconds:.2f} s"
             )
             print(f"  peak RSS: {_peaks_line(peaks, size)}", flush=True)
-            shutil.rmtree(out, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                shutil.copytree(out, args.keep, dirs_exist_ok=True)
 
 
 if __name__ == "__main__":
