@@ -58,6 +58,7 @@ while flare.is_running():
         params = {f"w{i}": np.ones(ELEMENTS, np.float32) for i in range(ARRAYS)}
     del model
     flare.send(flare.FLModel(params=params))
+    del params  # not kept into the next round's receive
 """
 
 BIG_JOB = """\
