@@ -164,11 +164,19 @@ class Federation:
         """Start SP and every CP; return once every site is registered."""
         self.start_server()
         for site in self.sites:
-            self.clients[site] = self._spawn(
-                self.config.site_dir(site), "client-parent", self.marker, site
-            )
+            self.start_client(site)
         self.wait_sites(set(self.sites))
         return self
+
+    def start_client(self, site: str) -> None:
+        """Start the CP of `site` (again, after a kill)."""
+        old = self.clients.get(site)
+        if old is not None:
+            assert old.poll() is not None
+            self.stopped.append(old)
+        self.clients[site] = self._spawn(
+            self.config.site_dir(site), "client-parent", self.marker, site
+        )
 
     def processes(self) -> dict[int, list[str]]:
         """Every live process of this federation (argv names its file), but not the test."""
@@ -364,6 +372,9 @@ def test_killed_client_parent_is_dead_after_the_timeout_and_its_job_goes(
     for array in fed.model(job_id).values():
         np.testing.assert_array_equal(array, 3 * 2.0)
     assert fed.alive_sites() == {"site-1", "site-3"}
+    fed.start_client("site-2")  # a restarted client parent rejoins, and works
+    fed.wait_sites({"site-1", "site-2", "site-3"})
+    fed.run_ok("after")
 
 
 def test_killed_client_parent_fails_a_job_that_needs_every_site(
