@@ -20,7 +20,14 @@ from fl_core.cell.channels import Channel
 from fl_core.cell.fqcn import SEPARATOR, validate
 from fl_core.cell.incoming import IncomingPayload
 from fl_core.cell.message import Header, Message, MessageType, Status
-from fl_core.cell.parent import CONTROL, HELLO, HELLO_OK, HELLO_REJECTED, ParentLink
+from fl_core.cell.parent import (
+    CONTROL,
+    HELLO,
+    HELLO_OK,
+    HELLO_REJECTED,
+    ParentLink,
+    connect_direct,
+)
 from fl_core.cell.payload import PayloadRefusedError
 from fl_core.cell.pending import PendingRequest, PendingRequests
 from fl_core.cell.relay import RelayedRequests
@@ -70,6 +77,7 @@ class Cell:
         self._streaming: set[tuple[str, str]] = set()
         self._streams = StreamEngine(self, streams or StreamSettings())
         self._children: dict[str, Connection] = {}
+        self._direct: dict[str, Connection] = {}  # links this cell opened to non-parents
         self._parent: Connection | None = None
         self._parent_link: ParentLink | None = None
         self._listeners: list[Listener] = []
@@ -110,6 +118,42 @@ class Cell:
             with self._lock:
                 self._parent_link = None
             raise
+
+    def connect_direct(self, url: str, timeout: float = 10.0) -> str:
+        """Open a direct link to the cell at `url` (not a parent); returns its name.
+
+        Messages to that cell (and its subtree) then take the link instead
+        of the tree; if it closes they take the tree again. See
+        `fl_core.cell.parent.connect_direct`.
+        """
+        with self._lock:
+            if self._closed:
+                raise CellError(f"cell {self.fqcn!r} is closed")
+        return connect_direct(self, url, timeout)
+
+    def _add_direct(self, name: str, conn: Connection) -> bool:
+        try:
+            validate(name)
+        except CellError:
+            return False
+        with self._lock:
+            if self._closed or name == self.fqcn or _within(name, self.fqcn):
+                return False
+            old = self._direct.get(name)
+            self._direct[name] = conn
+        if old is not None:
+            old.close()
+        return True
+
+    def _on_direct_frame(self, conn: Connection, name: str, frame: Frame) -> None:
+        headers = frame.headers
+        if not _within(headers.get(Header.ORIGIN, ""), name):
+            self._refuse_origin(frame, f"direct link {name}")
+        elif not _within(headers.get(Header.DESTINATION, ""), self.fqcn):
+            # The far end may not use this link to reach anyone else.
+            self._refuse_origin(frame, f"direct link {name} (not addressed here)")
+        else:
+            self._on_frame(conn, frame, from_parent=False)
 
     def _set_parent(self, conn: Connection) -> None:
         with self._lock:
@@ -158,7 +202,8 @@ class Cell:
             conn.send(Frame({_CONTROL: _HELLO_REJECTED, Header.ERROR: problem}))
             conn.close()
             return
-        conn.send(Frame({_CONTROL: _HELLO_OK}))
+        # Named, so a cell that opened a direct link learns whom it reached.
+        conn.send(Frame({_CONTROL: _HELLO_OK, Header.ORIGIN: self.fqcn}))
 
     def _on_link_closed(self, conn: Connection, exc: BaseException | None, parent: bool) -> None:
         with self._lock:
@@ -169,6 +214,8 @@ class Cell:
             parent_link = self._parent_link if lost_parent and not self._closed else None
             for name in gone:
                 del self._children[name]
+            for name in [n for n, c in self._direct.items() if c is conn]:
+                del self._direct[name]
         detail = "the link to it closed" + (f" ({exc})" if exc else "")
         self._pending.fail_link(conn, detail)
         self._streams.link_closed(conn, detail)
@@ -354,6 +401,9 @@ class Cell:
                     best, link = name, conn
             if link is not None:
                 return link
+            for name, conn in self._direct.items():
+                if _within(target, name):
+                    return conn
             # A name under this cell that no child holds is nowhere: sending it
             # up would only bring it back down.
             if self._parent is not None and not from_parent and not _within(target, self.fqcn):
@@ -534,7 +584,8 @@ class Cell:
             if self._closed:
                 return
             self._closed = True
-            links = list(self._children.values()) + ([self._parent] if self._parent else [])
+            links = list(self._children.values()) + list(self._direct.values())
+            links += [self._parent] if self._parent else []
             parent_link = self._parent_link
         if parent_link is not None:
             parent_link.close()

@@ -29,6 +29,8 @@ CONTROL: Final = "ctl"
 HELLO: Final = "hello"
 HELLO_OK: Final = "hello_ok"
 HELLO_REJECTED: Final = "hello_rejected"
+DIRECT: Final = "direct"
+"""Set in a hello that opens a direct link rather than joining the tree."""
 
 BACKOFF_START: Final = 0.05
 BACKOFF_MAX: Final = 2.0
@@ -125,3 +127,57 @@ class ParentLink:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=self._timeout + 5.0)
+
+
+def connect_direct(cell: Cell, url: str, timeout: float) -> str:
+    """Open a direct link from `cell` to the cell listening at `url`; returns its name.
+
+    The two cells need not be parent and child: messages between them then
+    take this link instead of the tree, and the cells on the tree's path
+    never see them. Only the two ends use it: the far end treats this cell
+    like a child (it speaks for its own subtree only), and this end takes
+    from it only what the far end's subtree sends to this cell. If the link
+    closes, routing falls back to the tree; it is not reconnected.
+    """
+    conn = cell.transport.connect(url, timeout)
+    answer: Future[Frame] = Future()
+    decided = threading.Lock()
+    state: dict[str, str] = {}
+
+    def on_frame(frame: Frame) -> None:
+        control = frame.headers.get(CONTROL)
+        if control in (HELLO_OK, HELLO_REJECTED) and not state:
+            with decided:
+                if answer.done():
+                    return
+                if control == HELLO_OK:
+                    name = frame.headers.get(Header.ORIGIN, "")
+                    if not cell._add_direct(name, conn):
+                        frame = Frame({CONTROL: HELLO_REJECTED, Header.ERROR: f"bad peer {name!r}"})
+                    else:
+                        state["name"] = name
+                answer.set_result(frame)
+            return
+        peer = state.get("name")
+        if peer is None:
+            return  # nothing is taken before the far end introduced itself
+        cell._on_direct_frame(conn, peer, frame)
+
+    conn.receive_into(cell._streams.body_buffer_for(conn))
+    conn.start(on_frame, lambda exc: cell._on_link_closed(conn, exc, parent=False))
+    conn.send(Frame({CONTROL: HELLO, Header.ORIGIN: cell.fqcn, DIRECT: "1"}))
+    try:
+        frame = answer.result(timeout)
+    except TimeoutError:
+        with decided:
+            gave_up = answer.cancel()
+        if gave_up:
+            conn.close()
+            raise TargetUnreachableError(url, f"no answer to hello within {timeout:g} s") from None
+        frame = answer.result()
+    if frame.headers.get(CONTROL) == HELLO_REJECTED:
+        conn.close()
+        raise CellError(
+            f"{url} refused a direct link from {cell.fqcn!r}: {frame.headers.get(Header.ERROR, '')}"
+        )
+    return state["name"]
