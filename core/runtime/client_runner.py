@@ -158,9 +158,23 @@ class ClientRunner:
             self._finish(f"unexpected reply to {Topic.GET_TASK}: kind {kind!r}")
 
     def _run(self, task: Assignment) -> None:
+        log.info(
+            "%s: task %s (%s, round %d) received, %.1f MiB",
+            self.site,
+            task.task_id,
+            task.name,
+            task.round_number + 1,
+            task.model.nbytes() / 2**20,
+        )
         self.executor.execute(self.site, task, lambda outcome: self._submit(task, outcome))
 
     def _submit(self, task: Assignment, outcome: Outcome) -> None:
+        log.info(
+            "%s: task %s done (%s), sending the result",
+            self.site,
+            task.task_id,
+            "ok" if outcome.result is not None else f"failed: {outcome.reason}",
+        )
         headers: dict[str, str] = {TaskHeader.TASK_ID: task.task_id}
         payload: object
         if outcome.result is not None:
@@ -195,6 +209,8 @@ class ClientRunner:
                 task.round_number,
                 reply.get(TaskHeader.REASON),
             )
+        else:
+            log.info("%s: result of task %s accepted", self.site, task.task_id)
         self._poll()
 
     def send_log(self, key: str, value: float, step: int | None) -> None:

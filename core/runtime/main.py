@@ -203,6 +203,7 @@ def server_job(args: argparse.Namespace) -> int:
     from fl_core.model import FLModel, load_params, save_params
     from fl_core.plugins import make_plugin_manager
     from fl_core.runtime.parents import Field, JobState, ParentTopic
+    from fl_core.runtime.protocol import Topic
     from fl_core.runtime.server_runner import ServerRunner
     from fl_core.spec.transport import Transport
     from fl_core.spec.workflow import WorkflowEvent
@@ -255,6 +256,11 @@ def server_job(args: argparse.Namespace) -> int:
 
     cell.register_handler(Channel.SERVER_COMMAND, ParentTopic.SITE_LOST, on_site_lost)
     cell.register_handler(Channel.SERVER_COMMAND, ParentTopic.ABORT, on_abort)
+    # Client jobs link to this process directly, so models do not pass
+    # through the server parent and their client parents as relayed frames.
+    scheme = args.parent_url.split("://", 1)[0]
+    direct_url = cell.listen(f"{scheme}://127.0.0.1:0")
+    cell.register_handler(Channel.SERVER_MAIN, Topic.DIRECT, lambda m: {"url": direct_url})
     status, reason = JobState.FAILED, ""
     try:
         cell.connect_parent(args.parent_url, reconnect=False)
@@ -346,6 +352,7 @@ def client_job(args: argparse.Namespace) -> int:
     cell.register_handler(Channel.CLIENT_COMMAND, ParentTopic.ABORT, on_abort)
     try:
         cell.connect_parent(args.parent_url, reconnect=False)
+        _link_directly(cell, f"server.{args.job_id}", config.server.job_start_timeout)
         runner.start()
         while not runner.done.wait(0.2):
             if stop.is_set():
@@ -359,6 +366,37 @@ def client_job(args: argparse.Namespace) -> int:
         log.error("client job failed: %s", runner.error)
         return EXIT_FAILED
     return 0
+
+
+def _link_directly(cell: object, server_job: str, timeout: float) -> None:
+    """Open a direct link to the server job, waiting for its process to come up.
+
+    Without one everything still works, through the tree of parents.
+    """
+    from fl_core.cell.cell import Cell
+    from fl_core.cell.channels import Channel
+    from fl_core.errors import CellError, TargetUnreachableError
+    from fl_core.runtime.protocol import Topic
+
+    assert isinstance(cell, Cell)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reply = cell.request(server_job, Channel.SERVER_MAIN, Topic.DIRECT, None, 10.0)
+            url = reply.payload.get("url") if isinstance(reply.payload, dict) else None
+            if not isinstance(url, str):
+                raise CellError(f"{server_job} sent no direct URL")
+            cell.connect_direct(url)
+            log.info("linked directly to %s at %s", server_job, url)
+            return
+        except TargetUnreachableError as exc:
+            if time.monotonic() > deadline:
+                log.warning("no direct link to %s: %s", server_job, exc)
+                return
+            time.sleep(0.05)  # its process is still starting
+        except CellError as exc:
+            log.warning("no direct link to %s (the tree carries the job): %s", server_job, exc)
+            return
 
 
 ROLES = {

@@ -15,6 +15,8 @@ class Topic(enum.StrEnum):
     GET_TASK = "get_task"
     SUBMIT_RESULT = "submit_result"
     LOG = "log"
+    DIRECT = "direct"
+    """Where the server job listens for direct links from its client jobs: `{url}`."""
 
 
 class TaskHeader(enum.StrEnum):
