@@ -6,8 +6,9 @@ server learns the site again), listens for its own client jobs, and obeys
 `deploy` / `start_job` / `abort_job` / `shutdown` (see
 `fl_core.runtime.parents`). Each client job runs in a process of its own,
 started through the launcher; when one exits, the server parent hears of
-it at once with its exit code. It never holds a model: the client job's
-traffic passes through as relayed frames.
+it at once with its exit code. It never holds a model: the client job links
+directly to its server job (or, without that link, its traffic passes
+through here as relayed frames).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The server parent (SP, cell `server`): sites, the job store, and the job runner.
 
-It never holds a model: job packages go to the sites as bytes, models
-travel between job processes through it as relayed frames.
+It never holds a model: job packages go to the sites as bytes, and models
+travel between job processes over their direct links (or, without one,
+through it as relayed frames).
 
 - Sites register through their heartbeats (a heartbeat from an unknown
   site registers it, so a restarted server parent learns its sites again
