@@ -35,6 +35,7 @@ from fl_core.cell.resources import CellResources
 from fl_core.cell.streams import StreamEngine, StreamSettings
 from fl_core.errors import (
     CellError,
+    FlCoreError,
     TargetUnreachableError,
 )
 from fl_core.spec.transport import Connection, Frame, Listener, Transport
@@ -529,13 +530,25 @@ class Cell:
         except Exception as exc:
             if isinstance(message.payload, IncomingPayload):
                 message.payload.discard()
-            log.error(
-                "%s: handler for %s/%s failed:\n%s",
-                self.fqcn,
-                message.channel,
-                message.topic,
-                traceback.format_exc(),
-            )
+            if isinstance(exc, FlCoreError):
+                # A refusal with its reason (a bad job package, an unknown job):
+                # the requester gets the reason; a traceback here says nothing more.
+                log.warning(
+                    "%s: %s/%s from %s refused: %s",
+                    self.fqcn,
+                    message.channel,
+                    message.topic,
+                    message.origin,
+                    exc,
+                )
+            else:
+                log.error(
+                    "%s: handler for %s/%s failed:\n%s",
+                    self.fqcn,
+                    message.channel,
+                    message.topic,
+                    traceback.format_exc(),
+                )
             if message.get(Header.MSG_TYPE) == MessageType.REQUEST:
                 detail = f"{type(exc).__name__}: {exc}"
                 self._send_reply(message, Status.HANDLER_ERROR, None, {Header.ERROR: detail})

@@ -187,10 +187,12 @@ def federation_yaml(
     server: Mapping[str, Any] | None = None,
 ) -> str:
     """The text of a federation file (what `fl-core poc prepare` writes)."""
+    # The default listen URL speaks the federation's transport.
+    defaults = {**_as_dict(ServerSettings()), "listen": f"{transport}://127.0.0.1:0"}
     data: dict[str, Any] = {
         "name": name,
         "transport": transport,
-        "server": {**_as_dict(ServerSettings()), **(server or {})},
+        "server": {**defaults, **(server or {})},
         "sites": list(sites),
     }
     return yaml.safe_dump(data, sort_keys=False)
