@@ -22,6 +22,7 @@ from fl_core.cell.incoming import IncomingPayload
 from fl_core.cell.message import Header, Message, MessageType, Status
 from fl_core.cell.parent import (
     CONTROL,
+    DIRECT,
     HELLO,
     HELLO_OK,
     HELLO_REJECTED,
@@ -40,7 +41,10 @@ from fl_core.errors import (
 )
 from fl_core.spec.transport import Connection, Frame, Listener, Transport
 
-__all__ = ["DEFERRED", "MAX_HOPS", "Cell", "CellResources", "Handler"]
+__all__ = ["DEFERRED", "MAX_HOPS", "Cell", "CellResources", "DirectVerifier", "Handler"]
+
+DirectVerifier = Callable[[str, Mapping[str, str]], "str | None"]
+"""Admits a direct link: `(claimed name, hello headers) -> None`, or the reason to refuse."""
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,8 @@ class Cell:
         self._streaming: set[tuple[str, str]] = set()
         self._streams = StreamEngine(self, streams or StreamSettings())
         self._children: dict[str, Connection] = {}
-        self._direct: dict[str, Connection] = {}  # links this cell opened to non-parents
+        self._direct: dict[str, Connection] = {}  # direct links, either way, by far end
+        self._verify_direct: DirectVerifier | None = None
         self._parent: Connection | None = None
         self._parent_link: ParentLink | None = None
         self._listeners: list[Listener] = []
@@ -120,17 +125,49 @@ class Cell:
                 self._parent_link = None
             raise
 
-    def connect_direct(self, url: str, timeout: float = 10.0) -> str:
+    def connect_direct(self, url: str, timeout: float = 10.0, *, token: str = "") -> str:
         """Open a direct link to the cell at `url` (not a parent); returns its name.
 
-        Messages to that cell (and its subtree) then take the link instead
-        of the tree; if it closes they take the tree again. See
+        Messages to that cell then take the link instead of the tree; if it
+        closes they take the tree again. The far end admits the link only if
+        it `accept_direct`s and its verifier takes `token`. See
         `fl_core.cell.parent.connect_direct`.
         """
         with self._lock:
             if self._closed:
                 raise CellError(f"cell {self.fqcn!r} is closed")
-        return connect_direct(self, url, timeout)
+        return connect_direct(self, url, timeout, token)
+
+    def accept_direct(self, verify: DirectVerifier) -> None:
+        """Accept direct links at this cell's listeners, from cells `verify` admits.
+
+        `verify(name, headers)` gets the name the caller claims and its hello's
+        headers (a `direct_token` header carries what `connect_direct(...,
+        token=...)` sent) and returns None to admit it or the reason to refuse.
+        Without a verifier every direct link is refused: a name alone proves
+        nothing. A cell never admits a name in its own subtree or one of its
+        ancestors, whatever `verify` says.
+        """
+        self._verify_direct = verify
+
+    def close_direct(self, name: str) -> None:
+        """Close the direct link to `name`, if there is one; the tree carries on."""
+        with self._lock:
+            conn = self._direct.pop(name, None)
+        if conn is not None:
+            conn.close()
+
+    def _direct_problem(self, name: str, headers: Mapping[str, str]) -> str:
+        if _within(name, self.fqcn) or _within(self.fqcn, name):
+            return f"{name!r} is this cell's own subtree or an ancestor: the tree reaches it"
+        if self._verify_direct is None:
+            return f"{self.fqcn} accepts no direct links"
+        try:
+            problem = self._verify_direct(name, headers)
+        except Exception as exc:
+            log.exception("%s: the direct-link verifier failed", self.fqcn)
+            problem = f"the verifier failed: {type(exc).__name__}"
+        return problem or ""
 
     def _add_direct(self, name: str, conn: Connection) -> bool:
         try:
@@ -138,7 +175,7 @@ class Cell:
         except CellError:
             return False
         with self._lock:
-            if self._closed or name == self.fqcn or _within(name, self.fqcn):
+            if self._closed or _within(name, self.fqcn) or _within(self.fqcn, name):
                 return False
             old = self._direct.get(name)
             self._direct[name] = conn
@@ -148,10 +185,10 @@ class Cell:
 
     def _on_direct_frame(self, conn: Connection, name: str, frame: Frame) -> None:
         headers = frame.headers
-        if not _within(headers.get(Header.ORIGIN, ""), name):
-            self._refuse_origin(frame, f"direct link {name}")
-        elif not _within(headers.get(Header.DESTINATION, ""), self.fqcn):
-            # The far end may not use this link to reach anyone else.
+        if headers.get(Header.ORIGIN) != name:
+            self._refuse_origin(frame, f"direct link {name}")  # it speaks for itself only
+        elif headers.get(Header.DESTINATION) != self.fqcn:
+            # Nobody may use a direct link to reach anyone but its other end.
             self._refuse_origin(frame, f"direct link {name} (not addressed here)")
         else:
             self._on_frame(conn, frame, from_parent=False)
@@ -171,6 +208,8 @@ class Cell:
             name = state.get("name")
             if name is None:
                 self._on_hello(conn, frame, state)
+            elif state.get("direct"):
+                self._on_direct_frame(conn, name, frame)
             elif _within(frame.headers.get(Header.ORIGIN, ""), name):
                 self._on_frame(conn, frame, from_parent=False)
             else:
@@ -190,14 +229,20 @@ class Cell:
                 validate(name)
             except CellError as exc:
                 problem = str(exc)
+        direct = bool(frame.headers.get(DIRECT))
+        if not problem and direct:
+            problem = self._direct_problem(name, frame.headers)
         with self._lock:
             if not problem and self._closed:
                 problem = f"cell {self.fqcn!r} is closed"  # close() would miss this link
-            if not problem and (name in self._children or name == self.fqcn):
+            taken = name in self._children or name in self._direct or name == self.fqcn
+            if not problem and taken:
                 problem = f"a cell named {name!r} is already connected"
             if not problem:
-                self._children[name] = conn
+                (self._direct if direct else self._children)[name] = conn
                 state["name"] = name
+                if direct:
+                    state["direct"] = "1"
         if problem:
             log.warning("%s: refused a connection from %s: %s", self.fqcn, conn.peer, problem)
             conn.send(Frame({_CONTROL: _HELLO_REJECTED, Header.ERROR: problem}))
@@ -393,18 +438,20 @@ class Cell:
                 raise CellError(f"cell {self.fqcn!r} is closed")
             if target == self.fqcn:
                 return None
-            link = self._children.get(target)
+            link = self._direct.get(target)  # never a name of this cell's subtree
             if link is not None:
                 return link
-            best = ""
-            for name, conn in self._children.items():
-                if target.startswith(name + SEPARATOR) and len(name) > len(best):
-                    best, link = name, conn
-            if link is not None:
-                return link
-            for name, conn in self._direct.items():
-                if _within(target, name):
-                    return conn
+            # The nearest ancestor of `target` (or itself) that is a child: a dict
+            # lookup per level of the name, not a scan of every child (a server
+            # has thousands).
+            name = target
+            while True:
+                link = self._children.get(name)
+                if link is not None:
+                    return link
+                if SEPARATOR not in name:
+                    break
+                name = name.rsplit(SEPARATOR, 1)[0]
             # A name under this cell that no child holds is nowhere: sending it
             # up would only bring it back down.
             if self._parent is not None and not from_parent and not _within(target, self.fqcn):

@@ -31,6 +31,8 @@ HELLO_OK: Final = "hello_ok"
 HELLO_REJECTED: Final = "hello_rejected"
 DIRECT: Final = "direct"
 """Set in a hello that opens a direct link rather than joining the tree."""
+DIRECT_TOKEN: Final = "direct_token"
+"""What the far end's verifier checks (see `Cell.accept_direct`)."""
 
 BACKOFF_START: Final = 0.05
 BACKOFF_MAX: Final = 2.0
@@ -129,15 +131,18 @@ class ParentLink:
             thread.join(timeout=self._timeout + 5.0)
 
 
-def connect_direct(cell: Cell, url: str, timeout: float) -> str:
+def connect_direct(cell: Cell, url: str, timeout: float, token: str = "") -> str:
     """Open a direct link from `cell` to the cell listening at `url`; returns its name.
 
     The two cells need not be parent and child: messages between them then
     take this link instead of the tree, and the cells on the tree's path
-    never see them. Only the two ends use it: the far end treats this cell
-    like a child (it speaks for its own subtree only), and this end takes
-    from it only what the far end's subtree sends to this cell. If the link
-    closes, routing falls back to the tree; it is not reconnected.
+    never see them. Only the two ends use it: each end takes from it only
+    what the other end sends to it (no relaying through a direct link, and
+    no one speaks for anyone else over it). The far end admits it only if
+    it accepts direct links and its verifier admits this cell's name with
+    `token`, and neither end takes a name from its own subtree or one of its
+    ancestors. If the link closes, routing falls back to the tree; it is not
+    reconnected.
     """
     conn = cell.transport.connect(url, timeout)
     answer: Future[Frame] = Future()
@@ -165,7 +170,7 @@ def connect_direct(cell: Cell, url: str, timeout: float) -> str:
 
     conn.receive_into(cell._streams.body_buffer_for(conn))
     conn.start(on_frame, lambda exc: cell._on_link_closed(conn, exc, parent=False))
-    conn.send(Frame({CONTROL: HELLO, Header.ORIGIN: cell.fqcn, DIRECT: "1"}))
+    conn.send(Frame({CONTROL: HELLO, Header.ORIGIN: cell.fqcn, DIRECT: "1", DIRECT_TOKEN: token}))
     try:
         frame = answer.result(timeout)
     except TimeoutError:

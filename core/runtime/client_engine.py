@@ -28,7 +28,7 @@ from fl_core.cell.message import Message
 from fl_core.config.federation import FederationConfig
 from fl_core.errors import CellError, FlCoreError
 from fl_core.runtime.job_store import unpack_job
-from fl_core.runtime.parents import Field, ParentTopic
+from fl_core.runtime.parents import DIRECT_TOKEN_ENV, Field, ParentTopic
 from fl_core.runtime.server_engine import ABORT_GRACE, describe_exit
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
 from fl_core.spec.transport import Transport
@@ -221,8 +221,10 @@ class ClientEngine:
         with self._lock:
             if job_id in self._jobs:
                 raise FlCoreError(f"job {job_id} is already running on {self.site}")
+            token = str(data.get(Field.TOKEN) or "")
+            env = {DIRECT_TOKEN_ENV: token} if token else {}
             handle = self.launcher.launch(
-                LaunchSpec(job_id, ProcessType.CLIENT_JOB, argv, workspace, folder / "log.txt", {})
+                LaunchSpec(job_id, ProcessType.CLIENT_JOB, argv, workspace, folder / "log.txt", env)
             )
             self._jobs[job_id] = _Job(job_id, handle)
         log.info("%s: client job %s started", self.site, job_id)

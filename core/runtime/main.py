@@ -22,10 +22,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fl_core.errors import FlCoreError
+
+if TYPE_CHECKING:
+    from fl_core.cell.cell import DirectVerifier
 
 log = logging.getLogger("fl_core.runtime.main")
 
@@ -202,7 +206,7 @@ def server_job(args: argparse.Namespace) -> int:
     from fl_core.errors import CellError, JobFailedError
     from fl_core.model import FLModel, load_params, save_params
     from fl_core.plugins import make_plugin_manager
-    from fl_core.runtime.parents import Field, JobState, ParentTopic
+    from fl_core.runtime.parents import JOB_SECRET_ENV, Field, JobState, ParentTopic
     from fl_core.runtime.protocol import Topic
     from fl_core.runtime.server_runner import ServerRunner
     from fl_core.spec.transport import Transport
@@ -223,7 +227,7 @@ def server_job(args: argparse.Namespace) -> int:
     start = time.monotonic()
     progress: dict[str, object] = {"round": 0}
 
-    def report(state: JobState, reason: str = "") -> None:
+    def report(state: JobState, reason: str = "", *, final: bool = False) -> None:
         payload = {
             Field.JOB_ID: args.job_id,
             Field.STATE: state,
@@ -232,7 +236,12 @@ def server_job(args: argparse.Namespace) -> int:
             Field.REASON: reason,
         }
         try:
-            cell.fire("server", Channel.SERVER_PARENT_LISTENER, ParentTopic.JOB_STATUS, payload)
+            if final:  # answered, so it is in before this process exits
+                cell.request(
+                    "server", Channel.SERVER_PARENT_LISTENER, ParentTopic.JOB_STATUS, payload, 10
+                )
+            else:
+                cell.fire("server", Channel.SERVER_PARENT_LISTENER, ParentTopic.JOB_STATUS, payload)
         except CellError as exc:
             log.warning("could not report %s to the server parent: %s", state, exc)
 
@@ -258,9 +267,15 @@ def server_job(args: argparse.Namespace) -> int:
     cell.register_handler(Channel.SERVER_COMMAND, ParentTopic.ABORT, on_abort)
     # Client jobs link to this process directly, so models do not pass
     # through the server parent and their client parents as relayed frames.
-    scheme = args.parent_url.split("://", 1)[0]
-    direct_url = cell.listen(f"{scheme}://127.0.0.1:0")
-    cell.register_handler(Channel.SERVER_MAIN, Topic.DIRECT, lambda m: {"url": direct_url})
+    # Only this job's client jobs get in: each proves its site with a token
+    # derived from the job's secret, which only the server parent and this
+    # process know.
+    secret = os.environ.pop(JOB_SECRET_ENV, "")
+    if secret:
+        cell.accept_direct(_direct_verifier(args.job_id, sites, secret))
+        scheme = args.parent_url.split("://", 1)[0]
+        direct_url = cell.listen(f"{scheme}://127.0.0.1:0")
+        cell.register_handler(Channel.SERVER_MAIN, Topic.DIRECT, lambda m: {"url": direct_url})
     status, reason = JobState.FAILED, ""
     try:
         cell.connect_parent(args.parent_url, reconnect=False)
@@ -295,8 +310,8 @@ def server_job(args: argparse.Namespace) -> int:
             },
         }
         (workspace / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        report(status, reason)
-        time.sleep(0.2)  # let the report and the END answers leave before the link closes
+        report(status, reason, final=True)
+        time.sleep(0.1)  # let the END answers to the client jobs leave before the link closes
         cell.close()
         transport.close()
     log.info("job %s %s%s", args.job_id, status, f": {reason}" if reason else "")
@@ -311,10 +326,12 @@ def client_job(args: argparse.Namespace) -> int:
     from fl_core.config.federation import FederationConfig
     from fl_core.runtime.client_runner import ClientRunner
     from fl_core.runtime.executor import InProcessExecutor
-    from fl_core.runtime.parents import Field, ParentTopic
+    from fl_core.runtime.parents import DIRECT_TOKEN_ENV, Field, ParentTopic
     from fl_core.spec.transport import Transport
 
     _logging(f"{args.site}.{args.job_id}")
+    # One site per process: its task log is short and says where time went.
+    logging.getLogger("fl_core.runtime.client_runner").setLevel(logging.DEBUG)
     config, transport, _ = _components(args.federation)
     assert isinstance(config, FederationConfig) and isinstance(transport, Transport)
     Path(args.workspace).mkdir(parents=True, exist_ok=True)
@@ -352,7 +369,9 @@ def client_job(args: argparse.Namespace) -> int:
     cell.register_handler(Channel.CLIENT_COMMAND, ParentTopic.ABORT, on_abort)
     try:
         cell.connect_parent(args.parent_url, reconnect=False)
-        _link_directly(cell, f"server.{args.job_id}", config.server.job_start_timeout)
+        token = os.environ.pop(DIRECT_TOKEN_ENV, "")
+        if token:
+            _link_directly(cell, f"server.{args.job_id}", token, config.server.job_start_timeout)
         runner.start()
         while not runner.done.wait(0.2):
             if stop.is_set():
@@ -368,7 +387,25 @@ def client_job(args: argparse.Namespace) -> int:
     return 0
 
 
-def _link_directly(cell: object, server_job: str, timeout: float) -> None:
+def _direct_verifier(job_id: str, sites: list[str], secret: str) -> DirectVerifier:
+    """Admits `<site>.<job_id>` for a site of the job that shows its token."""
+    import hmac
+
+    from fl_core.cell.parent import DIRECT_TOKEN
+    from fl_core.runtime.parents import direct_token
+
+    def verify(name: str, headers: Mapping[str, str]) -> str | None:
+        site, _, job = name.partition(".")
+        if job != job_id or site not in sites:
+            return f"{name} is not a client job of job {job_id}"
+        if not hmac.compare_digest(headers.get(DIRECT_TOKEN, ""), direct_token(secret, site)):
+            return f"{name} did not prove its site"
+        return None
+
+    return verify
+
+
+def _link_directly(cell: object, server_job: str, token: str, timeout: float) -> None:
     """Open a direct link to the server job, waiting for its process to come up.
 
     Without one everything still works, through the tree of parents.
@@ -386,7 +423,10 @@ def _link_directly(cell: object, server_job: str, timeout: float) -> None:
             url = reply.payload.get("url") if isinstance(reply.payload, dict) else None
             if not isinstance(url, str):
                 raise CellError(f"{server_job} sent no direct URL")
-            cell.connect_direct(url)
+            reached = cell.connect_direct(url, token=token)
+            if reached != server_job:
+                cell.close_direct(reached)
+                raise CellError(f"{url} is {reached}, not {server_job}")
             log.info("linked directly to %s at %s", server_job, url)
             return
         except TargetUnreachableError as exc:

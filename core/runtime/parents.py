@@ -26,7 +26,9 @@ SP cell `server`:
 CP cell `<site>`:
 - `CLIENT_MAIN / deploy` from SP: bytes (the job package, a zip), header
   `job_id` -> `{}` once unpacked into the site's job folder.
-- `CLIENT_MAIN / start_job` from SP: `{job_id, server_job}` -> `{pid}` once launched.
+- `CLIENT_MAIN / start_job` from SP: `{job_id, server_job, token}` -> `{pid}` once
+  launched. `token` is the site's direct-link token for this job
+  (`direct_token`); the client job gets it in `FL_CORE_DIRECT_TOKEN`.
 - `CLIENT_MAIN / abort_job` from SP: `{job_id, reason}` -> `{}` once the CJ is gone.
 - `CLIENT_MAIN / shutdown` from SP: `{}` -> `{}`; the CP stops its jobs and exits.
 
@@ -43,6 +45,23 @@ from __future__ import annotations
 
 import enum
 from typing import Final
+
+JOB_SECRET_ENV: Final = "FL_CORE_JOB_SECRET"
+"""The server job's per-job secret (from its server parent, never in argv)."""
+DIRECT_TOKEN_ENV: Final = "FL_CORE_DIRECT_TOKEN"
+"""A client job's token for a direct link to its server job."""
+
+
+def direct_token(secret: str, site: str) -> str:
+    """The token with which `site`'s client job opens a direct link to its server job.
+
+    Derived from the job's secret, so the server job checks it without a
+    table, and one site's token says nothing about another's.
+    """
+    import hashlib
+    import hmac
+
+    return hmac.new(secret.encode(), site.encode(), hashlib.sha256).hexdigest()
 
 
 class ParentTopic(enum.StrEnum):
@@ -132,6 +151,7 @@ class Field(enum.StrEnum):
     PATH = "path"
     SIZE = "size"
     OFFSET = "offset"
+    TOKEN = "token"
 
 
 MAX_JOB_PACKAGE: Final = 256 * 1024 * 1024

@@ -19,12 +19,15 @@ through it as relayed frames).
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fl_core.cell.cell import DEFERRED, Cell
 from fl_core.cell.channels import Channel
@@ -35,10 +38,12 @@ from fl_core.runtime.job_store import JobRecord, JobStore, UnknownJobError
 from fl_core.runtime.parents import (
     ADMIN_PREFIX,
     DOWNLOAD_CHUNK,
+    JOB_SECRET_ENV,
     AdminTopic,
     Field,
     JobState,
     ParentTopic,
+    direct_token,
 )
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
 from fl_core.spec.transport import Transport
@@ -76,6 +81,8 @@ class _Running:
     sites: list[str]
     handle: JobHandle | None = None
     abort_reason: str | None = None
+    secret: str = field(default_factory=lambda: secrets.token_hex(16))
+    """Proves a client job's direct link to the server job (see `direct_token`)."""
     abort_state: JobState = JobState.ABORTED
     """How the job is recorded once stopped: an admin's abort, or a failure (SP stopping)."""
     reported: dict[str, object] = field(default_factory=dict)  # the SJ's last job_status
@@ -254,14 +261,25 @@ class ServerEngine:
     def _schedule(self) -> None:
         while not self._stopping.is_set():
             with self._wake:
-                job_id = self._next_job()
+                if self._stopping.is_set():
+                    return  # stop() has taken its list of running jobs
+                try:
+                    job_id = self._next_job()
+                except Exception:
+                    log.exception("the scheduler could not read the job store")
+                    job_id = None
                 if job_id is None:
                     self._wake.wait(1.0)
                     continue
                 sites = sorted(self._sites)
                 running = _Running(job_id, sites)
                 self._running[job_id] = running
-            self.store.update(job_id, state=JobState.DEPLOYING, sites=sites, started=time.time())
+            try:
+                self.store.update(
+                    job_id, state=JobState.DEPLOYING, sites=sites, started=time.time()
+                )
+            except Exception:
+                log.exception("job %s: could not be started", job_id)
             thread = threading.Thread(
                 target=self._run_job, args=(running,), name=f"fl-job-{job_id}", daemon=True
             )
@@ -286,21 +304,30 @@ class ServerEngine:
             reason = str(exc) if isinstance(exc, FlCoreError) else f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed to run", job.job_id)
         finally:
-            if job.abort_reason is not None and state is not JobState.FINISHED:
-                state, reason = job.abort_state, job.abort_reason
-            self._end_sites(job)
-            if job.handle is not None and job.handle.poll() is None:
-                job.handle.terminate(ABORT_GRACE)
-            round_done = job.reported.get(Field.ROUND)
-            changes: dict[str, object] = {"state": state, "reason": reason, "ended": time.time()}
-            if isinstance(round_done, int):
-                changes["round"] = round_done
-            self.store.update(job.job_id, **changes)
-            log.info("job %s %s%s", job.job_id, state, f": {reason}" if reason else "")
-            with self._wake:
-                self._running.pop(job.job_id, None)
-                self._wake.notify_all()
-            job.done.set()
+            try:
+                if job.abort_reason is not None and state is not JobState.FINISHED:
+                    state, reason = job.abort_state, job.abort_reason
+                self._end_sites(job)
+                if job.handle is not None and job.handle.poll() is None:
+                    job.handle.terminate(ABORT_GRACE)
+                round_done = job.reported.get(Field.ROUND)
+                changes: dict[str, object] = {
+                    "state": state,
+                    "reason": reason,
+                    "ended": time.time(),
+                }
+                if isinstance(round_done, int):
+                    changes["round"] = round_done
+                self.store.update(job.job_id, **changes)
+                log.info("job %s %s%s", job.job_id, state, f": {reason}" if reason else "")
+            except Exception:
+                # The slot must come free whatever failed here, or no job runs again.
+                log.exception("job %s: could not record its end", job.job_id)
+            finally:
+                with self._wake:
+                    self._running.pop(job.job_id, None)
+                    self._wake.notify_all()
+                job.done.set()
 
     def _deploy_and_watch(self, job: _Running) -> tuple[JobState, str]:
         record = self.store.get(job.job_id)
@@ -345,7 +372,12 @@ class ServerEngine:
         ]
         job.handle = self.launcher.launch(
             LaunchSpec(
-                job.job_id, ProcessType.SERVER_JOB, argv, workspace, workspace / "log.txt", {}
+                job.job_id,
+                ProcessType.SERVER_JOB,
+                argv,
+                workspace,
+                workspace / "log.txt",
+                {JOB_SECRET_ENV: job.secret},
             )
         )
         if job.abort_reason is not None:
@@ -356,7 +388,11 @@ class ServerEngine:
                     site,
                     Channel.CLIENT_MAIN,
                     ParentTopic.START_JOB,
-                    {Field.JOB_ID: job.job_id, Field.SERVER_JOB: f"server.{job.job_id}"},
+                    {
+                        Field.JOB_ID: job.job_id,
+                        Field.SERVER_JOB: f"server.{job.job_id}",
+                        Field.TOKEN: direct_token(job.secret, site),
+                    },
                     COMMAND_TIMEOUT,
                 )
             except CellError as exc:
@@ -370,7 +406,7 @@ class ServerEngine:
         reported = job.reported
         if job.abort_reason is not None:
             return JobState.ABORTED, job.abort_reason
-        if code == 0 and reported.get(Field.STATE) == JobState.FINISHED:
+        if code == 0 and JobState.FINISHED in (reported.get(Field.STATE), _summary(workspace)):
             return JobState.FINISHED, ""
         reason = str(reported.get(Field.REASON) or "")
         if not reason:
@@ -460,13 +496,13 @@ class ServerEngine:
         record = self._record(message)
         if record.state.final:
             return record.to_json()
-        with self._lock:
+        with self._lock:  # the scheduler picks jobs under this lock: it cannot start this one now
             job = self._running.get(record.job_id)
-        if job is None:
-            record = self.store.update(
-                record.job_id, state=JobState.ABORTED, reason="aborted", ended=time.time()
-            )
-            return record.to_json()
+            if job is None:
+                record = self.store.update(
+                    record.job_id, state=JobState.ABORTED, reason="aborted", ended=time.time()
+                )
+                return record.to_json()
         self._abort(job, "aborted by the admin")
         # Answered from a thread: the handler must not hold a dispatcher thread.
         threading.Thread(
@@ -517,6 +553,11 @@ class ServerEngine:
         if not path.is_relative_to(top) or path == top or not path.is_file() or offset < 0:
             raise FlCoreError(f"job {record.job_id} has no result file {name!r}")
         with open(path, "rb") as fh:
+            # Checked again on the open file: a link swapped in after the check
+            # above must not lead outside the workspace.
+            opened = Path(os.readlink(f"/proc/self/fd/{fh.fileno()}"))
+            if not opened.is_relative_to(top):
+                raise FlCoreError(f"job {record.job_id} has no result file {name!r}")
             fh.seek(offset)
             return fh.read(DOWNLOAD_CHUNK)
 
@@ -560,6 +601,17 @@ def _mapping(payload: object, what: str) -> dict[str, object]:
     if not isinstance(payload, dict):
         raise FlCoreError(f"a {what} must be a JSON object, got {type(payload).__name__}")
     return payload
+
+
+def _summary(workspace: Path) -> str:
+    """The state the server job wrote into its summary.json, if it wrote one."""
+    import json
+
+    try:
+        data = json.loads((workspace / "summary.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(data.get("status", "")) if isinstance(data, dict) else ""
 
 
 def _int(value: object) -> int:

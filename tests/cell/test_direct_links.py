@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ import pytest
 from fl_core.cell.cell import Cell
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Header, MessageType
+from fl_core.cell.parent import DIRECT_TOKEN
 from fl_core.errors import CellError, TargetUnreachableError
 from fl_core.model import FLModel
 from fl_core.spec.transport import Frame
@@ -43,9 +44,19 @@ def tree() -> Iterator[dict[str, Cell]]:
         transport.close()
 
 
-def _direct(tree: dict[str, Cell]) -> str:
+TOKEN = "site-1's secret"
+
+
+def _verify(name: str, headers: Mapping[str, str]) -> str | None:
+    if name != "site-1.j" or headers.get(DIRECT_TOKEN) != TOKEN:
+        return f"{name} is not admitted"
+    return None
+
+
+def _direct(tree: dict[str, Cell], token: str = TOKEN) -> str:
+    tree["server.j"].accept_direct(_verify)
     url = tree["server.j"].listen("tcp://127.0.0.1:0")
-    return tree["site-1.j"].connect_direct(url)
+    return tree["site-1.j"].connect_direct(url, token=token)
 
 
 def test_a_direct_link_names_the_far_end_and_carries_both_ways_without_the_tree(
@@ -66,12 +77,7 @@ def test_when_the_direct_link_closes_messages_take_the_tree_again(
     tree: dict[str, Cell],
 ) -> None:
     _direct(tree)
-    server_job = tree["server.j"]
-    for listener in server_job._listeners:
-        listener.close()
-    with server_job._lock:
-        link = server_job._children.pop("site-1.j")
-    link.close()
+    tree["server.j"].close_direct("site-1.j")
     reply = None
     for _ in range(100):  # until the initiator has seen the link close
         try:
@@ -103,7 +109,7 @@ def test_a_direct_link_carries_only_what_its_far_end_sends(tree: dict[str, Cell]
     tree["site-1.j"].register_handler(AUX, "note", lambda m: seen.set())
     # The far end writes a frame of its own making straight onto the link.
     with tree["server.j"]._lock:
-        link = tree["server.j"]._children["site-1.j"]
+        link = tree["server.j"]._direct["site-1.j"]
     headers = {
         Header.CHANNEL: str(AUX),
         Header.TOPIC: "note",
@@ -118,3 +124,36 @@ def test_a_direct_link_carries_only_what_its_far_end_sends(tree: dict[str, Cell]
     reply = tree["server.j"].request("site-1.j", AUX, "echo", b"after", 10)
     assert bytes(reply.payload) == b"after"
     assert not seen.wait(0.5)
+
+
+def test_a_cell_that_does_not_accept_direct_links_refuses_them(tree: dict[str, Cell]) -> None:
+    url = tree["server.j"].listen("tcp://127.0.0.1:0")
+    with pytest.raises(CellError, match="accepts no direct links"):
+        tree["site-1.j"].connect_direct(url, token=TOKEN)
+
+
+def test_a_wrong_token_is_refused_and_the_tree_still_carries(tree: dict[str, Cell]) -> None:
+    with pytest.raises(CellError, match="not admitted"):
+        _direct(tree, token="a guess")
+    reply = tree["site-1.j"].request("server.j", AUX, "echo", b"by the tree", 10)
+    assert bytes(reply.payload) == b"by the tree"
+
+
+@pytest.mark.parametrize("claimed", ["server", "server.j.x"])
+def test_no_direct_link_may_claim_an_ancestor_or_the_subtree_of_its_far_end(
+    tree: dict[str, Cell], claimed: str
+) -> None:
+    transport = TcpTransport()
+    impostor = Cell(claimed, transport)
+    try:
+        tree["server.j"].accept_direct(lambda name, headers: None)  # a verifier that admits all
+        url = tree["server.j"].listen("tcp://127.0.0.1:0")
+        with pytest.raises(CellError, match="subtree or an ancestor"):
+            impostor.connect_direct(url)
+        # server.j still reaches the real server through its parent.
+        tree["server"].register_handler(AUX, "echo", lambda m: b"the real one")
+        reply = tree["server.j"].request("server", AUX, "echo", b"", 10)
+        assert bytes(reply.payload) == b"the real one"
+    finally:
+        impostor.close()
+        transport.close()
