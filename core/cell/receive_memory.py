@@ -31,6 +31,7 @@ user has dropped it.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import mmap
 import os
@@ -69,6 +70,10 @@ class ReceivePool:
 
     def __init__(self, max_free_bytes: int) -> None:
         self._lock = threading.Lock()
+        # Mappings whose last user is gone, not yet filed. The finalizer that
+        # brings one back may run inside a garbage collection on a thread that
+        # holds the lock, so it only appends here (atomic, lock-free).
+        self._returned: collections.deque[mmap.mmap] = collections.deque()
         self._free: OrderedDict[int, list[mmap.mmap]] = OrderedDict()  # size -> mappings
         self._free_bytes = 0
         self._max_free = max(0, max_free_bytes)
@@ -81,19 +86,23 @@ class ReceivePool:
     def free_bytes(self) -> int:
         """Bytes of mappings kept for reuse right now."""
         with self._lock:
-            return self._free_bytes
+            dropped = self._file_returned()
+            free = self._free_bytes
+        del dropped
+        return free
 
     def configure(self, max_free_bytes: int) -> None:
         """Bound the mappings kept for reuse; 0 gives every one back at once."""
         with self._lock:
             self._max_free = max(0, max_free_bytes)
-            dropped = self._trim()
+            dropped = self._file_returned() + self._trim()
         del dropped  # unmapped here, outside the lock
 
     def take(self, nbytes: int) -> tuple[mmap.mmap, bool]:
         """A mapping of at least `nbytes` and whether it was reused (pages mapped in)."""
         size = _pages(nbytes)
         with self._lock:
+            dropped = self._file_returned()
             spare = self._free.get(size)
             if spare:
                 memory = spare.pop()
@@ -101,7 +110,12 @@ class ReceivePool:
                     del self._free[size]
                 self._free_bytes -= size
                 self.reused += 1
-                return memory, True
+                reused: mmap.mmap | None = memory
+            else:
+                reused = None
+        del dropped
+        if reused is not None:
+            return reused, True
         try:
             memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         except OSError as exc:
@@ -112,15 +126,30 @@ class ReceivePool:
 
     def give_back(self, memory: mmap.mmap) -> None:
         """Keep `memory` (no longer used by anyone) for reuse, within the bound."""
-        size = len(memory)
-        with self._lock:
+        self._returned.append(memory)
+        # Filed now unless the lock is held, perhaps by this very thread (a
+        # finalizer run by a garbage collection inside take()): then the
+        # pool's next use files it.
+        if self._lock.acquire(blocking=False):
+            try:
+                dropped = self._file_returned()
+            finally:
+                self._lock.release()
+            del dropped
+
+    def _file_returned(self) -> list[mmap.mmap]:
+        """File what came back since the last call; under the lock. Returns what to unmap."""
+        dropped: list[mmap.mmap] = []
+        while self._returned:
+            memory = self._returned.popleft()
+            size = len(memory)
             if size > self._max_free:
-                return  # dropped here: the mapping is unmapped with its last reference
+                dropped.append(memory)  # unmapped with its last reference, by the caller
+                continue
             self._free.setdefault(size, []).append(memory)
             self._free.move_to_end(size)
             self._free_bytes += size
-            dropped = self._trim()
-        del dropped
+        return dropped + self._trim()
 
     def _trim(self) -> list[mmap.mmap]:
         """Drop least recently freed sizes until within the bound; under the lock."""
