@@ -158,7 +158,8 @@ class ClientRunner:
             self._finish(f"unexpected reply to {Topic.GET_TASK}: kind {kind!r}")
 
     def _run(self, task: Assignment) -> None:
-        log.info(
+        # Debug: a simulator with a thousand sites would write thousands of lines.
+        log.debug(
             "%s: task %s (%s, round %d) received, %.1f MiB",
             self.site,
             task.task_id,
@@ -169,7 +170,7 @@ class ClientRunner:
         self.executor.execute(self.site, task, lambda outcome: self._submit(task, outcome))
 
     def _submit(self, task: Assignment, outcome: Outcome) -> None:
-        log.info(
+        log.debug(
             "%s: task %s done (%s), sending the result",
             self.site,
             task.task_id,
@@ -210,7 +211,7 @@ class ClientRunner:
                 reply.get(TaskHeader.REASON),
             )
         else:
-            log.info("%s: result of task %s accepted", self.site, task.task_id)
+            log.debug("%s: result of task %s accepted", self.site, task.task_id)
         self._poll()
 
     def send_log(self, key: str, value: float, step: int | None) -> None:

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from fl_core.cell.cell import DEFERRED, Cell
 from fl_core.cell.channels import Channel
@@ -114,6 +115,7 @@ class ServerRunner:
         self._abort_reason: str | None = None
         self._round = 0  # of the task being gathered, for failure records
         self._log_lock = threading.Lock()
+        self._site_log: TextIO | None = None  # opened at the first metric, closed by end()
         self._writer = ModelWriter(f"fl-model-writer-{job_id}")
         (workspace / "models").mkdir(parents=True, exist_ok=True)
         for topic, handler in (
@@ -276,6 +278,10 @@ class ServerRunner:
             self._writer.flush()
         except FlCoreError as exc:
             log.error("job %s: %s", self._job_id, exc)
+        with self._log_lock:
+            if self._site_log is not None:
+                self._site_log.close()
+                self._site_log = None
         with self._lock:
             self._ended = True
             waiters = [self._take_waiter(s) for s in self._sites.values() if s.waiter]
@@ -390,8 +396,12 @@ class ServerRunner:
         if not isinstance(message.payload, dict):
             raise FlCoreError(f"metric from {message.origin} is not a mapping")
         line = json.dumps({**message.payload, "time": time.time()}, default=str)
-        with self._log_lock, open(self._workspace / SITE_LOG_FILE, "a") as fh:
-            fh.write(line + "\n")
+        with self._log_lock:
+            if self._site_log is None:
+                # Kept open: a thousand sites log a metric each per round.
+                self._site_log = open(self._workspace / SITE_LOG_FILE, "a")
+            self._site_log.write(line + "\n")
+            self._site_log.flush()
         return None
 
     # --- results -----------------------------------------------------------------------
