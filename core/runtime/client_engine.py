@@ -28,8 +28,8 @@ from fl_core.cell.message import Message
 from fl_core.config.federation import FederationConfig
 from fl_core.errors import CellError, FlCoreError
 from fl_core.runtime.job_store import unpack_job
-from fl_core.runtime.parents import DIRECT_TOKEN_ENV, Field, ParentTopic
-from fl_core.runtime.server_engine import ABORT_GRACE, describe_exit
+from fl_core.runtime.parents import ABORT_GRACE, DIRECT_TOKEN_ENV, Field, ParentTopic
+from fl_core.runtime.server_engine import describe_exit
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
 from fl_core.spec.transport import Transport
 

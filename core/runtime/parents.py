@@ -162,3 +162,21 @@ DOWNLOAD_CHUNK: Final = 8 * 1024 * 1024
 """The most one `read` returns."""
 ADMIN_PREFIX: Final = "admin-"
 """Admin cells are named `admin-<hex>`; SP serves ADMIN only to them."""
+
+
+ABORT_GRACE: Final = 5.0
+"""Seconds a job process gets to stop after an abort before it is killed."""
+
+
+def json_object(payload: object, what: str) -> dict[str, object]:
+    """`payload` as a JSON object; `FlCoreError` naming `what` otherwise."""
+    from fl_core.errors import FlCoreError
+
+    if not isinstance(payload, dict):
+        raise FlCoreError(f"a {what} must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def json_int(value: object) -> int:
+    """A whole number from a peer's JSON; anything else counts as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -19,7 +19,6 @@ through it as relayed frames).
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import signal
 import sys
@@ -29,21 +28,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fl_core.cell.cell import DEFERRED, Cell
+from fl_core.cell.cell import Cell
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
 from fl_core.config.federation import FederationConfig
 from fl_core.errors import CellError, FlCoreError
-from fl_core.runtime.job_store import JobRecord, JobStore, UnknownJobError
+from fl_core.runtime.job_store import JobStore, UnknownJobError
 from fl_core.runtime.parents import (
-    ADMIN_PREFIX,
-    DOWNLOAD_CHUNK,
+    ABORT_GRACE,
     JOB_SECRET_ENV,
-    AdminTopic,
     Field,
     JobState,
     ParentTopic,
     direct_token,
+    json_int,
+    json_object,
 )
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
 from fl_core.spec.transport import Transport
@@ -56,10 +55,6 @@ DEPLOY_TIMEOUT = 120.0
 """Seconds a site may take to unpack a job package."""
 COMMAND_TIMEOUT = 30.0
 """Seconds for a command to a site or a job process to be answered."""
-ABORT_GRACE = 5.0
-"""Seconds a job process gets to stop after an abort before it is killed."""
-LOG_TAIL = 64 * 1024
-"""Bytes of a log that `job logs` returns."""
 
 
 @dataclass
@@ -129,18 +124,12 @@ class ServerEngine:
             (Channel.SERVER_MAIN, ParentTopic.REGISTER): self._on_heartbeat,
             (Channel.SERVER_MAIN, ParentTopic.CLIENT_JOB_EXITED): self._on_client_job_exited,
             (Channel.SERVER_PARENT_LISTENER, ParentTopic.JOB_STATUS): self._on_job_status,
-            (Channel.ADMIN, AdminTopic.SUBMIT): self._admin(self._on_submit),
-            (Channel.ADMIN, AdminTopic.LIST): self._admin(self._on_list),
-            (Channel.ADMIN, AdminTopic.STATUS): self._admin(self._on_status),
-            (Channel.ADMIN, AdminTopic.ABORT): self._admin(self._on_abort),
-            (Channel.ADMIN, AdminTopic.LOGS): self._admin(self._on_logs),
-            (Channel.ADMIN, AdminTopic.DOWNLOAD): self._admin(self._on_download),
-            (Channel.ADMIN, AdminTopic.READ): self._admin(self._on_read),
-            (Channel.ADMIN, AdminTopic.SITES): self._admin(self._on_sites),
-            (Channel.ADMIN, AdminTopic.SHUTDOWN): self._admin(self._on_shutdown),
         }
         for (channel, topic), handler in handlers.items():
             self.cell.register_handler(channel, topic, handler)
+        from fl_core.runtime.server_admin import AdminService
+
+        self.admin = AdminService(self)
 
     # --- life ------------------------------------------------------------------------
 
@@ -192,7 +181,7 @@ class ServerEngine:
             return sorted(self._sites)
 
     def _on_heartbeat(self, message: Message) -> object:
-        data = _mapping(message.payload, "heartbeat")
+        data = json_object(message.payload, "heartbeat")
         site = str(data.get(Field.SITE, ""))
         if site != message.origin:
             raise FlCoreError(f"{message.origin} sent a heartbeat for {site!r}")
@@ -202,7 +191,7 @@ class ServerEngine:
         jobs = [str(j) for j in _list(data.get(Field.JOBS, []), "heartbeat jobs")]
         with self._wake:
             known = site in self._sites
-            self._sites[site] = SiteInfo(site, url, _int(pid), time.monotonic(), jobs)
+            self._sites[site] = SiteInfo(site, url, json_int(pid), time.monotonic(), jobs)
             if not known:
                 self._wake.notify_all()
         if not known:
@@ -241,9 +230,9 @@ class ServerEngine:
             log.info("job %s: could not tell its server job about %s: %s", job.job_id, site, exc)
 
     def _on_client_job_exited(self, message: Message) -> object:
-        data = _mapping(message.payload, "client_job_exited")
+        data = json_object(message.payload, "client_job_exited")
         site, job_id = message.origin, str(data.get(Field.JOB_ID, ""))
-        code = _int(data.get(Field.EXIT_CODE, 0))
+        code = json_int(data.get(Field.EXIT_CODE, 0))
         with self._lock:
             job = self._running.get(job_id)
         if job is None or site not in job.sites:
@@ -449,7 +438,7 @@ class ServerEngine:
             ).start()
 
     def _on_job_status(self, message: Message) -> object:
-        data = _mapping(message.payload, "job_status")
+        data = json_object(message.payload, "job_status")
         job_id = str(data.get(Field.JOB_ID, ""))
         if message.origin != f"server.{job_id}":
             raise FlCoreError(f"{message.origin} reported the status of job {job_id!r}")
@@ -463,145 +452,6 @@ class ServerEngine:
             self.store.update(job_id, round=round_done)
         return None
 
-    # --- admin -------------------------------------------------------------------------
-
-    def _admin(self, handler: _Handler) -> _Handler:
-        def guarded(message: Message) -> object:
-            if not message.origin.startswith(ADMIN_PREFIX) or "." in message.origin:
-                raise FlCoreError(f"{message.origin} is not an admin")
-            return handler(message)
-
-        return guarded
-
-    def _on_submit(self, message: Message) -> object:
-        if not isinstance(message.payload, bytes | bytearray | memoryview):
-            raise FlCoreError("a job package must be sent as bytes (a zip of the job folder)")
-        record = self.store.submit(bytes(message.payload))
-        log.info("job %s (%s) submitted", record.job_id, record.name)
-        with self._wake:
-            self._wake.notify_all()
-        return {Field.JOB_ID: record.job_id}
-
-    def _on_list(self, message: Message) -> object:
-        return {Field.JOBS: [r.to_json() for r in self.store.list()]}
-
-    def _record(self, message: Message) -> JobRecord:
-        data = _mapping(message.payload, "admin request")
-        return self.store.get(str(data.get(Field.JOB_ID, "")))
-
-    def _on_status(self, message: Message) -> object:
-        return self._record(message).to_json()
-
-    def _on_abort(self, message: Message) -> object:
-        record = self._record(message)
-        if record.state.final:
-            return record.to_json()
-        with self._lock:  # the scheduler picks jobs under this lock: it cannot start this one now
-            job = self._running.get(record.job_id)
-            if job is None:
-                record = self.store.update(
-                    record.job_id, state=JobState.ABORTED, reason="aborted", ended=time.time()
-                )
-                return record.to_json()
-        self._abort(job, "aborted by the admin")
-        # Answered from a thread: the handler must not hold a dispatcher thread.
-        threading.Thread(
-            target=self._reply_when_done, args=(message, job), name="fl-abort-reply", daemon=True
-        ).start()
-        return DEFERRED
-
-    def _reply_when_done(self, message: Message, job: _Running) -> None:
-        job.done.wait(ABORT_GRACE * 4)
-        try:
-            self.cell.reply(message, self.store.get(job.job_id).to_json())
-        except CellError as exc:
-            log.info("abort of %s: the admin is gone: %s", job.job_id, exc)
-
-    def _on_logs(self, message: Message) -> object:
-        record = self._record(message)
-        data = _mapping(message.payload, "logs request")
-        which = str(data.get(Field.WHICH) or "server")
-        if which == "server":
-            path = self.store.workspace(record.job_id) / "log.txt"
-        elif which in self.config.sites:
-            # Sites keep their own logs; on one machine (POC) the server can read them.
-            path = self.config.site_dir(which) / "jobs" / record.job_id / "log.txt"
-        else:
-            raise FlCoreError(f"no log {which!r}: say 'server' or a site of job {record.job_id}")
-        if not path.is_file():
-            raise FlCoreError(f"job {record.job_id} has no {which} log yet")
-        with open(path, "rb") as fh:
-            fh.seek(max(0, path.stat().st_size - LOG_TAIL))
-            return fh.read()
-
-    def _on_download(self, message: Message) -> object:
-        record = self._record(message)
-        top = self.store.workspace(record.job_id).resolve()
-        files = [
-            {Field.PATH: path.relative_to(top).as_posix(), Field.SIZE: path.stat().st_size}
-            for path in sorted(top.rglob("*"))
-            if path.is_file() and not path.is_symlink()
-        ]
-        return {Field.FILES: files}
-
-    def _on_read(self, message: Message) -> object:
-        record = self._record(message)
-        data = _mapping(message.payload, "read request")
-        top = self.store.workspace(record.job_id).resolve()
-        name, offset = str(data.get(Field.PATH, "")), _int(data.get(Field.OFFSET))
-        path = (top / name).resolve()
-        if not path.is_relative_to(top) or path == top or not path.is_file() or offset < 0:
-            raise FlCoreError(f"job {record.job_id} has no result file {name!r}")
-        with open(path, "rb") as fh:
-            # Checked again on the open file: a link swapped in after the check
-            # above must not lead outside the workspace.
-            opened = Path(os.readlink(f"/proc/self/fd/{fh.fileno()}"))
-            if not opened.is_relative_to(top):
-                raise FlCoreError(f"job {record.job_id} has no result file {name!r}")
-            fh.seek(offset)
-            return fh.read(DOWNLOAD_CHUNK)
-
-    def _on_sites(self, message: Message) -> object:
-        now = time.monotonic()
-        with self._lock:
-            sites = [
-                {
-                    Field.SITE: s.site,
-                    Field.URL: s.url,
-                    Field.PID: s.pid,
-                    Field.LAST_SEEN: round(now - s.last_seen, 3),
-                    Field.JOBS: list(s.jobs),
-                }
-                for s in sorted(self._sites.values(), key=lambda s: s.site)
-            ]
-        return {Field.SITES: sites}
-
-    def _on_shutdown(self, message: Message) -> object:
-        threading.Thread(target=self._shutdown, name="fl-shutdown", daemon=True).start()
-        return {}
-
-    def _shutdown(self) -> None:
-        with self._lock:
-            sites = list(self._sites)
-        with self._lock:
-            running = list(self._running.values())
-        for job in running:
-            self._abort(job, "the federation is shutting down")
-        for job in running:
-            job.done.wait(ABORT_GRACE * 3)
-        for site in sites:
-            try:
-                self.cell.request(site, Channel.CLIENT_MAIN, ParentTopic.SHUTDOWN, {}, 10.0)
-            except CellError as exc:
-                log.info("%s did not confirm its shutdown: %s", site, exc)
-        self.stop("the federation is shutting down")
-
-
-def _mapping(payload: object, what: str) -> dict[str, object]:
-    if not isinstance(payload, dict):
-        raise FlCoreError(f"a {what} must be a JSON object, got {type(payload).__name__}")
-    return payload
-
 
 def _summary(workspace: Path) -> str:
     """The state the server job wrote into its summary.json, if it wrote one."""
@@ -612,11 +462,6 @@ def _summary(workspace: Path) -> str:
     except (OSError, ValueError):
         return ""
     return str(data.get("status", "")) if isinstance(data, dict) else ""
-
-
-def _int(value: object) -> int:
-    """A whole number from a peer's JSON; anything else counts as 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _list(value: object, what: str) -> list[object]:
