@@ -253,13 +253,19 @@ def server_job(args: argparse.Namespace) -> int:
 
     runner = ServerRunner(cell, args.job_id, workspace, workflow, on_event=on_event)
 
+    def from_parent(message: Message) -> dict[str, object]:
+        # Commands to a job process come from its parent, and from no one else.
+        if message.origin != "server":
+            raise FlCoreError(f"{message.origin} may not command job {args.job_id}")
+        return message.payload if isinstance(message.payload, dict) else {}
+
     def on_site_lost(message: Message) -> object:
-        data = message.payload if isinstance(message.payload, dict) else {}
+        data = from_parent(message)
         runner.site_lost(str(data.get(Field.SITE, "")), str(data.get(Field.REASON, "lost")))
         return None
 
     def on_abort(message: Message) -> object:
-        data = message.payload if isinstance(message.payload, dict) else {}
+        data = from_parent(message)
         runner.abort(str(data.get(Field.REASON) or "aborted"))
         return None
 
@@ -361,6 +367,8 @@ def client_job(args: argparse.Namespace) -> int:
     _on_signals(stop)
 
     def on_abort(message: Message) -> object:
+        if message.origin != args.site:  # only its client parent stops a client job
+            raise FlCoreError(f"{message.origin} may not abort {cell.fqcn}")
         data = message.payload if isinstance(message.payload, dict) else {}
         log.info("aborted: %s", data.get(Field.REASON))
         stop.set()
