@@ -29,9 +29,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fl_core.cell.channels import Channel
 from fl_core.config.federation import federation_yaml, load_federation
+from fl_core.errors import RemoteError
 from fl_core.runtime.admin_client import AdminClient, AdminRequestError
-from fl_core.runtime.parents import AdminTopic
+from fl_core.runtime.parents import AdminTopic, ParentTopic
 from fl_core.testing import write_job
 
 pytestmark = pytest.mark.e2e
@@ -564,3 +566,28 @@ def test_a_raising_script_fails_the_job_with_its_error(
     fed.parents_alive()
     assert fed.alive_sites() == {"site-1", "site-2"}
     fed.run_ok("after")
+
+
+# --- commands come from a job process's parent only ------------------------------------------
+
+
+def test_a_server_job_takes_no_command_from_anyone_but_its_parent(
+    poc: Callable[..., Federation], tmp_path: Path
+) -> None:
+    fed = poc(sites=2)
+    job = make_job(tmp_path, "guarded", rounds=3, sleep=0.3)
+    job_id = fed.admin.submit(job)
+    wait_mark(job, "site-1-r1")
+    admin_cell = fed.admin._cell
+    assert admin_cell is not None
+    for topic, payload in (
+        (ParentTopic.ABORT, {"reason": "forged"}),
+        (ParentTopic.SITE_LOST, {"site": "site-1", "reason": "forged"}),
+    ):
+        with pytest.raises(RemoteError, match="may not command"):
+            admin_cell.request(f"server.{job_id}", Channel.SERVER_COMMAND, topic, payload, 10)
+    record = fed.wait_state(job_id)
+    assert record["state"] == "finished", record
+    assert sorted(record["sites"]) == ["site-1", "site-2"]
+    for array in fed.model(job_id).values():
+        np.testing.assert_array_equal(array, 3 * 1.5)
