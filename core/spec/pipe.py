@@ -1,4 +1,28 @@
-"""Pipes: carry Client API messages between a client job and its training process."""
+"""Pipes: carry Client API messages between a client job and its training process.
+
+A pipe has two ends, opened by two processes under one `name`: the client
+job opens the ACTIVE side, the training process the PASSIVE side. Each end
+sends `PipeMessage`s to the other, in order.
+
+A message's body travels without pickle, as `fl_core.cell.payload` encodes
+it: `None`; bytes (received as a bytes-like buffer, `bytearray` or
+`memoryview`); an `FLModel` (its arrays as raw buffers, rebuilt exactly,
+dtype and shape included); or plain JSON data (dict, list, str, number,
+bool). Anything else is refused at the sender.
+
+Every pipe accepts these options (its factory may accept more):
+
+- `heartbeat_interval` (seconds): while open, each end tells the other it
+  is alive this often.
+- `heartbeat_timeout` (seconds): an end whose peer has not been heard from
+  for this long (counting from its own `open`) considers the peer gone.
+- `max_payload` (bytes, default 64 GiB): the largest body either end sends
+  or accepts; JSON bodies are also bounded by 64 MiB, since they are parsed
+  whole. Sizes are checked before any memory is reserved.
+
+Messages already delivered to an end are still handed out after its peer is
+gone; only then does `receive` raise `PeerGoneError`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +30,15 @@ import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from fl_core.errors import FlCoreError
 from fl_core.spec import Register, hookspec
+
+GiB = 1024**3
+MiB = 1024**2
+DEFAULT_MAX_PAYLOAD = 64 * GiB
+"""The default `max_payload`: bytes and model bodies."""
+MAX_JSON_PAYLOAD = 64 * MiB
+"""JSON bodies are parsed whole, so they are bounded by this as well."""
 
 
 class PipeSide(enum.StrEnum):
@@ -15,34 +47,81 @@ class PipeSide(enum.StrEnum):
     ACTIVE = "active"
     PASSIVE = "passive"
 
+    @property
+    def peer(self) -> PipeSide:
+        """The other end."""
+        return PipeSide.PASSIVE if self is PipeSide.ACTIVE else PipeSide.ACTIVE
+
 
 @dataclass(slots=True)
 class PipeMessage:
-    """One message through a pipe: a topic, string headers and a body."""
+    """One message through a pipe: a topic, string headers and a body.
+
+    `body` is None, bytes, an `FLModel` or JSON-able data (see the module
+    docstring for how each arrives).
+    """
 
     topic: str
     headers: dict[str, str] = field(default_factory=dict)
     body: object = None
 
 
+class PipeError(FlCoreError):
+    """A pipe cannot do what was asked: not open, a bad root, a refused or corrupt message."""
+
+
+class PeerGoneError(PipeError):
+    """The other end of pipe `name` closed its end or fell silent past `heartbeat_timeout`.
+
+    `side` is the end that noticed; `reason` says what was seen.
+    """
+
+    def __init__(self, name: str, side: PipeSide, reason: str) -> None:
+        self.name = name
+        self.side = side
+        self.reason = reason
+        super().__init__(f"pipe {name!r} ({side} side): the {side.peer} side is gone: {reason}")
+
+
 class Pipe(ABC):
-    """A two-ended message channel between two processes."""
+    """A two-ended message channel between two processes.
+
+    One thread at a time may call `send`, one (maybe another) `receive`.
+    """
 
     @abstractmethod
     def open(self, name: str, side: PipeSide) -> None:
-        """Open the end `side` of the pipe called `name`."""
+        """Open the end `side` of the pipe called `name` and start sending heartbeats.
+
+        The peer may open its end before or after. Raises `PipeError` if the
+        pipe cannot be opened (for example, a root folder that does not exist).
+        """
 
     @abstractmethod
     def send(self, message: PipeMessage, timeout: float) -> bool:
-        """Deliver `message`; False if the peer did not take it within `timeout`."""
+        """Deliver `message`; False if the peer did not take it within `timeout`.
+
+        A pipe that only publishes (it does not wait for the receiver)
+        returns True once the message is published. Raises `PipeError` for
+        a body over `max_payload` or one that cannot travel.
+        """
 
     @abstractmethod
     def receive(self, timeout: float) -> PipeMessage | None:
-        """The next message, or None if none came within `timeout`."""
+        """The next message, or None if none came within `timeout`.
+
+        Raises `PeerGoneError` once no message is waiting and the peer has
+        closed its end or has been silent for `heartbeat_timeout`; `PipeError`
+        for a message that is corrupt or over `max_payload`.
+        """
+
+    @abstractmethod
+    def peer_alive(self) -> bool:
+        """Whether the peer is open and was heard from within `heartbeat_timeout`."""
 
     @abstractmethod
     def close(self) -> None:
-        """Close this end; idempotent."""
+        """Close this end (the peer then sees it gone) and stop its heartbeats; idempotent."""
 
 
 class PipeHookSpecs:
@@ -50,4 +129,9 @@ class PipeHookSpecs:
 
     @hookspec(historic=True)
     def fl_core_register_pipes(self, register: Register) -> None:
-        """Register pipe factories; `factory(**options)` returns a `Pipe`."""
+        """Register pipe factories; `factory(**options)` returns an unopened `Pipe`.
+
+        Options come from the job config; a factory rejects unknown ones with
+        `ConfigError` (`fl_core.config.options.check_options`). Do not create
+        files or threads here or in the factory: that happens in `open`.
+        """

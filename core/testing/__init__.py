@@ -14,8 +14,9 @@
 `simulator_for` builds the real simulator container; pass `overrides` to put
 your own object into one slot (`{"transport": MyTransport()}`). For pytest
 fixtures, add `pytest_plugins = ["fl_core.testing.fixtures"]` to a conftest.
-A launcher plugin subclasses `fl_core.testing.LauncherContract` (imported on
-first use, so importing this package does not import pytest).
+A launcher plugin subclasses `fl_core.testing.LauncherContract`, a pipe plugin
+`fl_core.testing.PipeContract` (imported on first use, so importing this
+package does not import pytest).
 """
 
 from __future__ import annotations
@@ -32,15 +33,19 @@ from fl_core.config import JobConfig, load_job
 from fl_core.plugins import PluginManager, make_plugin_manager
 from fl_core.runtime.simulator import Simulator
 
-__all__ = ["LauncherContract", "plugin_manager_with", "simulator_for", "write_job"]
+__all__ = ["LauncherContract", "PipeContract", "plugin_manager_with", "simulator_for", "write_job"]
 
 
 def __getattr__(name: str) -> Any:
-    """`LauncherContract`, imported lazily because it needs pytest."""
+    """`LauncherContract` and `PipeContract`, imported lazily because they need pytest."""
     if name == "LauncherContract":
         from fl_core.testing.launcher_contract import LauncherContract
 
         return LauncherContract
+    if name == "PipeContract":
+        from fl_core.testing.pipe_contract import PipeContract
+
+        return PipeContract
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,0 +1,1 @@
+"""The file pipe: messages as files in a folder both ends of a pipe can reach."""
