@@ -60,6 +60,7 @@ class ModelWriter:
                 path, params = self._pending
                 self._pending = None
                 self._writing = True
+                self._cond.notify_all()
             try:
                 save_params(path, params)
             except Exception as exc:

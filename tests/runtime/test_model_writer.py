@@ -30,7 +30,7 @@ def test_a_model_waiting_to_be_written_is_replaced_by_a_newer_one(
     written: list[float] = []
 
     def slow_save(path: Path, params: Params) -> None:
-        release.wait(10)
+        release.wait(60)
         written.append(float(params["w"][0]))
 
     monkeypatch.setattr(model_writer, "save_params", slow_save)
