@@ -1,0 +1,49 @@
+"""Registers the `cell` pipe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fl_core.spec import Register, hookimpl
+from fl_core.spec.pipe import Pipe
+
+_OPTIONS = {
+    "url": str,
+    "fqcn": str,
+    "token": str,
+    "transport": str,
+    "heartbeat_interval": float,
+    "heartbeat_timeout": float,
+    "max_payload": int,
+}
+"""What a job config may set (YAML types); see `CellPipe`."""
+_TRANSPORTS = ("tcp", "grpc")
+
+
+def _make_cell(**options: Any) -> Pipe:
+    from fl_core.config.options import check_options
+    from fl_core.errors import ConfigError
+
+    check_options("pipe", "cell", options, _OPTIONS)
+    for required in ("fqcn", "token"):
+        if required not in options:
+            raise ConfigError(
+                "job.yaml",
+                f"components.pipe.options.{required}",
+                f"the cell pipe needs a {required}",
+            )
+    if options.get("transport", "tcp") not in _TRANSPORTS:
+        raise ConfigError(
+            "job.yaml",
+            "components.pipe.options.transport",
+            f"must be one of {', '.join(_TRANSPORTS)}, got {options['transport']!r}",
+        )
+    from fl_plugins.pipe_cell.pipe import CellPipe
+
+    return CellPipe(**options)
+
+
+@hookimpl
+def fl_core_register_pipes(register: Register) -> None:
+    """Provide `cell`: each message a cell request between the client job and its trainer."""
+    register("cell", _make_cell)
