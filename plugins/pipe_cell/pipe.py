@@ -187,6 +187,8 @@ class CellPipe(Pipe):
             else:
                 self._connect(cell)
         except BaseException:
+            with self._cond:
+                self._closed = True  # a failed open leaves nothing running and no way back
             self._shutdown()
             raise
         with self._cond:
@@ -256,10 +258,11 @@ class CellPipe(Pipe):
         self._shutdown()
 
     def _shutdown(self) -> None:
-        if self._cell is not None:
-            self._cell.close()
-        if self._transport is not None:
-            self._transport.close()
+        cell, transport, self._cell, self._transport = self._cell, self._transport, None, None
+        if cell is not None:
+            cell.close()
+        if transport is not None:
+            transport.close()
 
     # --- sending -----------------------------------------------------------------
 
@@ -329,7 +332,10 @@ class CellPipe(Pipe):
     def _take(self, item: _Queued) -> PipeMessage | None:
         """The message of a queued request, answered; None if its sender gave up."""
         request = item.request
-        assert request is not None and self._cell is not None
+        cell = self._cell
+        assert request is not None
+        if cell is None:
+            raise PipeError(f"pipe {self._name!r}: cannot receive: this end closed")
         payload = request.payload
         assert isinstance(payload, IncomingPayload)
         if time.monotonic() >= item.deadline:
@@ -350,7 +356,7 @@ class CellPipe(Pipe):
         }
         message = PipeMessage(request.get(_TOPIC), headers, body)
         try:
-            self._cell.reply(request)
+            cell.reply(request)
         except CellError:
             pass  # the sender is gone; it has its error, the message is still ours
         return message

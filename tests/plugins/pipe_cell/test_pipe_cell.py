@@ -123,6 +123,8 @@ def test_a_passive_end_needs_a_url_and_one_nobody_listens_on_is_named() -> None:
     ):
         nowhere.open("p", PipeSide.PASSIVE)
     nowhere.close()
+    with pytest.raises(PipeError, match="opened before"):
+        nowhere.open("p", PipeSide.PASSIVE)
 
 
 # --- admission ------------------------------------------------------------------------
