@@ -17,13 +17,15 @@ server's model: copy one (`v.copy()`) before changing it in place.
 
 from __future__ import annotations
 
+import atexit
 import math
 import threading
+from contextlib import ExitStack
 from numbers import Real
 
 import numpy as np
 
-from fl_core.client.session import ClientSession, current_session
+from fl_core.client.session import ClientSession, bound_session, current_session
 from fl_core.errors import FlCoreError
 from fl_core.model import FLModel, MetaKey, ParamsType
 
@@ -51,8 +53,44 @@ def _session() -> ClientSession:
     return session
 
 
+_env_lock = threading.Lock()
+_env_session: ClientSession | None = None
+"""The session made from `FL_CORE_PIPE`, once: a training process has one client job."""
+
+
+def _bind_from_environment() -> None:
+    """Bind the `FL_CORE_PIPE` session to this thread if no runtime bound one."""
+    global _env_session
+    if getattr(_state, "bindings", None) is not None:
+        return
+    try:
+        current_session()
+        return
+    except FlCoreError:
+        pass  # nothing bound: maybe this is a training process started with a pipe
+    from fl_core.client.pipe_session import session_from_environment
+
+    with _env_lock:
+        if _env_session is None:
+            made = session_from_environment()
+            if made is None:
+                return
+            atexit.register(made.close)
+            _env_session = made
+        session = _env_session
+    # Bound for the thread's lifetime, so later calls from it reach the session.
+    bindings = ExitStack()
+    bindings.enter_context(bound_session(session))
+    _state.bindings = bindings
+
+
 def init() -> None:
-    """Attach this script to the fl-core runtime that started it. Call once, first."""
+    """Attach this script to the fl-core runtime that started it. Call once, first.
+
+    In a training process of its own, the runtime is reached through the pipe
+    that `FL_CORE_PIPE` names (see `fl_core.client.pipe_session`).
+    """
+    _bind_from_environment()
     _state.initialized = current_session()
 
 
