@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Final
 
 from fl_core.cell.message import Header
 from fl_core.errors import CellError, TargetUnreachableError
-from fl_core.spec.transport import Frame
+from fl_core.spec.transport import Connection, Frame
 
 if TYPE_CHECKING:
     from fl_core.cell.cell import Cell
@@ -52,50 +53,24 @@ class ParentLink:
 
     def connect(self) -> None:
         """One attempt: connect and say hello; raises as `Cell.connect_parent` documents."""
-        cell, url, timeout = self._cell, self.url, self._timeout
-        conn = cell.transport.connect(url, timeout)
-        answer: Future[Frame] = Future()
-        # The answer and the timeout race (the answer may arrive on the
-        # transport's thread while this one gives up): whichever takes this
-        # lock first decides. A hello_ok after giving up must not make the
-        # closed link the parent (a link left behind, and its close would
-        # start a reconnect thread that outlives the failed call).
-        decided = threading.Lock()
+        cell = self._cell
 
-        def on_frame(frame: Frame) -> None:
-            control = frame.headers.get(CONTROL)
-            if control in (HELLO_OK, HELLO_REJECTED):
-                with decided:
-                    if answer.done():
-                        return  # too late, or a second answer
-                    if control == HELLO_OK:
-                        # Before anything else arrives on this link: the parent may
-                        # send a request right after accepting us, and its reply
-                        # must find the way back up.
-                        cell._set_parent(conn)
-                    answer.set_result(frame)
-                return
-            cell._on_frame(conn, frame, from_parent=True)
+        def accepted(conn: Connection, frame: Frame) -> Frame:
+            # Before anything else arrives on this link: the parent may send a
+            # request right after accepting us, and its reply must find the way up.
+            cell._set_parent(conn)
+            return frame
 
-        conn.receive_into(cell._streams.body_buffer_for(conn))
-        conn.start(on_frame, lambda exc: cell._on_link_closed(conn, exc, parent=True))
-        conn.send(Frame({CONTROL: HELLO, Header.ORIGIN: cell.fqcn}))
-        try:
-            frame = answer.result(timeout)
-        except TimeoutError:
-            with decided:
-                gave_up = answer.cancel()
-            if gave_up:
-                conn.close()
-                raise TargetUnreachableError(
-                    url, f"no answer to hello within {timeout:g} s"
-                ) from None
-            frame = answer.result()  # it came as the wait ended
-        if frame.headers.get(CONTROL) == HELLO_REJECTED:
-            conn.close()
-            raise CellError(
-                f"{url} refused cell {cell.fqcn!r}: {frame.headers.get(Header.ERROR, '')}"
-            )
+        introduce(
+            cell,
+            self.url,
+            self._timeout,
+            {CONTROL: HELLO, Header.ORIGIN: cell.fqcn},
+            accepted=accepted,
+            deliver=lambda conn, frame: cell._on_frame(conn, frame, from_parent=True),
+            parent=True,
+            refused=f"{self.url} refused cell {cell.fqcn!r}",
+        )
 
     def lost(self) -> None:
         """The established link closed: start reconnecting (if asked to and not closing)."""
@@ -144,33 +119,74 @@ def connect_direct(cell: Cell, url: str, timeout: float, token: str = "") -> str
     ancestors. If the link closes, routing falls back to the tree; it is not
     reconnected.
     """
+    state: dict[str, str] = {}
+
+    def accepted(conn: Connection, frame: Frame) -> Frame:
+        name = frame.headers.get(Header.ORIGIN, "")
+        if not cell._add_direct(name, conn):
+            return Frame({CONTROL: HELLO_REJECTED, Header.ERROR: f"bad peer {name!r}"})
+        state["name"] = name
+        return frame
+
+    def deliver(conn: Connection, frame: Frame) -> None:
+        peer = state.get("name")
+        if peer is not None:  # nothing is taken before the far end introduced itself
+            cell._on_direct_frame(conn, peer, frame)
+
+    introduce(
+        cell,
+        url,
+        timeout,
+        {CONTROL: HELLO, Header.ORIGIN: cell.fqcn, DIRECT: "1", DIRECT_TOKEN: token},
+        accepted=accepted,
+        deliver=deliver,
+        parent=False,
+        refused=f"{url} refused a direct link from {cell.fqcn!r}",
+    )
+    return state["name"]
+
+
+def introduce(
+    cell: Cell,
+    url: str,
+    timeout: float,
+    hello: dict[str, str],
+    *,
+    accepted: Callable[[Connection, Frame], Frame],
+    deliver: Callable[[Connection, Frame], None],
+    parent: bool,
+    refused: str,
+) -> None:
+    """Connect to `url`, send `hello`, and wait for the answer.
+
+    `accepted(conn, hello_ok)` runs on the transport's thread as the answer
+    arrives, before any other frame of the link is delivered, and may turn
+    it into a refusal; `deliver` gets every later frame. Raises
+    `TargetUnreachableError` if there is no answer within `timeout`, and
+    `CellError` (starting with `refused`) if the far end says no.
+    """
     conn = cell.transport.connect(url, timeout)
     answer: Future[Frame] = Future()
+    # The answer and the timeout race (the answer may arrive on the
+    # transport's thread while this one gives up): whichever takes this lock
+    # first decides. A hello_ok after giving up must not register the closed
+    # link (a link left behind, and its close would start a reconnect thread
+    # that outlives the failed call).
     decided = threading.Lock()
-    state: dict[str, str] = {}
 
     def on_frame(frame: Frame) -> None:
         control = frame.headers.get(CONTROL)
-        if control in (HELLO_OK, HELLO_REJECTED) and not state:
+        if control in (HELLO_OK, HELLO_REJECTED):
             with decided:
                 if answer.done():
-                    return
-                if control == HELLO_OK:
-                    name = frame.headers.get(Header.ORIGIN, "")
-                    if not cell._add_direct(name, conn):
-                        frame = Frame({CONTROL: HELLO_REJECTED, Header.ERROR: f"bad peer {name!r}"})
-                    else:
-                        state["name"] = name
-                answer.set_result(frame)
+                    return  # too late, or a second answer
+                answer.set_result(accepted(conn, frame) if control == HELLO_OK else frame)
             return
-        peer = state.get("name")
-        if peer is None:
-            return  # nothing is taken before the far end introduced itself
-        cell._on_direct_frame(conn, peer, frame)
+        deliver(conn, frame)
 
     conn.receive_into(cell._streams.body_buffer_for(conn))
-    conn.start(on_frame, lambda exc: cell._on_link_closed(conn, exc, parent=False))
-    conn.send(Frame({CONTROL: HELLO, Header.ORIGIN: cell.fqcn, DIRECT: "1", DIRECT_TOKEN: token}))
+    conn.start(on_frame, lambda exc: cell._on_link_closed(conn, exc, parent=parent))
+    conn.send(Frame(hello))
     try:
         frame = answer.result(timeout)
     except TimeoutError:
@@ -179,10 +195,7 @@ def connect_direct(cell: Cell, url: str, timeout: float, token: str = "") -> str
         if gave_up:
             conn.close()
             raise TargetUnreachableError(url, f"no answer to hello within {timeout:g} s") from None
-        frame = answer.result()
+        frame = answer.result()  # it came as the wait ended
     if frame.headers.get(CONTROL) == HELLO_REJECTED:
         conn.close()
-        raise CellError(
-            f"{url} refused a direct link from {cell.fqcn!r}: {frame.headers.get(Header.ERROR, '')}"
-        )
-    return state["name"]
+        raise CellError(f"{refused}: {frame.headers.get(Header.ERROR, '')}")
