@@ -29,6 +29,7 @@ from fl_core.config.federation import (
 )
 from fl_core.errors import FlCoreError
 from fl_core.runtime.admin_client import AdminClient
+from fl_core.runtime.pids import pid_alive
 
 __all__ = [
     "PocError",
@@ -141,17 +142,7 @@ def pid_running(pid: int) -> bool:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False  # the pid was reused by another user's process
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc: trust kill()
+    return pid_alive(pid)
 
 
 def _is_poc_process(pid: int) -> bool:

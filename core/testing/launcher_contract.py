@@ -45,6 +45,7 @@ from typing import ClassVar
 import pytest
 
 from fl_core.errors import FlCoreError
+from fl_core.runtime.pids import pid_alive
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
 
 __all__ = ["ContractJob", "ContractJobs", "LauncherContract", "pid_running"]
@@ -67,19 +68,8 @@ PRELUDE = textwrap.dedent(
 `ready()` tells the test the job has set itself up."""
 
 
-def pid_running(pid: int) -> bool:
-    """Whether `pid` is a process that still runs (a zombie runs nothing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False  # the pid was reused by another user's process
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc: trust kill()
+pid_running = pid_alive
+"""Whether `pid` is a process that still runs (a zombie runs nothing)."""
 
 
 def _wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
