@@ -70,6 +70,18 @@ class PipeError(FlCoreError):
     """A pipe cannot do what was asked: not open, a bad root, a refused or corrupt message."""
 
 
+def check_heartbeats(pipe: str, interval: float, timeout: float) -> None:
+    """Refuse a `heartbeat_timeout` that a peer beating every `interval` could miss.
+
+    For pipe plugins' constructors; `pipe` names the pipe kind in the error.
+    """
+    if timeout <= interval:
+        raise PipeError(
+            f"{pipe} pipe: heartbeat_timeout ({timeout:g} s) must be longer "
+            f"than heartbeat_interval ({interval:g} s)"
+        )
+
+
 class PeerGoneError(PipeError):
     """The other end of pipe `name` closed its end or fell silent past `heartbeat_timeout`.
 

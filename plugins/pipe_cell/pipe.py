@@ -51,6 +51,7 @@ from fl_core.spec.pipe import (
     PipeError,
     PipeMessage,
     PipeSide,
+    check_heartbeats,
 )
 from fl_core.spec.transport import Transport
 
@@ -113,11 +114,7 @@ class CellPipe(Pipe):
         heartbeat_timeout: float = 10.0,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
-        if heartbeat_timeout <= heartbeat_interval:
-            raise PipeError(
-                f"cell pipe: heartbeat_timeout ({heartbeat_timeout:g} s) must be longer "
-                f"than heartbeat_interval ({heartbeat_interval:g} s)"
-            )
+        check_heartbeats("cell", heartbeat_interval, heartbeat_timeout)
         if transport not in TRANSPORTS:
             raise PipeError(f"cell pipe: transport must be one of {TRANSPORTS}, not {transport!r}")
         if not token:

@@ -48,6 +48,7 @@ from fl_core.spec.pipe import (
     PipeError,
     PipeMessage,
     PipeSide,
+    check_heartbeats,
 )
 
 __all__ = ["FilePipe"]
@@ -95,11 +96,7 @@ class FilePipe(Pipe):
         heartbeat_timeout: float = 10.0,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
-        if heartbeat_timeout <= heartbeat_interval:
-            raise PipeError(
-                f"file pipe: heartbeat_timeout ({heartbeat_timeout:g} s) must be longer "
-                f"than heartbeat_interval ({heartbeat_interval:g} s)"
-            )
+        check_heartbeats("file", heartbeat_interval, heartbeat_timeout)
         self.root = Path(root)
         self.heartbeat_interval = float(heartbeat_interval)
         self.heartbeat_timeout = float(heartbeat_timeout)
