@@ -22,6 +22,13 @@ Every pipe accepts these options (its factory may accept more):
 
 Messages already delivered to an end are still handed out after its peer is
 gone; only then does `receive` raise `PeerGoneError`.
+
+How a client job uses a pipe: it builds the ACTIVE end from the job config's
+options, calls `prepare(PipeContext(...))` so the pipe can fill in what the
+config left out (a folder, a cell name, a secret), opens it, and then asks
+`peer_options()` for the options that build the PASSIVE end. Those reach
+the training process as JSON in its environment, so they must be plain JSON
+values.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from fl_core.errors import FlCoreError
 from fl_core.spec import Register, hookspec
@@ -66,6 +75,18 @@ class PipeMessage:
     body: object = None
 
 
+@dataclass(frozen=True, slots=True)
+class PipeContext:
+    """What a client job offers the ACTIVE end of a pipe before opening it (`Pipe.prepare`)."""
+
+    folder: Path
+    """A folder of the client job's workspace for this pipe; it exists and is private to it."""
+    fqcn: str
+    """The client job's cell name (`<site>.<job_id>`)."""
+    token: str
+    """A fresh secret for this training process; the PASSIVE end must show it to be let in."""
+
+
 class PipeError(FlCoreError):
     """A pipe cannot do what was asked: not open, a bad root, a refused or corrupt message."""
 
@@ -100,6 +121,21 @@ class Pipe(ABC):
 
     One thread at a time may call `send`, one (maybe another) `receive`.
     """
+
+    def prepare(self, context: PipeContext) -> None:  # noqa: B027 - optional hook
+        """Fill in, from `context`, whatever the options left out; called before an ACTIVE `open`.
+
+        Options given explicitly win. The default does nothing. Must not
+        start threads or open anything: that happens in `open`.
+        """
+
+    @abstractmethod
+    def peer_options(self) -> dict[str, Any]:
+        """The factory options that build the PASSIVE end meeting this (opened, ACTIVE) end.
+
+        Plain JSON values only: they travel to the training process in its
+        environment. Raises `PipeError` if this end is not an open ACTIVE end.
+        """
 
     @abstractmethod
     def open(self, name: str, side: PipeSide) -> None:

@@ -27,6 +27,9 @@ Subclass `PipeContract` in a test module and give it two fixtures:
 
 Capability flags: `send_waits_for_receiver` (True if `send` returns False
 when nobody receives in time; a pipe that just publishes sets False).
+A case also builds an end in a peer process from nothing but an ACTIVE
+end's `peer_options()` (`pipe_class`, by default the end's own class,
+called with them), as a client job does for its training process.
 `big_model_bytes` sizes the large-model case; `wait` bounds every wait
 (reached only when something is broken). The ends a case opens are closed
 after it, so a suite run with `fl_no_threads_left` catches leaked threads.
@@ -43,13 +46,21 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 
 from fl_core.model import FLModel
-from fl_core.spec.pipe import PeerGoneError, Pipe, PipeError, PipeMessage, PipeSide
+from fl_core.spec.pipe import (
+    PeerGoneError,
+    Pipe,
+    PipeContext,
+    PipeError,
+    PipeMessage,
+    PipeSide,
+)
 from fl_core.testing.stream_contract import RssPeak, wait_until
 
 __all__ = ["PipeContract", "PipeFactory"]
@@ -123,6 +134,8 @@ class PipeContract:
     big_model_bytes: ClassVar[int] = 256 * 1024 * 1024
     wait: ClassVar[float] = 60.0
     name: ClassVar[str] = "contract"
+    pipe_class: ClassVar[type[Pipe] | None] = None
+    """The class `peer_options()` are passed to in the peer process (default: the end's own)."""
 
     @pytest.fixture
     def make_pipe(self) -> PipeFactory:
@@ -154,9 +167,9 @@ class PipeContract:
         """`peer(action, **options)`: a process holding the PASSIVE end; killed after the test."""
         started: list[subprocess.Popen[bytes]] = []
 
-        def start(action: str, **options: Any) -> subprocess.Popen[bytes]:
+        def start(action: str, factory: str = "", **options: Any) -> subprocess.Popen[bytes]:
             config = {
-                "factory": peer_factory_code,
+                "factory": factory or peer_factory_code,
                 "options": options,
                 "name": self.name,
                 "side": PipeSide.PASSIVE.value,
@@ -312,6 +325,37 @@ class PipeContract:
         # The refused message does not break the pipe.
         got = self._exchange(active, passive, PipeMessage("small", body=b"ok"))
         assert got.topic == "small"
+
+    def test_peer_options_build_an_end_that_meets_this_one_in_another_process(
+        self,
+        make_pipe: PipeFactory,
+        peer: Callable[..., subprocess.Popen[bytes]],
+        tmp_path: Path,
+    ) -> None:
+        # What a client job does: prepare, open ACTIVE, hand peer_options to the trainer.
+        active = make_pipe()
+        folder = tmp_path / "pipe-context"
+        folder.mkdir()
+        active.prepare(PipeContext(folder=folder, fqcn="site-1.contract", token="s3cret"))
+        active.open(self.name, PipeSide.ACTIVE)
+        try:
+            options = json.loads(json.dumps(active.peer_options()))
+            cls = self.pipe_class or type(active)
+            code = (
+                f"from {cls.__module__} import {cls.__qualname__} as _Pipe\n"
+                f"make_pipe = lambda **o: _Pipe(**{{**{options!r}, **o}})"
+            )
+            peer("sleep", factory=code)
+            hello = active.receive(self.wait)
+            assert hello is not None and hello.topic == "hello"
+        finally:
+            active.close()
+
+    def test_peer_options_need_an_open_active_end(self, make_pipe: PipeFactory) -> None:
+        unopened = make_pipe()
+        with pytest.raises(PipeError):
+            unopened.peer_options()
+        unopened.close()
 
     def test_close_is_idempotent_and_a_closed_end_refuses_work(
         self, make_pipe: PipeFactory

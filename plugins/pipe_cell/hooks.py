@@ -25,13 +25,7 @@ def _make_cell(**options: Any) -> Pipe:
     from fl_core.errors import ConfigError
 
     check_options("pipe", "cell", options, _OPTIONS)
-    for required in ("fqcn", "token"):
-        if required not in options:
-            raise ConfigError(
-                "job.yaml",
-                f"components.pipe.options.{required}",
-                f"the cell pipe needs a {required}",
-            )
+    # fqcn and token may be left out: the client job fills them in (`CellPipe.prepare`).
     if options.get("transport", "tcp") not in _TRANSPORTS:
         raise ConfigError(
             "job.yaml",

@@ -35,6 +35,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from fl_core.cell.cell import DEFERRED, Cell
 from fl_core.cell.channels import Channel
@@ -48,6 +49,7 @@ from fl_core.spec.pipe import (
     MAX_JSON_PAYLOAD,
     PeerGoneError,
     Pipe,
+    PipeContext,
     PipeError,
     PipeMessage,
     PipeSide,
@@ -106,8 +108,8 @@ class CellPipe(Pipe):
 
     def __init__(
         self,
-        fqcn: str,
-        token: str,
+        fqcn: str = "",
+        token: str = "",
         url: str | None = None,
         transport: str = "tcp",
         heartbeat_interval: float = 1.0,
@@ -117,8 +119,6 @@ class CellPipe(Pipe):
         check_heartbeats("cell", heartbeat_interval, heartbeat_timeout)
         if transport not in TRANSPORTS:
             raise PipeError(f"cell pipe: transport must be one of {TRANSPORTS}, not {transport!r}")
-        if not token:
-            raise PipeError("cell pipe: a token is needed")
         self.fqcn = fqcn
         self.url = url
         self.transport_name = transport
@@ -149,6 +149,26 @@ class CellPipe(Pipe):
         """The ACTIVE cell's real listen URL (after `open`): the PASSIVE end's `url`."""
         return self._address
 
+    def prepare(self, context: PipeContext) -> None:
+        """Take the client job's cell name and the fresh token where the options gave none."""
+        self.fqcn = self.fqcn or context.fqcn
+        if not self._token:
+            self._token = context.token.encode()
+
+    def peer_options(self) -> dict[str, Any]:
+        """The trainer's options: this end's name, token and real URL, and the same limits."""
+        if not self._open or self._side is not PipeSide.ACTIVE:
+            raise PipeError(f"pipe {self._name!r}: peer_options needs an open active end")
+        return {
+            "fqcn": self.fqcn,
+            "token": self._token.decode(),
+            "url": self._address,
+            "transport": self.transport_name,
+            "heartbeat_interval": self.heartbeat_interval,
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "max_payload": self.max_payload,
+        }
+
     # --- opening and closing -----------------------------------------------------
 
     def open(self, name: str, side: PipeSide) -> None:
@@ -157,6 +177,11 @@ class CellPipe(Pipe):
             raise PipeError(f"pipe {name!r}: this end was opened before")
         if side is PipeSide.PASSIVE and not self.url:
             raise PipeError(f"pipe {name!r}: the passive side needs the active side's url")
+        if not self.fqcn or not self._token:
+            raise PipeError(
+                f"pipe {name!r}: the cell pipe needs a fqcn and a token "
+                "(options, or `prepare` by the client job)"
+            )
         self._name, self._side = name, side
         own = self.fqcn if side is PipeSide.ACTIVE else f"{self.fqcn}.{TRAINER}"
         self._peer = f"{self.fqcn}.{TRAINER}" if side is PipeSide.ACTIVE else self.fqcn

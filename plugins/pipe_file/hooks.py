@@ -18,13 +18,9 @@ _OPTIONS = {
 
 def _make_file(**options: Any) -> Pipe:
     from fl_core.config.options import check_options
-    from fl_core.errors import ConfigError
 
     check_options("pipe", "file", options, _OPTIONS)
-    if "root" not in options:
-        raise ConfigError(
-            "job.yaml", "components.pipe.options.root", "the file pipe needs a root folder"
-        )
+    # root may be left out: the client job gives a folder of its own (`FilePipe.prepare`).
     from fl_plugins.pipe_file.pipe import FilePipe
 
     return FilePipe(**options)

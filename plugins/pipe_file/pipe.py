@@ -30,6 +30,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from fl_core.cell.payload import (
     PayloadAssembler,
@@ -45,6 +46,7 @@ from fl_core.spec.pipe import (
     MAX_JSON_PAYLOAD,
     PeerGoneError,
     Pipe,
+    PipeContext,
     PipeError,
     PipeMessage,
     PipeSide,
@@ -91,13 +93,13 @@ class FilePipe(Pipe):
 
     def __init__(
         self,
-        root: str,
+        root: str | None = None,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 10.0,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         check_heartbeats("file", heartbeat_interval, heartbeat_timeout)
-        self.root = Path(root)
+        self.root = None if root is None else Path(root)
         self.heartbeat_interval = float(heartbeat_interval)
         self.heartbeat_timeout = float(heartbeat_timeout)
         self.limits = PayloadLimits(
@@ -105,7 +107,7 @@ class FilePipe(Pipe):
         )
         self._name = ""
         self._side = PipeSide.ACTIVE
-        self._folder = self.root
+        self._folder = Path()
         self._opened_at = 0.0  # wall clock, to compare with the peer's mtimes
         self._next_seq = 0
         self._open = False
@@ -125,6 +127,10 @@ class FilePipe(Pipe):
             raise PipeError(f"file pipe {name!r}: this end was opened before; make a new one")
         if not _NAME.fullmatch(name) or name in (".", ".."):
             raise PipeError(f"file pipe: bad name {name!r}; use letters, digits, '_', '-', '.'")
+        if self.root is None:
+            raise PipeError(
+                f"file pipe {name!r}: no root folder (option root, or `prepare` by the client job)"
+            )
         if not self.root.is_dir():
             raise PipeError(f"file pipe {name!r}: root {self.root} does not exist or is no folder")
         if not os.access(self.root, os.W_OK | os.X_OK):
@@ -145,6 +151,22 @@ class FilePipe(Pipe):
             target=self._beat, name=f"pipe-heartbeat-{name}-{side}", daemon=True
         )
         self._beater.start()
+
+    def prepare(self, context: PipeContext) -> None:
+        """Use the client job's folder for this pipe where the options gave no root."""
+        if self.root is None:
+            self.root = context.folder
+
+    def peer_options(self) -> dict[str, Any]:
+        """The trainer's options: the same root and limits."""
+        if not self._open or self._side is not PipeSide.ACTIVE or self.root is None:
+            raise PipeError(f"file pipe {self._name!r}: peer_options needs an open active end")
+        return {
+            "root": str(self.root),
+            "heartbeat_interval": self.heartbeat_interval,
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "max_payload": self.limits.max_size,
+        }
 
     def close(self) -> None:
         """Stop heartbeats and tell the peer this end is closed; idempotent."""

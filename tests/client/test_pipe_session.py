@@ -215,7 +215,7 @@ def test_the_client_job_going_away_ends_the_trainer_cleanly(
         ),
         (
             '{"name": "file", "pipe": "p", "site": "s", "job_id": "j"}',
-            r"cannot build pipe 'file': .*needs a root folder",
+            r"cannot open pipe 'p': .*no root folder",
         ),
     ],
 )

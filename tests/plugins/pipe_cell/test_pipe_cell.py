@@ -50,6 +50,7 @@ def transport(request: pytest.FixtureRequest) -> str:
 
 
 class TestCellPipeContract(PipeContract):
+    pipe_class = CellPipe
     send_waits_for_receiver = True
 
     @pytest.fixture
@@ -89,8 +90,6 @@ def test_the_hook_registers_cell_and_the_factory_builds_a_pipe() -> None:
 @pytest.mark.parametrize(
     ("options", "key", "problem"),
     [
-        ({"token": TOKEN}, "fqcn", "needs a fqcn"),
-        ({"fqcn": FQCN}, "token", "needs a token"),
         ({"fqcn": FQCN, "token": TOKEN, "colour": "red"}, "colour", "no such option"),
         ({"fqcn": FQCN, "token": ""}, "token", "must not be empty"),
         ({"fqcn": FQCN, "token": TOKEN, "url": 3}, "url", "expected str"),

@@ -64,7 +64,6 @@ def test_the_hook_registers_file_and_the_factory_builds_a_pipe(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("options", "key", "problem"),
     [
-        ({}, "root", "needs a root"),
         ({"root": "/x", "colour": "red"}, "colour", "no such option"),
         ({"root": 3}, "root", "expected str"),
         ({"root": "/x", "heartbeat_timeout": 0}, "heartbeat_timeout", "positive"),
