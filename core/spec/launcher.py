@@ -30,7 +30,12 @@ class LaunchSpec:
     argv: Sequence[str]
     workspace: Path
     log_file: Path
+    """stdout and stderr are appended here."""
     env: Mapping[str, str] = field(default_factory=dict)
+    """Added to the launching process's environment."""
+    stderr_file: Path | None = None
+    """If set, stderr is appended here instead of to `log_file` (a trainer's
+    stderr tail explains its crash)."""
 
 
 class JobHandle(ABC):

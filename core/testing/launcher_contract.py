@@ -38,7 +38,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -240,6 +240,19 @@ class LauncherContract:
         )
 
     # --- exit codes, log, workspace, environment ------------------------------------
+
+    def test_stderr_goes_to_its_own_file_when_the_spec_names_one(
+        self, jobs: ContractJobs, tmp_path: Path
+    ) -> None:
+        stderr_file = tmp_path / "logs" / "job-1.stderr"
+        job = jobs.start(
+            "print('to stdout', flush=True)\nprint('to stderr', file=sys.stderr)",
+            launch=lambda spec: jobs.launcher.launch(replace(spec, stderr_file=stderr_file)),
+        )
+        assert job.handle.wait(self.wait) == 0
+        assert stderr_file.read_text() == "to stderr\n"
+        log = job.log()
+        assert "to stdout" in log and "to stderr" not in log
 
     @pytest.mark.parametrize("code", [0, 3])
     def test_the_exit_code_is_reported(self, jobs: ContractJobs, code: int) -> None:

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from fl_core.errors import FlCoreError
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
@@ -128,9 +129,9 @@ class ProcessLauncher(Launcher):
     """Starts each job as a local process in a process group of its own.
 
     The job's cwd is `spec.workspace` (created if missing), its stdout and
-    stderr are appended to `spec.log_file`, its stdin is closed, and its
-    environment is this process's plus `spec.env`. The job and its
-    descendants are SIGKILLed if this process dies.
+    stderr are appended to `spec.log_file` (stderr to `spec.stderr_file` if
+    set), its stdin is closed, and its environment is this process's plus
+    `spec.env`. The job and its descendants are SIGKILLed if this process dies.
 
     Options: `start_timeout` (s, default 30) bounds the wait for the supervisor
     to report that the program started; `python` is the interpreter that runs
@@ -152,16 +153,23 @@ class ProcessLauncher(Launcher):
             raise LaunchError(
                 spec.job_id, spec.role, f"cannot create workspace {spec.workspace}: {exc}"
             ) from exc
-        try:
-            spec.log_file.parent.mkdir(parents=True, exist_ok=True)
-            log = open(spec.log_file, "ab")  # handed to the child, closed below
-        except OSError as exc:
-            raise LaunchError(
-                spec.job_id, spec.role, f"cannot open log file {spec.log_file}: {exc}"
-            ) from exc
+        opened: list[BinaryIO] = []  # handed to the child, closed below
+        for path in (spec.log_file, spec.stderr_file):
+            if path is None:
+                continue
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                opened.append(open(path, "ab"))
+            except OSError as exc:
+                for f in opened:
+                    f.close()
+                raise LaunchError(
+                    spec.job_id, spec.role, f"cannot open log file {path}: {exc}"
+                ) from exc
+        log, err = opened[0], opened[-1]
         ours, theirs = socket.socketpair()
         try:
-            with log:
+            with log, err:
                 supervisor = subprocess.Popen(
                     [
                         self.python,
@@ -177,7 +185,7 @@ class ProcessLauncher(Launcher):
                     env={**os.environ, **spec.env},
                     stdin=subprocess.DEVNULL,
                     stdout=log,
-                    stderr=log,
+                    stderr=err,
                     pass_fds=(theirs.fileno(),),
                     close_fds=True,
                     start_new_session=True,
