@@ -12,15 +12,20 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from fl_core.cell.cell import Cell
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
 from fl_core.errors import CellError, RequestTimeoutError, TargetUnreachableError
 from fl_core.model import FLModel, MetaKey
-from fl_core.runtime.executor import Assignment, InProcessExecutor, Outcome
+from fl_core.runtime.executor import Assignment, Outcome
 from fl_core.runtime.protocol import Outcome as OutcomeKind
 from fl_core.runtime.protocol import TaskHeader, TaskKind, Topic
+
+if TYPE_CHECKING:
+    from fl_core.runtime.executors import TaskExecutor
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,7 @@ class ClientRunner:
         cell: Cell,
         site: str,
         server_job: str,
-        executor: InProcessExecutor,
+        executor: TaskExecutor,
         *,
         poll_timeout: float = 30.0,
         request_timeout: float = 60.0,
@@ -167,7 +172,10 @@ class ClientRunner:
             task.round_number + 1,
             task.model.nbytes() / 2**20,
         )
-        self.executor.execute(self.site, task, lambda outcome: self._submit(task, outcome))
+        # The callback keeps the task's ids, not its model: an executor that hands
+        # the model to another process can then let it go.
+        ids = replace(task, model=FLModel())
+        self.executor.execute(self.site, task, lambda outcome: self._submit(ids, outcome))
 
     def _submit(self, task: Assignment, outcome: Outcome) -> None:
         log.debug(

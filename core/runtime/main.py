@@ -330,8 +330,9 @@ def client_job(args: argparse.Namespace) -> int:
     from fl_core.cell.message import Message
     from fl_core.config import load_job
     from fl_core.config.federation import FederationConfig
+    from fl_core.plugins import make_plugin_manager
     from fl_core.runtime.client_runner import ClientRunner
-    from fl_core.runtime.executor import InProcessExecutor
+    from fl_core.runtime.executors import build_executor
     from fl_core.runtime.parents import DIRECT_TOKEN_ENV, Field, ParentTopic
     from fl_core.spec.transport import Transport
 
@@ -347,14 +348,13 @@ def client_job(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(job.job_dir))
     cell = Cell(f"{args.site}.{args.job_id}", transport)
     runner: ClientRunner | None = None
-    executor = InProcessExecutor(
-        job.executor.script,
-        job.executor.launch,
-        threads=1,
+    executor = build_executor(
+        job,
+        registry=make_plugin_manager().registry(),
         job_id=args.job_id,
+        workspace=Path(args.workspace),
         logs=lambda site, key, value, step: runner.send_log(key, value, step) if runner else None,
         timer=cell.resources.timer,
-        task_timeout=job.executor.task_timeout,
     )
     runner = ClientRunner(
         cell,

@@ -27,7 +27,7 @@ from fl_core.errors import ConfigError, FlCoreError, JobFailedError
 from fl_core.model import FLModel, load_params, save_params
 from fl_core.plugins import PluginManager
 from fl_core.runtime.client_runner import ClientRunner
-from fl_core.runtime.executor import InProcessExecutor
+from fl_core.runtime.executors import TaskExecutor, build_executor
 from fl_core.runtime.server_runner import EventSink, ServerRunner, SiteFailure
 from fl_core.spec.security import SecurityProvider
 from fl_core.spec.transport import Transport
@@ -160,7 +160,7 @@ class Simulator:
         cells: list[Cell] = []
         runners: dict[str, ClientRunner] = {}
         server: ServerRunner | None = None
-        executor: InProcessExecutor | None = None
+        executor: TaskExecutor | None = None
         saved_argv, saved_path = list(sys.argv), list(sys.path)
         known_modules = set(sys.modules)
         try:
@@ -178,14 +178,14 @@ class Simulator:
             self._server = server
             if self._abort_reason is not None:
                 server.abort(self._abort_reason)
-            executor = InProcessExecutor(
-                job.executor.script,
-                job.executor.launch,
-                threads=self.threads,
+            executor = build_executor(
+                job,
+                registry=self.pm.registry(),
                 job_id=self.job_id,
+                workspace=self.workspace,
                 logs=lambda site, key, value, step: runners[site].send_log(key, value, step),
                 timer=resources.timer,
-                task_timeout=job.executor.task_timeout,
+                threads=self.threads,
             )
             for site in site_names(self.clients):
                 parent = self._cell(site, server_url, resources, cells)
@@ -230,7 +230,7 @@ class Simulator:
     def _shut_down(
         self,
         server: ServerRunner | None,
-        executor: InProcessExecutor | None,
+        executor: TaskExecutor | None,
         runners: dict[str, ClientRunner],
         result: SimulationResult,
         grace: float = 5.0,

@@ -1,0 +1,86 @@
+"""Which executor runs a job's training script: in this process, or in its own.
+
+A job whose config names a pipe (`components: {pipe: file}`) runs the script
+as a process of its own per site, reached through that pipe
+(`ProcessExecutor`); without one the script runs on a thread of the client
+job (`InProcessExecutor`). Either way the script is the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from fl_core.cell.timer import Timer
+from fl_core.config import ComponentChoice, JobConfig
+from fl_core.plugins import Registry
+from fl_core.runtime.executor import Assignment, Done, InProcessExecutor, LogSink
+from fl_core.runtime.process_executor import ProcessExecutor
+from fl_core.spec import ComponentKind
+from fl_core.spec.launcher import Launcher
+from fl_core.spec.pipe import Pipe
+
+__all__ = ["TaskExecutor", "build_executor"]
+
+DEFAULT_LAUNCHER = ComponentChoice("process", {})
+"""What starts training processes when the job config names no launcher."""
+
+
+class TaskExecutor(Protocol):
+    """What a `ClientRunner` hands its tasks to."""
+
+    def execute(self, site: str, task: Assignment, done: Done) -> None:
+        """Run `task` for `site`; `done(outcome)` is called exactly once."""
+
+    def stop(self, reason: str, grace: float = 5.0) -> list[str]:
+        """End all work; what is still running after `grace` s."""
+
+
+def build_executor(
+    job: JobConfig,
+    *,
+    registry: Registry,
+    job_id: str,
+    workspace: Path,
+    logs: LogSink,
+    timer: Timer,
+    threads: int = 1,
+) -> TaskExecutor:
+    """The executor `job` asks for; bad pipe or launcher options fail here, before any site runs.
+
+    Raises the component's `ConfigError` / `UnknownComponentError`.
+    """
+    settings = job.executor
+    pipe = job.components.get(ComponentKind.PIPE)
+    if pipe is None:
+        return InProcessExecutor(
+            settings.script,
+            settings.launch,
+            threads=threads,
+            job_id=job_id,
+            logs=logs,
+            timer=timer,
+            task_timeout=settings.task_timeout,
+        )
+
+    def make_pipe() -> Pipe:
+        made = registry.create(ComponentKind.PIPE, pipe.name, pipe.options, expect=Pipe)
+        assert isinstance(made, Pipe)
+        return made
+
+    make_pipe().close()  # its options are checked now, not at the first task
+    choice = job.components.get(ComponentKind.LAUNCHER, DEFAULT_LAUNCHER)
+    launcher = registry.create(ComponentKind.LAUNCHER, choice.name, choice.options, expect=Launcher)
+    assert isinstance(launcher, Launcher)
+    return ProcessExecutor(
+        settings.script,
+        settings.launch,
+        job_id=job_id,
+        workspace=workspace,
+        launcher=launcher,
+        make_pipe=make_pipe,
+        pipe_name=pipe.name,
+        logs=logs,
+        args=settings.args,
+        task_timeout=settings.task_timeout,
+    )

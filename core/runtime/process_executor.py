@@ -1,0 +1,453 @@
+"""The process executor: runs the user's training script as a process of its own.
+
+Each site gets a worker thread and, while it has work, a training process
+started by the site's `Launcher` with this process's interpreter
+(`sys.executable`, never whatever `python3` is first on PATH). The two talk
+through a `Pipe`: this side holds the ACTIVE end, the script's
+`flare.init()` opens the PASSIVE end from `FL_CORE_PIPE`
+(`fl_core.client.pipe_session` describes the topics).
+
+A task goes through three steps, each watched for the process ending:
+
+1. start (if no process runs for the site): launch, then wait up to
+   `start_timeout` for the script to open its end of the pipe;
+2. hand over: send the task's model; the executor then drops its reference,
+   so a client job holds the model once, not once per step;
+3. wait for the script's `result` (its `log` messages are forwarded on the
+   way).
+
+`launch: once` keeps the process for the next task; `per_task` tells it
+`end` and waits for it to exit. A process that exits (or crashes) before
+answering fails the task with its exit code and the tail of its stderr;
+the next task starts a fresh process. A task that runs past `task_timeout`
+(counted from the start of step 1) stops the process and fails. `stop`
+ends every process: `end` first, then SIGTERM and SIGKILL after `grace`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import secrets
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fl_core.client.pipe_session import ENV_VAR, Topic
+from fl_core.config import LaunchMode
+from fl_core.errors import FlCoreError
+from fl_core.model import FLModel
+from fl_core.runtime.executor import Assignment, Done, LogSink, Outcome
+from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
+from fl_core.spec.pipe import PeerGoneError, Pipe, PipeContext, PipeError, PipeMessage, PipeSide
+
+__all__ = ["PARAMS_FORMAT", "ProcessExecutor"]
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL = 4096
+"""Bytes of a failed script's stderr kept in the task's failure."""
+_SLICE = 0.25
+"""Seconds per pipe wait, between checks of the process, the deadline and `stop`."""
+PARAMS_FORMAT = "params_format"
+"""Pipe header: `torch` on a result whose params the script sent as torch tensors; the
+next task to that site carries it too, so the script gets torch tensors back."""
+
+
+class _Failed(Exception):
+    """A task's step failed; carries the outcome to report."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.outcome = Outcome(reason=reason, detail=detail)
+
+
+@dataclass(slots=True)
+class _Trainer:
+    """One running training process and the ACTIVE end of its pipe."""
+
+    handle: JobHandle
+    pipe: Pipe
+    folder: Path
+    stderr_file: Path
+    stderr_offset: int
+    number: int
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class ProcessExecutor:
+    """Runs one job's training script in its own process for each site.
+
+    `make_pipe()` returns a fresh, unopened ACTIVE end built from the job's
+    pipe choice; `pipe_name` is that component's registered name (the
+    script rebuilds its end from it). `workspace` holds a folder per site
+    (`trainers/<site>/`: the script's cwd, its `stdout.log`, `stderr.log`
+    and the pipe's folder).
+    """
+
+    def __init__(
+        self,
+        script: Path,
+        launch: LaunchMode,
+        *,
+        job_id: str,
+        workspace: Path,
+        launcher: Launcher,
+        make_pipe: Callable[[], Pipe],
+        pipe_name: str,
+        logs: LogSink,
+        args: Sequence[str] = (),
+        task_timeout: float | None = None,
+        start_timeout: float = 120.0,
+        python: str | None = None,
+        send_timeout: float = 3600.0,
+    ) -> None:
+        self.script = script
+        self.launch = launch
+        self.job_id = job_id
+        self.workspace = workspace
+        self.launcher = launcher
+        self.make_pipe = make_pipe
+        self.pipe_name = pipe_name
+        self.args = tuple(args)
+        self.task_timeout = task_timeout
+        self.start_timeout = start_timeout
+        self.send_timeout = send_timeout
+        """Seconds a hand-over may take when the task has no `task_timeout`."""
+        self.python = python or sys.executable
+        self._logs = logs
+        self._lock = threading.Lock()
+        self._inboxes: dict[str, queue.SimpleQueue[tuple[Assignment, Done] | None]] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._trainers: dict[str, _Trainer] = {}
+        self._torch_sites: set[str] = set()
+        self._launches = 0
+        self._stopped: str | None = None
+        self._stopping = threading.Event()
+        self._grace = 5.0
+
+    # --- the executor's interface ------------------------------------------------
+
+    def execute(self, site: str, task: Assignment, done: Done) -> None:
+        """Run `task` for `site` in its training process; `done(outcome)` is called once."""
+        with self._lock:
+            stopped = self._stopped
+            if stopped is None:
+                inbox = self._inboxes.get(site)
+                if inbox is None:
+                    inbox = self._inboxes[site] = queue.SimpleQueue()
+                    thread = threading.Thread(
+                        target=self._serve, args=(site, inbox), name=f"fl-trainer-{site}"
+                    )
+                    self._threads[site] = thread
+                    thread.start()
+                inbox.put((task, done))
+                return
+        done(Outcome(reason=stopped))
+
+    def stop(self, reason: str, grace: float = 5.0) -> list[str]:
+        """End every training process; returns the sites whose process outlived `grace` s.
+
+        A task in progress fails with `reason`. Each process is told `end`,
+        then SIGTERMed and, after `grace`, SIGKILLed with its children.
+        """
+        with self._lock:
+            if self._stopped is None:
+                self._stopped = reason
+            self._grace = grace
+            threads = dict(self._threads)
+            inboxes = list(self._inboxes.values())
+        self._stopping.set()
+        for inbox in inboxes:
+            inbox.put(None)
+        deadline = time.monotonic() + 2 * grace + 1.0
+        for thread in threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return [site for site, thread in threads.items() if thread.is_alive()]
+
+    # --- one site's worker --------------------------------------------------------
+
+    def _serve(self, site: str, inbox: queue.SimpleQueue[tuple[Assignment, Done] | None]) -> None:
+        try:
+            while (item := inbox.get()) is not None:
+                task, done = item
+                del item
+                if self._stopped is not None:
+                    done(Outcome(reason=self._stopped))
+                    continue
+                pending = [task]
+                del task  # `_run_task` drops the model once the script has it
+                try:
+                    outcome = self._run_task(site, pending)
+                except _Failed as failed:
+                    outcome = failed.outcome
+                except Exception as exc:  # a bug here must fail the task, not hang the site
+                    log.exception("%s: the process executor failed", site)
+                    outcome = Outcome(reason=f"the process executor failed: {exc}")
+                if outcome.result is None and self._stopped is not None:
+                    outcome = Outcome(reason=self._stopped, detail=outcome.detail)
+                done(outcome)
+        finally:
+            self._end(site)
+            while (item := self._take_left(inbox)) is not None:
+                item[1](Outcome(reason=self._stopped or "the job ended"))
+
+    @staticmethod
+    def _take_left(
+        inbox: queue.SimpleQueue[tuple[Assignment, Done] | None],
+    ) -> tuple[Assignment, Done] | None:
+        while True:
+            try:
+                item = inbox.get_nowait()
+            except queue.Empty:
+                return None
+            if item is not None:
+                return item
+
+    def _run_task(self, site: str, pending: list[Assignment]) -> Outcome:
+        task = pending.pop()
+        began = time.monotonic()
+        deadline = math.inf if self.task_timeout is None else began + self.task_timeout
+        trainer = self._trainers.get(site)
+        if trainer is not None and trainer.handle.poll() is not None:
+            self._end(site)
+            trainer = None
+        try:
+            if trainer is None:
+                trainer = self._start(site, deadline)
+            headers = {
+                "task_id": task.task_id,
+                "task_name": task.name,
+                "round": str(task.round_number),
+            }
+            if site in self._torch_sites:
+                headers[PARAMS_FORMAT] = "torch"
+            self._hand_over(trainer, PipeMessage(Topic.TASK, headers, task.model), deadline)
+            task_id = task.task_id
+            del task  # the script has the model now; this process need not keep it
+            outcome = self._wait_result(site, trainer, task_id, deadline)
+        except _Failed:
+            self._end(site)
+            raise
+        if self.launch is LaunchMode.PER_TASK:
+            self._end(site)
+        return outcome
+
+    def _start(self, site: str, deadline: float) -> _Trainer:
+        """Launch the site's script and wait for it to open its end of the pipe."""
+        with self._lock:
+            self._launches += 1
+            number = self._launches
+        home = self.workspace / "trainers" / site
+        folder = home / f"pipe-{number}"
+        try:
+            folder.mkdir(parents=True)
+        except OSError as exc:
+            raise _Failed(f"cannot create the pipe folder {folder}: {exc}") from exc
+        name = f"{site}-{number}"
+        pipe = self.make_pipe()
+        try:
+            pipe.prepare(PipeContext(folder, f"{site}.{self.job_id}", secrets.token_hex(16)))
+            pipe.open(name, PipeSide.ACTIVE)
+            peer = {
+                "name": self.pipe_name,
+                "options": pipe.peer_options(),
+                "pipe": name,
+                "site": site,
+                "job_id": self.job_id,
+            }
+        except FlCoreError as exc:
+            pipe.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise _Failed(f"cannot open the {self.pipe_name} pipe for the script: {exc}") from exc
+        stderr_file = home / "stderr.log"
+        offset = stderr_file.stat().st_size if stderr_file.exists() else 0
+        spec = LaunchSpec(
+            job_id=self.job_id,
+            role=ProcessType.TRAINER,
+            argv=[self.python, str(self.script), *self.args],
+            workspace=home,
+            log_file=home / "stdout.log",
+            stderr_file=stderr_file,
+            env={ENV_VAR: json.dumps(peer), "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            handle = self.launcher.launch(spec)
+        except FlCoreError as exc:
+            pipe.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise _Failed(f"cannot start the training script: {exc}") from exc
+        trainer = _Trainer(handle, pipe, folder, stderr_file, offset, number)
+        self._trainers[site] = trainer
+        log.info("%s: training process %d started (pipe %s)", site, number, self.pipe_name)
+        limit = min(deadline, time.monotonic() + self.start_timeout)
+        while not pipe.peer_alive():
+            self._check_running(trainer, "before it opened its end of the pipe")
+            if time.monotonic() >= limit:
+                raise _Failed(self._late_start(deadline))
+            time.sleep(0.05)
+        return trainer
+
+    def _late_start(self, deadline: float) -> str:
+        if time.monotonic() >= deadline:
+            return self._timed_out()
+        return (
+            f"the training script did not open its end of the pipe within "
+            f"{self.start_timeout:g} s (does it call flare.init()?); it was stopped"
+        )
+
+    def _timed_out(self) -> str:
+        return (
+            f"the training script did not send a result within {self.task_timeout:g} s; "
+            "it was stopped"
+        )
+
+    def _check_running(self, trainer: _Trainer, when: str) -> None:
+        """Raise `_Failed` (exit code, stderr tail) if the process has ended; or on `stop`."""
+        code = trainer.handle.poll()
+        if code is not None:
+            tail = self._stderr_tail(trainer)
+            last = tail.strip().splitlines()[-1:] if tail.strip() else []
+            reason = f"the training script {_describe_exit(code)} {when}"
+            if last:
+                reason += f": {last[0]}"
+            raise _Failed(reason, tail)
+        if self._stopping.is_set():
+            raise _Failed(self._stopped or "the job ended")
+
+    def _stderr_tail(self, trainer: _Trainer) -> str:
+        try:
+            with open(trainer.stderr_file, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(trainer.stderr_offset, size - STDERR_TAIL))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _hand_over(self, trainer: _Trainer, message: PipeMessage, deadline: float) -> None:
+        """Send the task; its model may be big, so a send may take long: one try per gap."""
+        limit = min(deadline, time.monotonic() + self.send_timeout)
+        while True:
+            self._check_running(trainer, "before it took its task")
+            remaining = limit - time.monotonic()
+            if remaining <= 0:
+                raise _Failed(
+                    self._timed_out() if limit == deadline else "the script did not take its task"
+                )
+            try:
+                if trainer.pipe.send(message, remaining):
+                    return
+            except PeerGoneError as exc:
+                self._wait_exit(trainer)
+                self._check_running(trainer, "before it took its task")
+                raise _Failed(
+                    f"the training script left the pipe before it took its task: {exc}"
+                ) from exc
+            except PipeError as exc:
+                raise _Failed(f"cannot hand the task to the training script: {exc}") from exc
+            time.sleep(0.05)  # nobody took it yet (a cell pipe whose trainer is reconnecting)
+
+    def _wait_result(self, site: str, trainer: _Trainer, task_id: str, deadline: float) -> Outcome:
+        while True:
+            try:
+                message = trainer.pipe.receive(_SLICE)
+            except PeerGoneError as exc:
+                self._wait_exit(trainer)
+                self._check_running(trainer, "without sending a result")
+                raise _Failed(f"the training script stopped answering: {exc}") from exc
+            except PipeError as exc:
+                raise _Failed(f"a bad message from the training script: {exc}") from exc
+            if message is not None:
+                outcome = self._take(site, task_id, message)
+                if outcome is not None:
+                    return outcome
+                continue
+            self._check_running(trainer, "without sending a result")
+            if time.monotonic() >= deadline:
+                raise _Failed(self._timed_out())
+
+    def _take(self, site: str, task_id: str, message: PipeMessage) -> Outcome | None:
+        """What one message from the script means: an outcome, or None to keep waiting."""
+        if message.topic == Topic.LOG:
+            body = message.body
+            if (
+                isinstance(body, dict)
+                and isinstance(body.get("key"), str)
+                and isinstance(body.get("value"), int | float)
+                and (body.get("step") is None or isinstance(body.get("step"), int))
+            ):
+                self._logs(site, body["key"], float(body["value"]), body.get("step"))
+            else:
+                log.warning("%s: the training script sent a malformed log message", site)
+            return None
+        answered = message.headers.get("task_id")
+        if message.topic == Topic.RESULT:
+            if answered != task_id:
+                log.warning("%s: a result for task %r, not %r, ignored", site, answered, task_id)
+                return None
+            if not isinstance(message.body, FLModel):
+                got = type(message.body).__name__
+                return Outcome(
+                    reason=f"the training script sent a {got} as its result, not a model"
+                )
+            if message.headers.get(PARAMS_FORMAT) == "torch":
+                self._torch_sites.add(site)
+            else:
+                self._torch_sites.discard(site)
+            return Outcome(result=message.body)
+        if message.topic == Topic.FAILED:
+            body = message.body if isinstance(message.body, dict) else {}
+            return Outcome(
+                reason=f"the training script failed: {body.get('reason', 'no reason given')}",
+                detail=str(body.get("traceback", "")),
+            )
+        log.warning("%s: unexpected %r message from the training script", site, message.topic)
+        return None
+
+    def _wait_exit(self, trainer: _Trainer) -> None:
+        """Give a script that closed its pipe a moment to exit, so its exit code is known."""
+        trainer.handle.wait(min(self._grace, 5.0))
+
+    def _end(self, site: str) -> None:
+        """Tell the site's process `end`, let it exit within grace, then stop it; close the pipe."""
+        trainer = self._trainers.pop(site, None)
+        if trainer is None:
+            return
+        if trainer.handle.poll() is None:
+            try:
+                if trainer.pipe.peer_alive():
+                    trainer.pipe.send(PipeMessage(Topic.END), min(1.0, self._grace))
+            except PipeError:
+                pass  # it is going anyway: the terminate below ends it
+            if trainer.handle.wait(self._grace) is None:
+                log.warning(
+                    "%s: training process %d did not exit; stopping it", site, trainer.number
+                )
+        trainer.handle.terminate(self._grace)
+        try:
+            trainer.pipe.close()
+        except PipeError as exc:
+            log.warning(
+                "%s: closing the pipe of training process %d: %s", site, trainer.number, exc
+            )
+        shutil.rmtree(trainer.folder, ignore_errors=True)
+        code = trainer.handle.poll()
+        log.info(
+            "%s: training process %d ended (%s)", site, trainer.number, _describe_exit(code or 0)
+        )
