@@ -18,11 +18,12 @@ demo: $(PY)
 	$(VENV)/bin/fl-core run examples/hello-numpy --clients 3 --workspace fl-workspace/hello-numpy
 	$(PY) -c "import numpy as np; m = np.load('fl-workspace/hello-numpy/final_model.npz'); print('final model:', {k: m[k].ravel()[:3].tolist() for k in m.files})"
 
-## make test: install fl-core with [dev,torch] and the test plugin package, lint, type-check, run the suite
+## make test: install fl-core with [dev,torch,examples] and the test plugin package, lint, type-check, run the suite
 # The strict editable install links real files under fl_core/fl_plugins, which mypy needs.
-# [torch] too, so the tensor conversion tests run (and mypy sees torch's types) instead of skipping.
+# [torch] and [examples] too, so the tensor conversion tests and hello-pytorch run
+# (and mypy sees torch's types) instead of skipping.
 test: $(PY)
-	$(PIP) install --quiet -e ".[dev,torch]" --config-settings editable_mode=strict
+	$(PIP) install --quiet -e ".[dev,torch,examples]" --config-settings editable_mode=strict
 	$(PIP) install --quiet ./tests/thirdparty_plugin
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
