@@ -10,9 +10,11 @@
         new_params = {k: v + 1 for k, v in model.params.items()}
         flare.send(flare.FLModel(params=new_params, meta={"num_samples": 100}))
 
-The same script runs unchanged in the simulator and, later, in separate
-processes. Arrays received in the simulator are read-only views of the
-server's model: copy one (`v.copy()`) before changing it in place.
+The same script runs unchanged in the simulator and in a training process of
+its own (a job that names a pipe). Arrays received in-process are read-only
+views of the server's model: copy one (`v.copy()`) before changing it in
+place. A script may send torch tensors; its later tasks then arrive as
+tensors too (writable copies in-process).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import atexit
 import math
 import threading
 from contextlib import ExitStack
+from dataclasses import replace
 from numbers import Real
 
 import numpy as np
 
 from fl_core.client.session import ClientSession, bound_session, current_session
+from fl_core.client.torch_params import to_numpy
 from fl_core.errors import FlCoreError
 from fl_core.model import FLModel, MetaKey, ParamsType
 
@@ -95,28 +99,42 @@ def init() -> None:
 
 
 def receive(timeout: float | None = None) -> FLModel | None:
-    """Wait for the next task and return its model; None when there is no more work."""
-    return _session().receive(timeout)
+    """Wait for the next task and return its model; None when there is no more work.
+
+    Params are numpy arrays, or torch tensors once this site's script has
+    sent torch tensors (its next tasks come back in the form it sent).
+    """
+    session = _session()
+    model = session.receive(timeout)
+    if model is not None and session.wants_torch():
+        from fl_core.client.torch_params import to_torch
+
+        model = replace(model, params=to_torch(model.params))  # type: ignore[arg-type]
+    return model
 
 
 def send(model: FLModel) -> None:
     """Return the result of the last received task to the server.
 
-    `model.params` must map names to numpy arrays (or be empty, to send
-    metrics only); `meta["num_samples"]` weights this site's result.
+    `model.params` must map names to numpy arrays or torch tensors (or be
+    empty, to send metrics only); `meta["num_samples"]` weights this site's
+    result. Arrays sent belong to the runtime afterwards: do not change them.
     """
     if not isinstance(model, FLModel):
         raise TypeError(f"flare.send() takes an FLModel, got {type(model).__name__}")
     if not isinstance(model.params, dict):
         raise TypeError(f"FLModel.params must be a dict, got {type(model.params).__name__}")
-    for name, value in model.params.items():
+    params, sent_torch = to_numpy(model.params)
+    for name, value in params.items():
         if not isinstance(name, str):
             raise TypeError(f"FLModel.params keys must be str, got {name!r}")
         if not isinstance(value, np.ndarray):
             raise TypeError(
-                f"FLModel.params[{name!r}] must be a numpy array, got {type(value).__name__}"
+                f"FLModel.params[{name!r}] must be a numpy array or a torch tensor, "
+                f"got {type(value).__name__}"
             )
-    _session().send(model)
+    converted = replace(model, params=params) if sent_torch else model
+    _session().send(converted, sent_torch=sent_torch)
 
 
 def is_running() -> bool:

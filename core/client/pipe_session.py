@@ -4,10 +4,12 @@ When the training script runs as its own process, its client job (the ACTIVE
 end) and the script (the PASSIVE end) talk through a `Pipe`. These are the
 topics (`Topic`) on that pipe:
 
-- `task` (ACTIVE -> PASSIVE): headers `task_id`, `task_name`, `round`; body
-  the task's `FLModel`.
-- `result` (PASSIVE -> ACTIVE): header `task_id` of the task answered; body
-  the result `FLModel`.
+- `task` (ACTIVE -> PASSIVE): headers `task_id`, `task_name`, `round`, and
+  `params_format: torch` if the site's last result was sent as torch tensors;
+  body the task's `FLModel`.
+- `result` (PASSIVE -> ACTIVE): header `task_id` of the task answered, and
+  `params_format: torch` if the script sent torch tensors; body the result
+  `FLModel` (numpy arrays).
 - `log` (PASSIVE -> ACTIVE): body `{"key": str, "value": float, "step": int
   or null}`, a metric the script recorded.
 - `end` (ACTIVE -> PASSIVE): no body; there is no more work.
@@ -23,9 +25,9 @@ environment variable `FL_CORE_PIPE`, a JSON object:
 "pipe": <the pipe's name>, "site": <site name>, "job_id": <job id>}`;
 `session_from_environment` reads it and opens the PASSIVE end.
 
-Models arrive as numpy arrays rebuilt by the pipe (dtype and shape exact).
-Torch tensors are not converted yet: a script sends numpy arrays, as in the
-simulator.
+Models travel as numpy arrays rebuilt by the pipe (dtype and shape exact);
+the Client API converts a script's torch tensors at its edge
+(`fl_core.client.torch_params`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from fl_core.spec.pipe import PeerGoneError, Pipe, PipeMessage, PipeSide
 
 __all__ = [
     "ENV_VAR",
+    "PARAMS_FORMAT",
     "NoTaskError",
     "PipeSession",
     "Topic",
@@ -56,6 +59,9 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "FL_CORE_PIPE"
 """The environment variable a client job sets for its training process."""
+PARAMS_FORMAT = "params_format"
+"""The header that says a model's params are (to be) torch tensors for the script."""
+TORCH = "torch"
 
 _WAIT_SLICE = 1.0
 """Seconds per pipe `receive` while a caller waits without a timeout."""
@@ -95,6 +101,7 @@ class PipeSession(ClientSession):
         self._lock = threading.Lock()
         self._current: str | None = None
         self._ended = False
+        self._torch = False
 
     @property
     def site_name(self) -> str:
@@ -146,15 +153,23 @@ class PipeSession(ClientSession):
             )
         with self._lock:
             self._current = task_id
+            self._torch = message.headers.get(PARAMS_FORMAT) == TORCH
         return message.body
 
-    def send(self, model: FLModel) -> None:
+    def wants_torch(self) -> bool:
+        """True if the client job marked the task last received `params_format: torch`."""
+        return self._torch
+
+    def send(self, model: FLModel, *, sent_torch: bool = False) -> None:
         """Send `model` as the result of the task last received."""
         with self._lock:
             task_id, self._current = self._current, None
         if task_id is None:
             raise NoTaskError("flare.send() called with no task to answer: call receive() first")
-        self._deliver(PipeMessage(Topic.RESULT, {"task_id": task_id}, model))
+        headers = {"task_id": task_id}
+        if sent_torch:
+            headers[PARAMS_FORMAT] = TORCH
+        self._deliver(PipeMessage(Topic.RESULT, headers, model))
 
     def is_running(self) -> bool:
         """False once the client job sent `end` or was found gone."""

@@ -35,8 +35,17 @@ class ClientSession(ABC):
         """The next task's model, or None when the job (or this task slot) has ended."""
 
     @abstractmethod
-    def send(self, model: FLModel) -> None:
-        """Return the result of the task last received."""
+    def send(self, model: FLModel, *, sent_torch: bool = False) -> None:
+        """Return the result of the task last received.
+
+        `sent_torch`: the script gave its params as torch tensors (converted to
+        numpy arrays in `model` by the Client API); its next tasks then arrive
+        as tensors (`wants_torch`).
+        """
+
+    def wants_torch(self) -> bool:
+        """Whether the task last received should reach the script as torch tensors."""
+        return False
 
     @abstractmethod
     def is_running(self) -> bool:

@@ -65,10 +65,11 @@ def _read_only(model: FLModel) -> FLModel:
 class _Session(ClientSession):
     """The Client API's view of one site."""
 
-    def __init__(self, site: str, job_id: str, logs: LogSink) -> None:
+    def __init__(self, site: str, job_id: str, logs: LogSink, torch_sites: set[str]) -> None:
         self._site = site
         self._job_id = job_id
         self._logs = logs
+        self._torch_sites = torch_sites
         self._lock = threading.Lock()
         self._current: tuple[Assignment, Done] | None = None
         self._sent = False
@@ -89,11 +90,18 @@ class _Session(ClientSession):
             current, self._current = self._current, None
             return current
 
-    def send(self, model: FLModel) -> None:
+    def wants_torch(self) -> bool:
+        return self._site in self._torch_sites
+
+    def send(self, model: FLModel, *, sent_torch: bool = False) -> None:
         current = self._take_current()
         if current is None:
             raise RuntimeError("flare.send() called with no task to answer: call receive() first")
         self._sent = True
+        if sent_torch:
+            self._torch_sites.add(self._site)
+        else:
+            self._torch_sites.discard(self._site)
         _, done = current
         # The runtime gets its own dicts: arrays the script still reaches
         # through its FLModel then count as referenced (see the aggregator).
@@ -110,8 +118,16 @@ class _Session(ClientSession):
 
 
 class _PerTaskSession(_Session):
-    def __init__(self, site: str, job_id: str, logs: LogSink, task: Assignment, done: Done):
-        super().__init__(site, job_id, logs)
+    def __init__(
+        self,
+        site: str,
+        job_id: str,
+        logs: LogSink,
+        torch_sites: set[str],
+        task: Assignment,
+        done: Done,
+    ) -> None:
+        super().__init__(site, job_id, logs, torch_sites)
         self._current = (task, done)
         self._given = False
 
@@ -129,8 +145,8 @@ class _PerTaskSession(_Session):
 class _OnceSession(_Session):
     _END = None
 
-    def __init__(self, site: str, job_id: str, logs: LogSink) -> None:
-        super().__init__(site, job_id, logs)
+    def __init__(self, site: str, job_id: str, logs: LogSink, torch_sites: set[str]) -> None:
+        super().__init__(site, job_id, logs, torch_sites)
         self.inbox: queue.Queue[tuple[Assignment, Done] | None] = queue.Queue()
         self._ended = False
         self.finished: Outcome | None = None
@@ -208,6 +224,8 @@ class InProcessExecutor:
         self._task_timeout = task_timeout
         self._code: CodeType = compile(script.read_bytes(), str(script), "exec")
         self._once: dict[str, _OnceSession] = {}
+        self._torch_sites: set[str] = set()
+        """Sites whose script sent torch tensors last: their tasks arrive as tensors."""
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._stopped: str | None = None
@@ -227,13 +245,17 @@ class InProcessExecutor:
         with self._lock:
             stopped = self._stopped
             if stopped is None and self.launch is LaunchMode.PER_TASK:
-                session = _PerTaskSession(site, self._job_id, self._logs, task, once_done)
+                session = _PerTaskSession(
+                    site, self._job_id, self._logs, self._torch_sites, task, once_done
+                )
                 self._work.put((session, once_done))
                 return
             if stopped is None:
                 once = self._once.get(site)
                 if once is None:
-                    once = self._once[site] = _OnceSession(site, self._job_id, self._logs)
+                    once = self._once[site] = _OnceSession(
+                        site, self._job_id, self._logs, self._torch_sites
+                    )
                     self._start_thread(self._run_script, f"fl-script-{site}", once)
                 if once.finished is None:
                     self._arm_timeout(once_done)

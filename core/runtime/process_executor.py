@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fl_core.client.pipe_session import ENV_VAR, Topic
+from fl_core.client.pipe_session import ENV_VAR, PARAMS_FORMAT, TORCH, Topic
 from fl_core.config import LaunchMode
 from fl_core.errors import FlCoreError
 from fl_core.model import FLModel
@@ -49,7 +49,7 @@ from fl_core.runtime.executor import Assignment, Done, LogSink, Outcome
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
 from fl_core.spec.pipe import PeerGoneError, Pipe, PipeContext, PipeError, PipeMessage, PipeSide
 
-__all__ = ["PARAMS_FORMAT", "ProcessExecutor"]
+__all__ = ["ProcessExecutor"]
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,6 @@ STDERR_TAIL = 4096
 """Bytes of a failed script's stderr kept in the task's failure."""
 _SLICE = 0.25
 """Seconds per pipe wait, between checks of the process, the deadline and `stop`."""
-PARAMS_FORMAT = "params_format"
-"""Pipe header: `torch` on a result whose params the script sent as torch tensors; the
-next task to that site carries it too, so the script gets torch tensors back."""
 
 
 class _Failed(Exception):
@@ -237,7 +234,7 @@ class ProcessExecutor:
                 "round": str(task.round_number),
             }
             if site in self._torch_sites:
-                headers[PARAMS_FORMAT] = "torch"
+                headers[PARAMS_FORMAT] = TORCH  # it sent tensors last time
             self._hand_over(trainer, PipeMessage(Topic.TASK, headers, task.model), deadline)
             task_id = task.task_id
             del task  # the script has the model now; this process need not keep it
@@ -406,7 +403,7 @@ class ProcessExecutor:
                 return Outcome(
                     reason=f"the training script sent a {got} as its result, not a model"
                 )
-            if message.headers.get(PARAMS_FORMAT) == "torch":
+            if message.headers.get(PARAMS_FORMAT) == TORCH:
                 self._torch_sites.add(site)
             else:
                 self._torch_sites.discard(site)
