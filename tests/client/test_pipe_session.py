@@ -253,7 +253,7 @@ def test_a_trainer_started_with_a_bad_value_fails_saying_so(tmp_path: Path) -> N
 
 
 def test_send_before_receive_is_refused_as_in_process(tmp_path: Path) -> None:
-    in_process = _OnceSession("site-1", "job1", lambda *args: None)
+    in_process = _OnceSession("site-1", "job1", lambda *args: None, set())
     with pytest.raises(RuntimeError) as expected:
         in_process.send(FLModel(params={}))
     active = _create("file", {"root": str(tmp_path)})
