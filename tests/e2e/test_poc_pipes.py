@@ -1,0 +1,176 @@
+"""POC jobs whose training scripts run as processes of their own, over each pipe.
+
+The whole `fl-core run --mode poc` command: server parent, client parents,
+server job, client jobs and one training process per site, all real. Each
+script records its pid in a marks folder, so a test can see that no training
+process outlives the job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fl_core.model import load_params
+from fl_core.runtime.pids import pid_alive
+from fl_core.testing import write_job
+
+from .test_poc_cli import FL_CORE, hello_job, poc_root, run_cli, wait_gone
+
+pytestmark = pytest.mark.e2e
+
+WAIT = 120.0
+
+SCRIPT = """\
+import os, sys, time
+from pathlib import Path
+import fl_core.client as flare
+
+marks = Path(sys.argv[1])
+flare.init()
+site = flare.get_site_name()
+while flare.is_running():
+    model = flare.receive()
+    if model is None:
+        break
+    r = model.current_round
+    (marks / f"{site}-r{r}-{os.getpid()}").touch()
+    if sys.argv[2] == f"{site}-r{r}-raise":
+        print("the data went missing", file=sys.stderr, flush=True)
+        raise RuntimeError("the data is gone")
+    if sys.argv[2] == f"{site}-r{r}-hang":
+        time.sleep(600)
+    flare.send(flare.FLModel(params={k: v + 1 for k, v in model.params.items()},
+                             meta={"num_samples": 1}))
+"""
+
+
+def _job(tmp_path: Path, pipe: Any, *, fault: str = "-", **executor: Any) -> tuple[Path, Path]:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    folder = write_job(
+        tmp_path / "job",
+        script=SCRIPT,
+        rounds=3,
+        initial_params={"w": np.zeros(3, np.float32)},
+        components={"pipe": pipe},
+        extra={
+            "executor": {
+                "script": "train.py",
+                "args": [str(marks), fault],
+                "launch": "once",
+                **executor,
+            }
+        },
+    )
+    return folder, marks
+
+
+def _trainer_pids(marks: Path) -> set[int]:
+    return {int(p.name.rsplit("-", 1)[1]) for p in marks.iterdir()}
+
+
+def _none_alive(pids: set[int]) -> bool:
+    deadline = time.monotonic() + 15.0
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(pid_alive(p) for p in pids)
+
+
+@pytest.mark.parametrize(
+    ("pipe", "launch"),
+    [("file", "once"), ("file", "per_task"), ("cell", "once"), ("cell", "per_task")],
+)
+def test_hello_numpy_runs_exactly_with_its_script_in_a_process_of_its_own(
+    tmp_path: Path, pipe: str, launch: str
+) -> None:
+    job = hello_job(tmp_path / "job", rounds=3)
+    text = (job / "job.yaml").read_text()
+    text = text.replace("  script: train.py\n", f"  script: train.py\n  launch: {launch}\n")
+    (job / "job.yaml").write_text(text + f"components:\n  pipe: {pipe}\n")
+    ws = tmp_path / "ws"
+
+    proc = run_cli("run", "--mode", "poc", str(job), "--clients", "2", "--workspace", str(ws))
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    final = load_params(ws / "final_model.npz")
+    initial = load_params(job / "initial_model.npz")
+    for name, array in final.items():  # site k adds k each round; equal weights
+        assert np.array_equal(array, initial[name] + 3 * 1.5), name
+    assert wait_gone(poc_root(proc.stdout)) == []
+
+
+def test_the_cell_pipe_runs_over_grpc(tmp_path: Path) -> None:
+    job, marks = _job(tmp_path, {"name": "cell", "options": {"transport": "grpc"}})
+    proc = run_cli("run", "--mode", "poc", str(job), "--workspace", str(tmp_path / "ws"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    final = load_params(tmp_path / "ws" / "final_model.npz")
+    np.testing.assert_array_equal(final["w"], np.full(3, 3.0, np.float32))
+    pids = _trainer_pids(marks)
+    assert len(pids) == 2  # launch: once, one process per site for all three rounds
+    assert _none_alive(pids)
+
+
+@pytest.mark.parametrize("pipe", ["file", "cell"])
+def test_a_crashed_script_fails_the_job_with_its_exit_code_and_error(
+    tmp_path: Path, pipe: str
+) -> None:
+    job, marks = _job(tmp_path, pipe, fault="site-2-r1-raise")
+
+    proc = run_cli("run", "--mode", "poc", str(job), "--workspace", str(tmp_path / "ws"))
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    match = re.search(r"error: job test-job failed: (.+)", proc.stderr)
+    assert match, proc.stderr
+    reason = match.group(1)
+    assert "site-2" in reason and "exited with code 1" in reason, reason
+    assert "RuntimeError: the data is gone" in reason, reason
+    assert _none_alive(_trainer_pids(marks))
+    assert wait_gone(poc_root(proc.stdout)) == []
+
+
+def test_a_hanging_script_is_stopped_after_the_task_timeout(tmp_path: Path) -> None:
+    job, marks = _job(tmp_path, "file", fault="site-1-r0-hang", task_timeout=3)
+
+    proc = run_cli("run", "--mode", "poc", str(job), "--workspace", str(tmp_path / "ws"))
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "did not send a result within 3 s; it was stopped" in proc.stderr, proc.stderr
+    hung = {p for p in _trainer_pids(marks) if any(marks.glob(f"site-1-r0-{p}"))}
+    assert hung and _none_alive(hung)
+    assert wait_gone(poc_root(proc.stdout)) == []
+
+
+def test_a_killed_script_fails_the_task_naming_the_signal(tmp_path: Path) -> None:
+    job, marks = _job(tmp_path, "cell", fault="site-1-r0-hang")
+    ws = tmp_path / "ws"
+    run = subprocess.Popen(
+        [*FL_CORE, "run", "--mode", "poc", str(job), "--workspace", str(ws)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + WAIT
+        while not list(marks.glob("site-1-r0-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        hung = next(iter(marks.glob("site-1-r0-*")))
+        pid = int(hung.name.rsplit("-", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        stdout, stderr = run.communicate(timeout=WAIT)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 1, stdout + stderr
+    assert "site-1" in stderr and "was killed by SIGKILL" in stderr, stderr
+    assert _none_alive(_trainer_pids(marks))
+    assert wait_gone(poc_root(stdout)) == []
