@@ -174,3 +174,36 @@ def test_a_killed_script_fails_the_task_naming_the_signal(tmp_path: Path) -> Non
     assert "site-1" in stderr and "was killed by SIGKILL" in stderr, stderr
     assert _none_alive(_trainer_pids(marks))
     assert wait_gone(poc_root(stdout)) == []
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[1])
+
+
+def test_a_killed_client_job_takes_its_training_process_with_it(tmp_path: Path) -> None:
+    job, marks = _job(tmp_path, "file", fault="site-1-r0-hang")
+    ws = tmp_path / "ws"
+    run = subprocess.Popen(
+        [*FL_CORE, "run", "--mode", "poc", str(job), "--workspace", str(ws)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + WAIT
+        while not list(marks.glob("site-1-r0-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        trainer = int(next(iter(marks.glob("site-1-r0-*"))).name.rsplit("-", 1)[1])
+        client_job = _parent(_parent(trainer))  # trainer <- its supervisor <- the client job
+        with open(f"/proc/{client_job}/cmdline", "rb") as f:
+            assert b"client-job" in f.read()
+        os.kill(client_job, signal.SIGKILL)
+        assert _none_alive({trainer}), "the training process outlived its client job"
+        stdout, stderr = run.communicate(timeout=WAIT)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 1, stdout + stderr
+    assert wait_gone(poc_root(stdout)) == []

@@ -55,6 +55,31 @@ def test_hello_numpy_final_model_is_exact(tmp_path: Path, clients: int, rounds: 
     assert (ws / "log.txt").stat().st_size > 0
 
 
+@pytest.mark.parametrize("pipe", ["file", "cell"])
+def test_hello_numpy_with_its_script_in_processes_of_their_own_is_exact(
+    tmp_path: Path, pipe: str
+) -> None:
+    job = tmp_path / "job"
+    job.mkdir()
+    for name in ("train.py", "initial_model.npz"):
+        (job / name).write_bytes((HELLO / name).read_bytes())
+    text = (HELLO / "job.yaml").read_text().replace("rounds: 5", "rounds: 2")
+    (job / "job.yaml").write_text(text + f"components:\n  pipe: {pipe}\n")
+    ws = tmp_path / "ws"
+
+    proc = run_cli("run", str(job), "--clients", "3", "--workspace", str(ws))
+
+    assert proc.returncode == 0, proc.stderr
+    final = load_params(ws / "final_model.npz")
+    initial = load_params(HELLO / "initial_model.npz")
+    for name, array in final.items():
+        assert np.array_equal(array, initial[name] + 2 * 2.0), name  # sites add 1, 2, 3
+    # Each site's script ran in its own process, in its own folder.
+    assert sorted(p.name for p in (ws / "trainers").iterdir()) == ["site-1", "site-2", "site-3"]
+    logged = [json.loads(line) for line in (ws / "site_metrics.jsonl").read_text().splitlines()]
+    assert {entry["site"] for entry in logged} == {"site-1", "site-2", "site-3"}
+
+
 def test_crashing_script_fails_with_traceback_and_site(tmp_path: Path) -> None:
     script = (
         "import fl_core.client as flare\n"
