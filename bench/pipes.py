@@ -33,6 +33,13 @@ client job's peak RSS growth in model sizes over its RSS holding the task's
 model (its own `RUSAGE_SELF` peak: `wait4` would count the training process
 under it too), and the training process's peak.
 
+Fresh memory is what the first round pays for: on a VM that reports free
+pages to its host (virtio-balloon free page reporting, as on this machine
+kind), memory freed a few seconds ago costs a host fault on first touch
+again, about 0.8-0.9 s per GiB here, whether it becomes array or page cache.
+So the first-round figures, and the raw file's write, move with what the
+machine freed just before; the later round shows the pipe itself.
+
 The file pipe and the raw file live in a temporary folder under `--root`
 (default: the system's temporary folder), removed at the end, also when a
 case fails.
