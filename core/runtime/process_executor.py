@@ -149,8 +149,13 @@ class ProcessExecutor:
                 inbox = self._inboxes.get(site)
                 if inbox is None:
                     inbox = self._inboxes[site] = queue.SimpleQueue()
+                    # A daemon: a worker wedged in a pipe must not keep this process
+                    # alive (its training process dies with this one anyway).
                     thread = threading.Thread(
-                        target=self._serve, args=(site, inbox), name=f"fl-trainer-{site}"
+                        target=self._serve,
+                        args=(site, inbox),
+                        name=f"fl-trainer-{site}",
+                        daemon=True,
                     )
                     self._threads[site] = thread
                     thread.start()
@@ -173,7 +178,16 @@ class ProcessExecutor:
         self._stopping.set()
         for inbox in inboxes:
             inbox.put(None)
-        deadline = time.monotonic() + 2 * grace + 1.0
+        deadline = time.monotonic() + grace
+        for thread in threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        # A worker still busy is stuck in a long hand-over to a script that does not
+        # take its task: ending the process ends the hand-over.
+        for site, thread in threads.items():
+            trainer = self._trainers.get(site)
+            if thread.is_alive() and trainer is not None:
+                trainer.handle.terminate(grace)
+        deadline = time.monotonic() + grace + 1.0
         for thread in threads.values():
             thread.join(max(0.0, deadline - time.monotonic()))
         return [site for site, thread in threads.items() if thread.is_alive()]

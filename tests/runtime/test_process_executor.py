@@ -340,3 +340,20 @@ def test_an_idle_process_is_told_end_and_exits_by_itself(
         assert executor.stop("done", 30.0) == []
     assert "training process 1 ended (exited with code 0)" in caplog.text
     assert "did not exit" not in caplog.text
+
+
+def test_stop_ends_a_hand_over_to_a_script_that_never_receives(
+    make_executor: Callable[..., ProcessExecutor], tmp_path: Path
+) -> None:
+    # With the cell pipe the hand-over waits for the script's receive(), which never comes.
+    executor = make_executor("flare.init()\nPath('ready').touch()\ntime.sleep(600)\n")
+    got: list[Outcome] = []
+    executor.execute("site-1", _task(1), got.append)
+    ready = tmp_path / "ws" / "trainers" / "site-1" / "ready"
+    deadline = time.monotonic() + WAIT
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the executor sees the script's end open and begins the hand-over
+    assert executor.stop("the job was aborted", 1.0) == []
+    assert [o.reason for o in got] == ["the job was aborted"]
+    assert not any(pid_alive(p) for p in _pids(tmp_path))
