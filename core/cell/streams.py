@@ -413,6 +413,10 @@ class StreamEngine:
             incoming.payload.put(body)
             if incoming.received == incoming.size:
                 self._in.forget(key)
+                # The payload's on_consumed refers back to `incoming`: with this
+                # link cut, a handler that drops the payload frees its arrays at
+                # once, instead of at the next cycle collection.
+                incoming.payload = None
             return
         assert incoming.assembler is not None
         reserved, incoming.reserved = incoming.reserved, None
@@ -470,6 +474,7 @@ class StreamEngine:
             return
         if incoming.payload is not None:
             incoming.payload.fail(CellError(f"the payload from {key[0]} broke off: {reason}"))
+            incoming.payload = None  # no cycle left for the handler's drop to wait on
         self._refuse(incoming.headers, f"stream {key[1]} from {key[0]}: {reason}")
 
     def _on_abort(self, conn: Connection, headers: dict[str, str]) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import queue
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -64,6 +66,31 @@ def test_the_sender_never_gets_ahead_of_the_receiver_by_more_than_the_window(
     assert payload.buffered <= SMALL.window
     go.set()
     assert future.result(WAIT).payload == digests(model.params)
+
+
+def test_a_streamed_model_the_handler_drops_is_freed_without_the_cycle_collector(
+    pair: tuple[Cell, Cell],
+) -> None:
+    server, job = pair
+    kept: queue.Queue[weakref.ref[np.ndarray]] = queue.Queue()
+
+    def take(message: Message) -> object:
+        assert isinstance(message.payload, IncomingPayload)
+        got = message.payload.result(WAIT)  # whole, as a pipe's receive takes it
+        assert isinstance(got, FLModel)
+        for array in got.params.values():
+            kept.put(weakref.ref(array))
+        return None
+
+    server.register_handler(AUX, "take", take, streaming=True)
+    model = FLModel(params={f"a{i}": np.full(100_000, i, dtype=np.float32) for i in range(4)})
+    gc.disable()
+    try:
+        job.request("server", AUX, "take", model, timeout=WAIT)
+        refs = [kept.get(timeout=WAIT) for _ in range(4)]
+        wait_until(lambda: all(ref() is None for ref in refs), WAIT, "the arrays to be freed")
+    finally:
+        gc.enable()
 
 
 def test_a_reply_over_the_requesters_limit_fails_the_request_promptly() -> None:
