@@ -289,6 +289,15 @@ class PayloadAssembler:
             self._model.release()
         return arrays
 
+    def in_place_room(self) -> int:
+        """Bytes the next `reserve` can take in place (what is left of the current array).
+
+        0 while the model's header is still coming, or for a payload that is not a model.
+        """
+        if self._model is None or self.received >= self.size:
+            return 0
+        return self._model.get_buffer().nbytes
+
     def reserve(self, size: int) -> memoryview | None:
         """Where the next `size` bytes can be received in place, if they fit one array.
 

@@ -359,7 +359,9 @@ class FilePipe(Pipe):
         scratch: bytearray | None = None
         while not assembler.complete:
             want = min(assembler.size - assembler.received, CHUNK)
-            view = assembler.reserve(want)
+            # Never across an array's end: such a read would go through `scratch`.
+            room = assembler.in_place_room()
+            view = assembler.reserve(min(want, room)) if room else None
             if view is not None:
                 got = f.readinto(view)  # straight into the array being rebuilt
                 if not got:

@@ -128,6 +128,27 @@ def test_received_in_place_through_reserve_and_commit() -> None:
     assert _same(model, assembler.result())
 
 
+def test_in_place_room_is_what_is_left_of_the_current_array() -> None:
+    model = FLModel(params={"a": np.arange(1000, dtype=np.float32), "b": np.ones(7, np.int64)})
+    data = memoryview(bytes(encode_payload(model, where="t").joined()))
+    header = bytes(data).find(model.params["a"].tobytes())  # where array a's bytes begin
+    assembler = PayloadAssembler(PayloadKind.MODEL, len(data), LIMITS)
+    assert assembler.in_place_room() == 0  # the header has not arrived
+    assembler.feed(data[:header])
+    assert assembler.in_place_room() == 4000
+    assembler.feed(data[header : header + 1000])
+    assert assembler.in_place_room() == 3000
+    position = header + 1000
+    while (room := assembler.in_place_room()) > 0:
+        view = assembler.reserve(room)
+        assert view is not None
+        view[:] = data[position : position + room]
+        assembler.commit(room)
+        position += room
+    assert position == len(data)
+    assert _same(model, assembler.result())
+
+
 def test_handing_out_arrays_forgets_them() -> None:
     model = _model()
     data = bytes(encode_payload(model, where="t").joined())
