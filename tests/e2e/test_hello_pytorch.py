@@ -22,12 +22,21 @@ CHANCE = 0.1  # ten digits
 pytestmark = pytest.mark.e2e
 
 
-def test_hello_pytorch_accuracy_rises_well_above_chance(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("mode", "pipe"),
+    [("simulator", None), ("simulator", "cell"), ("poc", "file")],
+)
+def test_hello_pytorch_accuracy_rises_well_above_chance(
+    tmp_path: Path, mode: str, pipe: str | None
+) -> None:
     job = tmp_path / "hello-pytorch"
     shutil.copytree(EXAMPLE, job, ignore=shutil.ignore_patterns("__pycache__"))
+    if pipe is not None:  # the same script, each site's in a process of its own
+        with open(job / "job.yaml", "a") as f:
+            f.write(f"components:\n  pipe: {pipe}\n")
     ws = tmp_path / "ws"
 
-    command = ["run", str(job), "--clients", "2", "--workspace", str(ws)]
+    command = ["run", "--mode", mode, str(job), "--clients", "2", "--workspace", str(ws)]
     proc = subprocess.run(
         [sys.executable, "-m", "fl_core.cli", *command],
         capture_output=True,
@@ -35,7 +44,7 @@ def test_hello_pytorch_accuracy_rises_well_above_chance(tmp_path: Path) -> None:
         timeout=300,
     )
 
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     rounds = json.loads((ws / "metrics.json").read_text())
     assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4]
     assert all(r["results"] == 2 for r in rounds)
