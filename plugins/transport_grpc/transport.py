@@ -8,14 +8,15 @@ message wraps the body). Each `connect` opens its own channel (its own
 HTTP/2 connection, never shared with another link) and one call on it.
 
 Threads: each `GrpcTransport` runs one asyncio loop on one daemon thread,
-started by the first `listen` or `connect` and stopped by `close`, and uses
-gRPC's asyncio API on it. The blocking API would cost a thread per stream on
-each end (a server worker per RPC plus a thread feeding or draining each
-stream), and a server's worker pool silently queues streams beyond its size;
-a server with hundreds of sites must not need hundreds of threads, and a
-transport must be able to join every thread it started when it closes. So
-links cost tasks, not threads, like the tcp transport; frame and close
-handlers run on the loop thread, and must not block.
+started by the first `listen` or `connect` and stopped by `close` (once gRPC's
+own tasks on it have ended), and uses gRPC's asyncio API on it. The blocking
+API would cost a thread per stream on each end (a server worker per RPC plus a
+thread feeding or draining each stream), and a server's worker pool silently
+queues streams beyond its size; a server with hundreds of sites must not need
+hundreds of threads, and a transport must be able to join every thread it
+started when it closes. So links cost tasks, not threads, like the tcp
+transport; frame and close handlers run on the loop thread, and must not
+block.
 
 Dead peers: a peer whose process dies has its sockets closed by its kernel,
 which ends the stream at once. A peer that stops answering (frozen, host
@@ -38,6 +39,7 @@ server's certificate carries (gRPC's `ssl_target_name_override`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import urllib.parse
 from collections.abc import Callable, Coroutine
@@ -194,6 +196,7 @@ class GrpcTransport(Transport):
         self._stopping: set[asyncio.Task[None]] = set()
         self._connections: set[GrpcConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._connecting: set[asyncio.Task[Any]] = set()
 
     # --- the loop thread -----------------------------------------------------------
 
@@ -293,14 +296,28 @@ class GrpcTransport(Transport):
     # --- connecting ----------------------------------------------------------------
 
     def connect(self, url: str, timeout: float) -> Connection:
-        """Connect, retrying until `timeout`; `TargetUnreachableError` then."""
+        """Connect, retrying until `timeout`; `TargetUnreachableError` then, or on `close`."""
         host, port = parse_url(url)
         try:
             return self._run(self._connect(host, port, url, timeout), timeout + 5.0)
         except TimeoutError:
             raise TargetUnreachableError(url, f"no connection within {timeout:g} s") from None
+        except concurrent.futures.CancelledError:
+            raise TargetUnreachableError(url, "the grpc transport closed") from None
 
     async def _connect(self, host: str, port: int, url: str, timeout: float) -> ClientConnection:
+        task = asyncio.current_task()
+        assert task is not None
+        # Tracked so that closing the transport cancels it (see `_shutdown`).
+        self._connecting.add(task)
+        try:
+            return await self._connect_once(host, port, url, timeout)
+        finally:
+            self._connecting.discard(task)
+
+    async def _connect_once(
+        self, host: str, port: int, url: str, timeout: float
+    ) -> ClientConnection:
         loop = asyncio.get_running_loop()
         address = _address(host, port)
         if self._credentials is None:
@@ -308,8 +325,13 @@ class GrpcTransport(Transport):
         else:
             creds = tls_material.channel_credentials(self._credentials)
             channel = aio.secure_channel(address, creds, options=self._channel_options)
+        cancelled = False
         try:
             call, why = await self._open_stream(channel, loop.time() + timeout)
+        except asyncio.CancelledError:
+            # The transport is closing, or the caller stopped waiting. Not
+            # re-raised here: this exception's traceback holds the call.
+            call, why, cancelled = None, "", True
         except BaseException:
             await channel.close()
             raise
@@ -318,6 +340,8 @@ class GrpcTransport(Transport):
             # Raised outside any handler and with no gRPC object left in this frame:
             # a traceback that kept one alive would keep gRPC's poller thread too.
             del channel
+            if cancelled:
+                raise asyncio.CancelledError
             raise TargetUnreachableError(url, f"could not connect within {timeout:g} s ({why})")
         conn = ClientConnection(
             loop,
@@ -372,6 +396,9 @@ class GrpcTransport(Transport):
         self._loops.stop(self._shutdown, CLOSE_GRACE * 2 + 10.0)
 
     async def _shutdown(self) -> None:
+        # A connect still under way closes its channel as it is cancelled.
+        for connecting in list(self._connecting):
+            connecting.cancel()
         listeners = list(self._listeners)
         self._listeners.clear()
         servers = [*(x.server for x in listeners if x.server is not None), *self._closing]
@@ -391,6 +418,33 @@ class GrpcTransport(Transport):
         for listener in listeners:
             listener.server = None
         self._closing.clear()
+        await _drain_loop(CLOSE_GRACE)
+
+
+async def _drain_loop(grace: float) -> None:
+    """Let every other task on this loop end before it stops; cancel those left after `grace`.
+
+    Cancelling a call or closing a channel does not end it at once: gRPC's own
+    tasks for that call (the one that waits for its status, the one that
+    starts it) end only once gRPC's core has reported the cancellation on the
+    loop, a moment later. A task the stopped loop never runs again stays
+    pending forever, and so do the call and the channel it holds: gRPC's core
+    holds a reference to the future such a task waits on, so neither reference
+    counting nor the garbage collector can free them. gRPC's poller thread
+    runs as long as any gRPC asyncio object lives in the process, so one such
+    task keeps that thread alive after the transport has closed.
+    """
+    loop = asyncio.get_running_loop()
+    current = asyncio.current_task()
+    deadline = loop.time() + grace
+    while pending := asyncio.all_tasks() - {current}:
+        left = deadline - loop.time()
+        if left <= 0:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=grace)
+            return
+        await asyncio.wait(pending, timeout=left)
 
 
 _FOREVER: Final = 365 * 24 * 3600.0
