@@ -49,6 +49,7 @@ from fl_core.spec.pipe import PeerGoneError, Pipe, PipeMessage, PipeSide
 __all__ = [
     "ENV_VAR",
     "PARAMS_FORMAT",
+    "TORCH",
     "NoTaskError",
     "PipeSession",
     "Topic",
@@ -62,11 +63,14 @@ ENV_VAR = "FL_CORE_PIPE"
 PARAMS_FORMAT = "params_format"
 """The header that says a model's params are (to be) torch tensors for the script."""
 TORCH = "torch"
+"""The `PARAMS_FORMAT` value for torch tensors."""
 
 _WAIT_SLICE = 1.0
 """Seconds per pipe `receive` while a caller waits without a timeout."""
-_SEND_SLICE = 10.0
-"""Seconds per pipe `send` attempt; a send not taken is retried while the peer lives."""
+_SEND_SLICE = 3600.0
+"""Seconds per pipe `send` attempt; a send not taken is retried while the peer lives.
+Long, because over a cell pipe it bounds the whole transfer of a big result; a
+client job that is gone ends the attempt at once (`PeerGoneError`)."""
 _ENV_KEYS = {"name", "options", "pipe", "site", "job_id"}
 
 

@@ -83,4 +83,5 @@ def build_executor(
         logs=logs,
         args=settings.args,
         task_timeout=settings.task_timeout,
+        threads=threads,
     )

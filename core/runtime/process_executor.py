@@ -26,6 +26,7 @@ ends every process: `end` first, then SIGTERM and SIGKILL after `grace`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -43,7 +44,6 @@ from pathlib import Path
 
 from fl_core.client.pipe_session import ENV_VAR, PARAMS_FORMAT, TORCH, Topic
 from fl_core.config import LaunchMode
-from fl_core.errors import FlCoreError
 from fl_core.model import FLModel
 from fl_core.runtime.executor import Assignment, Done, LogSink, Outcome
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
@@ -95,7 +95,8 @@ class ProcessExecutor:
     pipe choice; `pipe_name` is that component's registered name (the
     script rebuilds its end from it). `workspace` holds a folder per site
     (`trainers/<site>/`: the script's cwd, its `stdout.log`, `stderr.log`
-    and the pipe's folder).
+    and the pipe's folder). `threads` bounds how many sites' tasks run at
+    once (the simulator's `--threads`); None, no bound.
     """
 
     def __init__(
@@ -114,11 +115,12 @@ class ProcessExecutor:
         start_timeout: float = 120.0,
         python: str | None = None,
         send_timeout: float = 3600.0,
+        threads: int | None = None,
     ) -> None:
         self.script = script
         self.launch = launch
         self.job_id = job_id
-        self.workspace = workspace
+        self.workspace = workspace.resolve()  # the script runs elsewhere: paths are absolute
         self.launcher = launcher
         self.make_pipe = make_pipe
         self.pipe_name = pipe_name
@@ -138,6 +140,7 @@ class ProcessExecutor:
         self._stopped: str | None = None
         self._stopping = threading.Event()
         self._grace = 5.0
+        self._slots = threading.BoundedSemaphore(threads) if threads else contextlib.nullcontext()
 
     # --- the executor's interface ------------------------------------------------
 
@@ -200,24 +203,39 @@ class ProcessExecutor:
                 task, done = item
                 del item
                 if self._stopped is not None:
-                    done(Outcome(reason=self._stopped))
+                    self._report(site, done, Outcome(reason=self._stopped))
                     continue
                 pending = [task]
                 del task  # `_run_task` drops the model once the script has it
-                try:
-                    outcome = self._run_task(site, pending)
-                except _Failed as failed:
-                    outcome = failed.outcome
-                except Exception as exc:  # a bug here must fail the task, not hang the site
-                    log.exception("%s: the process executor failed", site)
-                    outcome = Outcome(reason=f"the process executor failed: {exc}")
-                if outcome.result is None and self._stopped is not None:
-                    outcome = Outcome(reason=self._stopped, detail=outcome.detail)
-                done(outcome)
+                end = True
+                with self._slots:
+                    try:
+                        outcome = self._run_task(site, pending)
+                        end = self.launch is LaunchMode.PER_TASK
+                    except _Failed as failed:
+                        outcome = failed.outcome
+                    except Exception as exc:  # a bug here must fail the task, not hang the site
+                        log.exception("%s: the process executor failed", site)
+                        outcome = Outcome(reason=f"the process executor failed: {exc}")
+                    if outcome.result is None and self._stopped is not None:
+                        outcome = Outcome(reason=self._stopped, detail=outcome.detail)
+                    # The result first: ending a per_task process may take up to grace.
+                    self._report(site, done, outcome)
+                    if end:
+                        self._end(site)
         finally:
             self._end(site)
             while (item := self._take_left(inbox)) is not None:
-                item[1](Outcome(reason=self._stopped or "the job ended"))
+                self._report(site, item[1], Outcome(reason=self._stopped or "the job ended"))
+
+    @staticmethod
+    def _report(site: str, done: Done, outcome: Outcome) -> None:
+        try:
+            done(outcome)
+        except Exception:
+            # The callback is the runner's; if it breaks, this site's worker must
+            # still answer the tasks queued behind, so the error is only logged.
+            log.exception("%s: handing over a task's outcome failed", site)
 
     @staticmethod
     def _take_left(
@@ -233,32 +251,27 @@ class ProcessExecutor:
 
     def _run_task(self, site: str, pending: list[Assignment]) -> Outcome:
         task = pending.pop()
+        if self._stopping.is_set():  # it may have waited for a slot while the job ended
+            raise _Failed(self._stopped or "the job ended")
         began = time.monotonic()
         deadline = math.inf if self.task_timeout is None else began + self.task_timeout
         trainer = self._trainers.get(site)
         if trainer is not None and trainer.handle.poll() is not None:
             self._end(site)
             trainer = None
-        try:
-            if trainer is None:
-                trainer = self._start(site, deadline)
-            headers = {
-                "task_id": task.task_id,
-                "task_name": task.name,
-                "round": str(task.round_number),
-            }
-            if site in self._torch_sites:
-                headers[PARAMS_FORMAT] = TORCH  # it sent tensors last time
-            self._hand_over(trainer, PipeMessage(Topic.TASK, headers, task.model), deadline)
-            task_id = task.task_id
-            del task  # the script has the model now; this process need not keep it
-            outcome = self._wait_result(site, trainer, task_id, deadline)
-        except _Failed:
-            self._end(site)
-            raise
-        if self.launch is LaunchMode.PER_TASK:
-            self._end(site)
-        return outcome
+        if trainer is None:
+            trainer = self._start(site, deadline)
+        headers = {
+            "task_id": task.task_id,
+            "task_name": task.name,
+            "round": str(task.round_number),
+        }
+        if site in self._torch_sites:
+            headers[PARAMS_FORMAT] = TORCH  # it sent tensors last time
+        self._hand_over(trainer, PipeMessage(Topic.TASK, headers, task.model), deadline)
+        task_id = task.task_id
+        del task  # the script has the model now; this process need not keep it
+        return self._wait_result(site, trainer, task_id, deadline)
 
     def _start(self, site: str, deadline: float) -> _Trainer:
         """Launch the site's script and wait for it to open its end of the pipe."""
@@ -271,7 +284,8 @@ class ProcessExecutor:
             folder.mkdir(parents=True)
         except OSError as exc:
             raise _Failed(f"cannot create the pipe folder {folder}: {exc}") from exc
-        name = f"{site}-{number}"
+        # Unique across jobs and restarts: a pipe root the job config names is shared.
+        name = f"{site}-{number}-{secrets.token_hex(4)}"
         pipe = self.make_pipe()
         try:
             pipe.prepare(PipeContext(folder, f"{site}.{self.job_id}", secrets.token_hex(16)))
@@ -283,10 +297,17 @@ class ProcessExecutor:
                 "site": site,
                 "job_id": self.job_id,
             }
-        except FlCoreError as exc:
-            pipe.close()
+            try:
+                environment = json.dumps(peer)
+            except (TypeError, ValueError) as exc:
+                raise PipeError(f"its peer_options() are not plain JSON: {exc}") from exc
+        except BaseException as exc:
+            self._close_pipe(site, pipe, number)
             shutil.rmtree(folder, ignore_errors=True)
-            raise _Failed(f"cannot open the {self.pipe_name} pipe for the script: {exc}") from exc
+            if isinstance(exc, Exception):
+                problem = f"cannot open the {self.pipe_name} pipe for the script: {exc}"
+                raise _Failed(problem) from exc
+            raise
         stderr_file = home / "stderr.log"
         offset = stderr_file.stat().st_size if stderr_file.exists() else 0
         spec = LaunchSpec(
@@ -296,14 +317,16 @@ class ProcessExecutor:
             workspace=home,
             log_file=home / "stdout.log",
             stderr_file=stderr_file,
-            env={ENV_VAR: json.dumps(peer), "PYTHONUNBUFFERED": "1"},
+            env={ENV_VAR: environment, "PYTHONUNBUFFERED": "1"},
         )
         try:
             handle = self.launcher.launch(spec)
-        except FlCoreError as exc:
-            pipe.close()
+        except BaseException as exc:
+            self._close_pipe(site, pipe, number)
             shutil.rmtree(folder, ignore_errors=True)
-            raise _Failed(f"cannot start the training script: {exc}") from exc
+            if isinstance(exc, Exception):
+                raise _Failed(f"cannot start the training script: {exc}") from exc
+            raise
         trainer = _Trainer(handle, pipe, folder, stderr_file, offset, number)
         self._trainers[site] = trainer
         log.info("%s: training process %d started (pipe %s)", site, number, self.pipe_name)
@@ -375,19 +398,28 @@ class ProcessExecutor:
             time.sleep(0.05)  # nobody took it yet (a cell pipe whose trainer is reconnecting)
 
     def _wait_result(self, site: str, trainer: _Trainer, task_id: str, deadline: float) -> Outcome:
+        silent = drained = False
         while True:
             try:
                 message = trainer.pipe.receive(_SLICE)
             except PeerGoneError as exc:
-                self._wait_exit(trainer)
-                self._check_running(trainer, "without sending a result")
-                raise _Failed(f"the training script stopped answering: {exc}") from exc
+                # Closed, dead, or only busy: a call that holds the GIL for long starves
+                # the script's heartbeat thread. While the process lives, its exit or the
+                # task's timeout decides, not its heartbeat.
+                if not silent:
+                    log.warning("%s: training process %d: %s", site, trainer.number, exc)
+                    silent = True
+                trainer.handle.wait(_SLICE)
+                message = None
             except PipeError as exc:
                 raise _Failed(f"a bad message from the training script: {exc}") from exc
             if message is not None:
                 outcome = self._take(site, task_id, message)
                 if outcome is not None:
                     return outcome
+                continue
+            if trainer.handle.poll() is not None and not drained:
+                drained = True  # one more look: a result published just before the exit
                 continue
             self._check_running(trainer, "without sending a result")
             if time.monotonic() >= deadline:
@@ -440,25 +472,31 @@ class ProcessExecutor:
         trainer = self._trainers.pop(site, None)
         if trainer is None:
             return
-        if trainer.handle.poll() is None:
-            try:
-                if trainer.pipe.peer_alive():
-                    trainer.pipe.send(PipeMessage(Topic.END), min(1.0, self._grace))
-            except PipeError:
-                pass  # it is going anyway: the terminate below ends it
+        number = trainer.number
+        if trainer.handle.poll() is None and self._tell_end(trainer):
             if trainer.handle.wait(self._grace) is None:
-                log.warning(
-                    "%s: training process %d did not exit; stopping it", site, trainer.number
-                )
+                log.warning("%s: training process %d did not exit; stopping it", site, number)
         trainer.handle.terminate(self._grace)
-        try:
-            trainer.pipe.close()
-        except PipeError as exc:
-            log.warning(
-                "%s: closing the pipe of training process %d: %s", site, trainer.number, exc
-            )
+        self._close_pipe(site, trainer.pipe, trainer.number)
         shutil.rmtree(trainer.folder, ignore_errors=True)
         code = trainer.handle.poll()
-        log.info(
-            "%s: training process %d ended (%s)", site, trainer.number, _describe_exit(code or 0)
-        )
+        ended = "exit code unknown" if code is None else _describe_exit(code)
+        log.info("%s: training process %d ended (%s)", site, trainer.number, ended)
+
+    def _tell_end(self, trainer: _Trainer) -> bool:
+        """Send `end` to a script whose end of the pipe is open; whether it was sent."""
+        if not trainer.pipe.peer_alive():
+            return False  # not up (yet) or gone: nobody to tell, terminate at once
+        try:
+            return trainer.pipe.send(PipeMessage(Topic.END), min(1.0, self._grace))
+        except PipeError:
+            return False  # it went meanwhile: terminate below ends what is left
+
+    @staticmethod
+    def _close_pipe(site: str, pipe: Pipe, number: int) -> None:
+        try:
+            pipe.close()
+        except PipeError as exc:
+            # Its process is gone by now; a pipe that cannot close cleanly leaves only
+            # files or a cell behind, which the log names.
+            log.warning("%s: closing the pipe of training process %d: %s", site, number, exc)

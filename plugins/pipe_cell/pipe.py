@@ -150,10 +150,13 @@ class CellPipe(Pipe):
         return self._address
 
     def prepare(self, context: PipeContext) -> None:
-        """Take the client job's cell name and the fresh token where the options gave none."""
+        """Take the client job's cell name where the options gave none, and always its token.
+
+        A token from the job config would be the same for every process and
+        travel inside the job package; the option is for an end built by hand.
+        """
         self.fqcn = self.fqcn or context.fqcn
-        if not self._token:
-            self._token = context.token.encode()
+        self._token = context.token.encode()
 
     def peer_options(self) -> dict[str, Any]:
         """The trainer's options: this end's name, token and real URL, and the same limits."""

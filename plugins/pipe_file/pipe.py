@@ -8,7 +8,8 @@ Layout under `<root>/<name>/`:
   not `<seq>.msg` (temp files of a sender that died) are ignored.
 - `active.alive`, `passive.alive`: touched every `heartbeat_interval`.
 - `active.closed`, `passive.closed`: written by an end that closes, removed
-  when it opens again.
+  when it opens again. An ACTIVE end that closes once its peer is gone
+  (closed, or silent past `heartbeat_timeout`) removes the whole folder.
 
 A message file is `FLPIPE1\\n`, a 4-byte big-endian header length, a JSON
 header (topic, headers, payload kind, size) and the payload's raw bytes
@@ -27,6 +28,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -162,7 +164,7 @@ class FilePipe(Pipe):
         if not self._open or self._side is not PipeSide.ACTIVE or self.root is None:
             raise PipeError(f"file pipe {self._name!r}: peer_options needs an open active end")
         return {
-            "root": str(self.root),
+            "root": str(self.root.resolve()),  # the trainer may run in another folder
             "heartbeat_interval": self.heartbeat_interval,
             "heartbeat_timeout": self.heartbeat_timeout,
             "max_payload": self.limits.max_size,
@@ -173,11 +175,17 @@ class FilePipe(Pipe):
         if not self._open:
             self._closed = True
             return
+        # The client job's end closing after its trainer is gone ends the pipe for
+        # good: its folder goes, so a shared root does not fill up with old pipes.
+        finished = self._side is PipeSide.ACTIVE and not self.peer_alive()
         self._open = False
         self._closed = True
         self._stop.set()
         if self._beater is not None:
             self._beater.join()
+        if finished:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            return
         try:
             self._marker("closed", self._side).touch()
         except OSError as exc:

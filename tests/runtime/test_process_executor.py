@@ -70,12 +70,20 @@ def make_executor(
     made: list[ProcessExecutor] = []
     logged: list[tuple[str, str, float, int | None]] = []
 
-    def make(body: str, launch: LaunchMode = LaunchMode.ONCE, **options: object) -> ProcessExecutor:
+    def make(
+        body: str,
+        launch: LaunchMode = LaunchMode.ONCE,
+        pipe_options: dict[str, object] | None = None,
+        **options: object,
+    ) -> ProcessExecutor:
         script = tmp_path / "train.py"
         script.write_text(PRELUDE + textwrap.dedent(body))
+        chosen = {"heartbeat_interval": 0.2, **(pipe_options or {})}
+        if pipe_name == "cell":
+            chosen.pop("root", None)  # a file pipe option
 
         def make_pipe() -> Pipe:
-            pipe = registry.create("pipe", pipe_name, {"heartbeat_interval": 0.2}, expect=Pipe)
+            pipe = registry.create("pipe", pipe_name, chosen, expect=Pipe)
             assert isinstance(pipe, Pipe)
             return pipe
 
@@ -84,7 +92,7 @@ def make_executor(
             script,
             launch,
             job_id="job1",
-            workspace=tmp_path / "ws",
+            workspace=Path(str(options.pop("workspace", tmp_path / "ws"))),
             launcher=launcher,
             make_pipe=make_pipe,
             pipe_name=pipe_name,
@@ -105,6 +113,14 @@ def make_executor(
 def _pids(tmp_path: Path) -> list[int]:
     folder = tmp_path / "ws" / "trainers"
     return [int(p.name) for p in folder.glob("*/pids/*")] if folder.exists() else []
+
+
+def _all_end(pids: list[int]) -> bool:
+    """Whether every pid ends within WAIT: a task's outcome comes before its process is ended."""
+    deadline = time.monotonic() + WAIT
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(pid_alive(p) for p in pids)
 
 
 def _task(number: int, params: dict[str, np.ndarray] | None = None) -> Assignment:
@@ -151,6 +167,7 @@ def test_per_task_starts_a_fresh_process_for_each_task_and_waits_for_its_exit(
     pids = [r.result.meta["pid"] for r in results if r.result is not None]
     assert len(set(pids)) == 2, [r.reason for r in results]
     assert not pid_alive(int(pids[0]))  # ended before the second task began
+    assert _all_end([int(p) for p in pids])
 
 
 def test_each_site_gets_its_own_process(make_executor: Callable[..., ProcessExecutor]) -> None:
@@ -247,7 +264,7 @@ def test_a_hanging_script_is_stopped_after_the_task_timeout(
     assert outcome.result is None
     assert "did not send a result within 2 s; it was stopped" in outcome.reason
     pids = _pids(tmp_path)
-    assert pids and not any(pid_alive(p) for p in pids)
+    assert pids and _all_end(pids)
 
 
 def test_a_script_that_never_opens_the_pipe_is_stopped_after_the_start_timeout(
@@ -258,7 +275,7 @@ def test_a_script_that_never_opens_the_pipe_is_stopped_after_the_start_timeout(
     assert outcome.result is None
     assert "did not open its end of the pipe within 2 s" in outcome.reason
     assert "flare.init()" in outcome.reason
-    assert not any(pid_alive(p) for p in _pids(tmp_path))
+    assert _all_end(_pids(tmp_path))
 
 
 def test_stop_fails_the_running_task_and_ends_the_process_and_its_children(
@@ -357,3 +374,162 @@ def test_stop_ends_a_hand_over_to_a_script_that_never_receives(
     assert executor.stop("the job was aborted", 1.0) == []
     assert [o.reason for o in got] == ["the job was aborted"]
     assert not any(pid_alive(p) for p in _pids(tmp_path))
+
+
+def test_a_relative_workspace_works_though_the_script_runs_in_another_folder(
+    make_executor: Callable[..., ProcessExecutor],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    executor = make_executor(ECHO, workspace=Path("ws"))
+    outcome = _run(executor, _task(1))
+    assert outcome.result is not None, outcome.reason
+
+
+def test_jobs_sharing_a_pipe_root_never_see_each_others_messages(
+    make_executor: Callable[..., ProcessExecutor], tmp_path: Path, pipe_name: str
+) -> None:
+    if pipe_name != "file":
+        pytest.skip("only the file pipe has a root")
+    root = tmp_path / "shared"
+    root.mkdir()
+    # The first job's script never answers: its task and `end` stay unread in the root.
+    first = make_executor(
+        "flare.init()\ntime.sleep(600)\n", pipe_options={"root": str(root)}, task_timeout=1.0
+    )
+    assert "did not send a result" in _run(first, _task(1)).reason
+    first.stop("done", 1.0)
+    left = set(root.iterdir())  # the killed script's pipe: its messages stay unread
+    assert len(left) == 1
+    second = make_executor(ECHO, pipe_options={"root": str(root)})
+    outcome = _run(second, _task(2, {"w": np.full(2, 5.0)}))
+    assert outcome.result is not None, outcome.reason
+    np.testing.assert_array_equal(outcome.result.params["w"], np.full(2, 6.0))
+    second.stop("done", 5.0)
+    assert set(root.iterdir()) == left  # the pipe whose script closed its end went
+
+
+def test_threads_bounds_how_many_sites_run_at_once(
+    make_executor: Callable[..., ProcessExecutor],
+) -> None:
+    # Each script claims a lock file while it works; a second one at once would find it taken.
+    executor = make_executor(
+        """
+        flare.init()
+        model = flare.receive()
+        claim = Path("..", "..", "running")
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            flare.send(flare.FLModel(meta={"overlap": True}))
+        else:
+            time.sleep(0.5)
+            os.close(fd)
+            os.unlink(claim)
+            flare.send(flare.FLModel(meta={"overlap": False}))
+        """,
+        LaunchMode.PER_TASK,
+        threads=1,
+    )
+    outcomes: dict[str, Outcome] = {}
+    finished = threading.Event()
+
+    def record(site: str) -> Callable[[Outcome], None]:
+        def done(outcome: Outcome) -> None:
+            outcomes[site] = outcome
+            if len(outcomes) == 3:
+                finished.set()
+
+        return done
+
+    for site in ("site-1", "site-2", "site-3"):
+        executor.execute(site, _task(1), record(site))
+    assert finished.wait(WAIT)
+    seen = [o.result.meta["overlap"] if o.result else o.reason for o in outcomes.values()]
+    assert seen == [False] * 3
+
+
+def test_a_live_script_that_goes_quiet_is_not_taken_for_dead(
+    make_executor: Callable[..., ProcessExecutor],
+) -> None:
+    # A stopped process sends no heartbeats, like one whose long call holds the GIL.
+    executor = make_executor(
+        """
+        import subprocess
+        flare.init()
+        model = flare.receive()
+        wake = f"import os, signal, time; time.sleep(3); os.kill({os.getpid()}, signal.SIGCONT)"
+        subprocess.Popen([sys.executable, "-c", wake])
+        os.kill(os.getpid(), signal.SIGSTOP)
+        flare.send(flare.FLModel(params=model.params))
+        """,
+        pipe_options={"heartbeat_timeout": 1.0},
+    )
+    outcome = _run(executor, _task(1))
+    assert outcome.result is not None, outcome.reason
+
+
+def test_a_per_task_result_is_handed_on_before_the_process_is_ended(
+    make_executor: Callable[..., ProcessExecutor],
+) -> None:
+    executor = make_executor(
+        """
+        flare.init()
+        model = flare.receive()
+        flare.send(flare.FLModel(meta={"pid": os.getpid()}))
+        time.sleep(600)  # a slow teardown: the result must not wait for it
+        """,
+        LaunchMode.PER_TASK,
+    )
+    seen: list[bool] = []
+    done = threading.Event()
+
+    def finish(outcome: Outcome) -> None:
+        assert outcome.result is not None, outcome.reason
+        seen.append(pid_alive(int(outcome.result.meta["pid"])))
+        done.set()
+
+    executor.execute("site-1", _task(1), finish)
+    assert done.wait(WAIT)
+    assert seen == [True]
+
+
+def test_a_failing_callback_does_not_stop_the_site_from_answering(
+    make_executor: Callable[..., ProcessExecutor],
+) -> None:
+    executor = make_executor(ECHO)
+
+    def broken(outcome: Outcome) -> None:
+        raise RuntimeError("the runner broke")
+
+    executor.execute("site-1", _task(1), broken)
+    assert _run(executor, _task(2)).result is not None
+
+
+def test_peer_options_that_are_not_json_fail_the_task_and_leave_nothing_open(
+    tmp_path: Path, registry: Registry
+) -> None:
+    from fl_plugins.pipe_file.pipe import FilePipe
+
+    class Odd(FilePipe):
+        def peer_options(self) -> dict[str, object]:
+            return {"root": Path("/tmp")}
+
+    script = tmp_path / "train.py"
+    script.write_text(PRELUDE + ECHO)
+    launcher = registry.create("launcher", "process", {}, expect=Launcher)
+    executor = ProcessExecutor(
+        script,
+        LaunchMode.ONCE,
+        job_id="job1",
+        workspace=tmp_path / "ws",
+        launcher=launcher,
+        make_pipe=Odd,
+        pipe_name="file",
+        logs=lambda *entry: None,
+    )
+    outcome = _run(executor, _task(1))
+    assert "peer_options() are not plain JSON" in outcome.reason
+    executor.stop("done", 1.0)
+    assert list((tmp_path / "ws" / "trainers" / "site-1").glob("pipe-*")) == []
