@@ -155,6 +155,9 @@ def _job_check(args: argparse.Namespace, out: TextIO) -> int:
         registry.check_available(kind, choice["name"])
     registry.check_available("workflow", job.workflow.name)
     container.workflow()  # the workflow validates its own options
+    from fl_core.runtime.executors import check_executor
+
+    check_executor(job, registry)  # a pipe's and a launcher's options
     out.write(
         f"{args.job}: ok (job {job.name!r}, {job.rounds} rounds, min_clients {job.min_clients}, "
         f"workflow {job.workflow.name}, script {job.executor.script.name})\n"

@@ -110,3 +110,12 @@ def test_third_party_workflow_runs_in_the_simulator(tmp_path: Path) -> None:
     assert "accuracy=0.25" in proc.stdout
     final = np.load(tmp_path / "ws" / "final_model.npz")
     assert final["w"].tolist() == [1.0, 1.0]
+
+
+def test_job_check_checks_the_pipes_options(tmp_path: Path) -> None:
+    bad = _job(tmp_path, components={"pipe": {"name": "file", "options": {"colour": "red"}}})
+    proc = fl_core("job", "check", str(bad))
+    assert proc.returncode == 1
+    assert "components.pipe.options.colour: `file` has no such option" in proc.stderr
+    good = _job(tmp_path / "good", components={"pipe": {"name": "cell"}})
+    assert fl_core("job", "check", str(good)).returncode == 0

@@ -42,7 +42,24 @@ REPORT_TIMEOUT = 10.0
 class _Job:
     job_id: str
     handle: JobHandle
+    log_file: Path
     aborting: bool = False
+
+
+ERROR_TAIL = 64 * 1024
+"""Bytes at the end of a failed client job's log searched for its `error:` line."""
+
+
+def _last_error(log_file: Path) -> str:
+    """The last `error: ...` line a job process wrote to its log (what it failed on), or ""."""
+    try:
+        with open(log_file, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - ERROR_TAIL))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    errors = [line[len("error: ") :] for line in tail.splitlines() if line.startswith("error: ")]
+    return errors[-1][:1000] if errors else ""
 
 
 def _job_id(value: object) -> str:
@@ -223,10 +240,11 @@ class ClientEngine:
                 raise FlCoreError(f"job {job_id} is already running on {self.site}")
             token = str(data.get(Field.TOKEN) or "")
             env = {DIRECT_TOKEN_ENV: token} if token else {}
+            log_file = folder / "log.txt"
             handle = self.launcher.launch(
-                LaunchSpec(job_id, ProcessType.CLIENT_JOB, argv, workspace, folder / "log.txt", env)
+                LaunchSpec(job_id, ProcessType.CLIENT_JOB, argv, workspace, log_file, env)
             )
-            self._jobs[job_id] = _Job(job_id, handle)
+            self._jobs[job_id] = _Job(job_id, handle, log_file)
         log.info("%s: client job %s started", self.site, job_id)
         return {Field.PID: getattr(handle, "pid", 0)}
 
@@ -274,11 +292,11 @@ class ClientEngine:
                     del self._jobs[job.job_id]
             for job, code in ended:
                 assert code is not None
-                reason = (
-                    ""
-                    if code == 0 or job.aborting
-                    else (f"the client job of {self.site} {describe_exit(code)}")
-                )
+                reason = ""
+                if code != 0 and not job.aborting:
+                    reason = f"the client job of {self.site} {describe_exit(code)}"
+                    if error := _last_error(job.log_file):
+                        reason += f": {error}"
                 log.info("%s: client job %s %s", self.site, job.job_id, describe_exit(code))
                 self._report_exit(job.job_id, code, reason)
 

@@ -20,7 +20,7 @@ from fl_core.spec import ComponentKind
 from fl_core.spec.launcher import Launcher
 from fl_core.spec.pipe import Pipe
 
-__all__ = ["TaskExecutor", "build_executor"]
+__all__ = ["TaskExecutor", "build_executor", "check_executor"]
 
 DEFAULT_LAUNCHER = ComponentChoice("process", {})
 """What starts training processes when the job config names no launcher."""
@@ -34,6 +34,25 @@ class TaskExecutor(Protocol):
 
     def stop(self, reason: str, grace: float = 5.0) -> list[str]:
         """End all work; what is still running after `grace` s."""
+
+
+def check_executor(job: JobConfig, registry: Registry) -> Launcher | None:
+    """Build what a training process of `job` needs once, so bad options fail now.
+
+    Returns the launcher that starts training processes, or None for a job
+    that names no pipe (its script runs in-process). Raises the component's
+    `ConfigError` / `UnknownComponentError`. Starts nothing: pipes and
+    launchers do their work in `open` and `launch`.
+    """
+    pipe = job.components.get(ComponentKind.PIPE)
+    if pipe is None:
+        return None
+    made = registry.create(ComponentKind.PIPE, pipe.name, pipe.options, expect=Pipe)
+    made.close()
+    choice = job.components.get(ComponentKind.LAUNCHER, DEFAULT_LAUNCHER)
+    launcher = registry.create(ComponentKind.LAUNCHER, choice.name, choice.options, expect=Launcher)
+    assert isinstance(launcher, Launcher)
+    return launcher
 
 
 def build_executor(
@@ -68,10 +87,8 @@ def build_executor(
         assert isinstance(made, Pipe)
         return made
 
-    make_pipe().close()  # its options are checked now, not at the first task
-    choice = job.components.get(ComponentKind.LAUNCHER, DEFAULT_LAUNCHER)
-    launcher = registry.create(ComponentKind.LAUNCHER, choice.name, choice.options, expect=Launcher)
-    assert isinstance(launcher, Launcher)
+    launcher = check_executor(job, registry)
+    assert launcher is not None
     return ProcessExecutor(
         settings.script,
         settings.launch,

@@ -286,7 +286,7 @@ def server_job(args: argparse.Namespace) -> int:
     try:
         cell.connect_parent(args.parent_url, reconnect=False)
         report(JobState.RUNNING)
-        runner.wait_for_sites(len(sites), config.server.job_start_timeout)
+        runner.wait_for_sites(len(sites), config.server.job_start_timeout, of=len(sites))
         initial = FLModel(params=load_params(job.initial_model) if job.initial_model else {})
         final = runner.run(initial)
         save_params(workspace / "final_model.npz", final.params)

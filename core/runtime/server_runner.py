@@ -109,6 +109,7 @@ class ServerRunner:
         self.record = RunRecord()
         self._lock = threading.Lock()
         self._sites: dict[str, _Site] = {}
+        self._lost_before_join: dict[str, str] = {}
         self._joined = threading.Condition(self._lock)
         self._ended = False
         self._inbox: queue.Queue[Message | _Abort | _Lost] = queue.Queue()
@@ -225,11 +226,22 @@ class ServerRunner:
 
     # --- running -------------------------------------------------------------------
 
-    def wait_for_sites(self, count: int, timeout: float) -> None:
-        """Block until `count` sites joined; raises `JobFailedError` on timeout."""
+    def wait_for_sites(self, count: int, timeout: float, *, of: int | None = None) -> None:
+        """Block until `count` sites joined; raises `JobFailedError` on timeout.
+
+        With `of` (how many sites the job was deployed to), it fails at once,
+        with their reasons, when so many are lost before joining that `count`
+        can no longer be reached.
+        """
         deadline = time.monotonic() + timeout
         with self._joined:
             while len(self._sites) < count:
+                lost = dict(self._lost_before_join)
+                if of is not None and of - len(lost) < count:
+                    reasons = "; ".join(f"{site}: {why}" for site, why in sorted(lost.items()))
+                    raise JobFailedError(
+                        self._job_id, f"{len(lost)} of {of} sites could not join: {reasons}"
+                    )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._abort_reason is not None:
                     raise JobFailedError(
@@ -266,6 +278,9 @@ class ServerRunner:
             if state is not None and state.waiter_timer is not None:
                 state.waiter_timer.cancel()
         if state is None:
+            with self._joined:
+                self._lost_before_join[site] = reason
+                self._joined.notify_all()
             return
         log.warning("job %s: %s is lost: %s", self._job_id, site, reason)
         self.record.failures.setdefault(site, SiteFailure(self._round, reason))
