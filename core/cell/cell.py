@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -90,6 +91,8 @@ class Cell:
         self._pending = PendingRequests(self.resources.timer)
         self._relayed = RelayedRequests(self.resources.timer)
         self._ids = itertools.count(1)
+        # Unguessable, so a cell cannot even aim a reply at another cell's request.
+        self._id_prefix = secrets.token_hex(8) + "-"
         self._closed = False
 
     # --- wiring ----------------------------------------------------------------
@@ -322,7 +325,7 @@ class Cell:
 
         Cancelling the future forgets the request; a late reply is dropped.
         """
-        msg_id = f"{self.fqcn}#{next(self._ids)}"
+        msg_id = f"{self.fqcn}#{self._id_prefix}{next(self._ids)}"
         future: Future[Message] = Future()
         try:
             validate(target)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
@@ -18,6 +19,8 @@ from fl_core.errors import (
     TargetUnreachableError,
 )
 from fl_core.spec.transport import Connection
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -106,10 +109,24 @@ class PendingRequests:
 
     def on_reply(self, reply: Message) -> None:
         """Complete the request `reply` answers, mapping its status to a result or error."""
-        request = self.take(reply.get(Header.IN_REPLY_TO))
-        if request is None:
-            return  # late reply to a request that timed out or was cancelled
+        msg_id = reply.get(Header.IN_REPLY_TO)
         status = reply.get(Header.STATUS)
+        with self._lock:
+            request = self._table.get(msg_id)
+            # Only the cell asked answers; a cell on the way may only say it cannot
+            # reach it. Origins are checked link by link, so this cannot be forged.
+            if request is None or (status != Status.UNREACHABLE and reply.origin != request.target):
+                if request is not None:
+                    log.warning(
+                        "a reply to %s's request %s came from %s: dropped",
+                        request.target,
+                        msg_id,
+                        reply.origin,
+                    )
+                return  # late (timed out, cancelled), or not from the cell asked
+        request = self.take(msg_id)
+        if request is None:
+            return  # it timed out meanwhile
         detail = reply.get(Header.ERROR)
         if status == Status.OK:
             request.resolve(reply)

@@ -326,3 +326,65 @@ def test_a_reply_still_streaming_when_its_request_is_cancelled_is_aborted(net: N
     assert abort[Header.STREAM] == "r1"
     assert "its request has ended" in abort[Header.ERROR]
     assert net.server.streams_in_flight()["in"] == 0
+
+
+# --- forged replies ----------------------------------------------------------------------
+
+
+def test_a_reply_from_a_cell_other_than_the_one_asked_is_dropped(net: Net) -> None:
+    asker, answerer = net.cell("server.asker"), net.cell("server.answerer")
+    liar = net.raw("server.liar")
+    seen: queue.Queue[str] = queue.Queue()
+    go = threading.Event()
+
+    def slow(message: Message) -> object:
+        seen.put(message.get(Header.MSG_ID))
+        go.wait(WAIT)
+        return "the real answer"
+
+    answerer.register_handler(AUX, "ask", slow)
+    future = asker.request_async("server.answerer", AUX, "ask", None, WAIT)
+    msg_id = seen.get(timeout=WAIT)
+    # The liar knows the request's id (the best a liar can do) and answers first.
+    liar.conn.send(
+        Frame(
+            {
+                Header.ORIGIN: "server.liar",
+                Header.DESTINATION: "server.asker",
+                Header.MSG_TYPE: str(MessageType.REPLY),
+                Header.CHANNEL: str(AUX),
+                Header.TOPIC: "ask",
+                Header.IN_REPLY_TO: msg_id,
+                Header.STATUS: str(Status.OK),
+                Header.PAYLOAD: "json",
+            },
+            b'"forged"',
+        )
+    )
+    liar.conn.send(
+        Frame(
+            {
+                Header.ORIGIN: "server.liar",
+                Header.DESTINATION: "server.asker",
+                Header.MSG_TYPE: str(MessageType.REPLY),
+                Header.CHANNEL: str(AUX),
+                Header.TOPIC: "ask",
+                Header.IN_REPLY_TO: msg_id,
+                Header.STATUS: str(Status.HANDLER_ERROR),
+                Header.ERROR: "forged failure",
+            },
+            None,
+        )
+    )
+    go.set()
+    assert future.result(WAIT).payload == "the real answer"
+
+
+def test_request_ids_cannot_be_guessed_from_another_cells(net: Net) -> None:
+    one, two = net.cell("server.one"), net.cell("server.two")
+    ids: queue.Queue[str] = queue.Queue()
+    net.server.register_handler(AUX, "id", lambda m: ids.put(m.get(Header.MSG_ID)))
+    one.request("server", AUX, "id", None, WAIT)
+    two.request("server", AUX, "id", None, WAIT)
+    first, second = ids.get(timeout=WAIT), ids.get(timeout=WAIT)
+    assert first.split("#")[1] != second.split("#")[1]  # not both "1"
