@@ -382,7 +382,10 @@ class ProcessExecutor:
             remaining = limit - time.monotonic()
             if remaining <= 0:
                 raise _Failed(
-                    self._timed_out() if limit == deadline else "the script did not take its task"
+                    self._timed_out()
+                    if limit == deadline
+                    else f"the training script did not take its task within "
+                    f"{self.send_timeout:g} s; it was stopped"
                 )
             try:
                 if trainer.pipe.send(message, remaining):
