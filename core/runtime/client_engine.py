@@ -29,7 +29,7 @@ from fl_core.config.federation import FederationConfig
 from fl_core.errors import CellError, FlCoreError
 from fl_core.runtime.job_store import unpack_job
 from fl_core.runtime.parents import ABORT_GRACE, DIRECT_TOKEN_ENV, Field, ParentTopic
-from fl_core.runtime.server_engine import describe_exit
+from fl_core.runtime.pids import describe_exit, read_tail
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
 from fl_core.spec.transport import Transport
 
@@ -52,12 +52,7 @@ ERROR_TAIL = 64 * 1024
 
 def _last_error(log_file: Path) -> str:
     """The last `error: ...` line a job process wrote to its log (what it failed on), or ""."""
-    try:
-        with open(log_file, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - ERROR_TAIL))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return ""
+    tail = read_tail(log_file, ERROR_TAIL)
     errors = [line[len("error: ") :] for line in tail.splitlines() if line.startswith("error: ")]
     return errors[-1][:1000] if errors else ""
 

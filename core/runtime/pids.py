@@ -1,8 +1,10 @@
-"""Whether a process id still names a running process."""
+"""Facts about a process: whether it still runs, how it ended, what it last wrote."""
 
 from __future__ import annotations
 
 import os
+import signal
+from pathlib import Path
 
 
 def pid_alive(pid: int) -> bool:
@@ -18,3 +20,24 @@ def pid_alive(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except (OSError, IndexError):
         return True  # no /proc: trust kill()
+
+
+def describe_exit(code: int) -> str:
+    """An exit code as words: 'exited with code 1', 'was killed by SIGKILL'."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def read_tail(path: Path, limit: int, start: int = 0) -> str:
+    """The last `limit` bytes of `path` from offset `start` on, as text; "" if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            f.seek(max(start, end - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""

@@ -30,11 +30,9 @@ import contextlib
 import json
 import logging
 import math
-import os
 import queue
 import secrets
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -46,6 +44,7 @@ from fl_core.client.pipe_session import ENV_VAR, PARAMS_FORMAT, TORCH, Topic
 from fl_core.config import LaunchMode
 from fl_core.model import FLModel
 from fl_core.runtime.executor import Assignment, Done, LogSink, Outcome
+from fl_core.runtime.pids import describe_exit, read_tail
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
 from fl_core.spec.pipe import PeerGoneError, Pipe, PipeContext, PipeError, PipeMessage, PipeSide
 
@@ -77,15 +76,6 @@ class _Trainer:
     stderr_file: Path
     stderr_offset: int
     number: int
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 class ProcessExecutor:
@@ -287,6 +277,8 @@ class ProcessExecutor:
         # Unique across jobs and restarts: a pipe root the job config names is shared.
         name = f"{site}-{number}-{secrets.token_hex(4)}"
         pipe = self.make_pipe()
+        stderr_file = home / "stderr.log"
+        step = f"cannot open the {self.pipe_name} pipe for the script"
         try:
             pipe.prepare(PipeContext(folder, f"{site}.{self.job_id}", secrets.token_hex(16)))
             pipe.open(name, PipeSide.ACTIVE)
@@ -301,31 +293,24 @@ class ProcessExecutor:
                 environment = json.dumps(peer)
             except (TypeError, ValueError) as exc:
                 raise PipeError(f"its peer_options() are not plain JSON: {exc}") from exc
-        except BaseException as exc:
-            self._close_pipe(site, pipe, number)
-            shutil.rmtree(folder, ignore_errors=True)
-            if isinstance(exc, Exception):
-                problem = f"cannot open the {self.pipe_name} pipe for the script: {exc}"
-                raise _Failed(problem) from exc
-            raise
-        stderr_file = home / "stderr.log"
-        offset = stderr_file.stat().st_size if stderr_file.exists() else 0
-        spec = LaunchSpec(
-            job_id=self.job_id,
-            role=ProcessType.TRAINER,
-            argv=[self.python, str(self.script), *self.args],
-            workspace=home,
-            log_file=home / "stdout.log",
-            stderr_file=stderr_file,
-            env={ENV_VAR: environment, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
+            offset = stderr_file.stat().st_size if stderr_file.exists() else 0
+            spec = LaunchSpec(
+                job_id=self.job_id,
+                role=ProcessType.TRAINER,
+                argv=[self.python, str(self.script), *self.args],
+                workspace=home,
+                log_file=home / "stdout.log",
+                stderr_file=stderr_file,
+                env={ENV_VAR: environment, "PYTHONUNBUFFERED": "1"},
+            )
+            step = "cannot start the training script"
             handle = self.launcher.launch(spec)
         except BaseException as exc:
+            # Nothing runs yet: undo the pipe's end and folder whatever went wrong.
             self._close_pipe(site, pipe, number)
             shutil.rmtree(folder, ignore_errors=True)
             if isinstance(exc, Exception):
-                raise _Failed(f"cannot start the training script: {exc}") from exc
+                raise _Failed(f"{step}: {exc}") from exc
             raise
         trainer = _Trainer(handle, pipe, folder, stderr_file, offset, number)
         self._trainers[site] = trainer
@@ -356,23 +341,14 @@ class ProcessExecutor:
         """Raise `_Failed` (exit code, stderr tail) if the process has ended; or on `stop`."""
         code = trainer.handle.poll()
         if code is not None:
-            tail = self._stderr_tail(trainer)
+            tail = read_tail(trainer.stderr_file, STDERR_TAIL, trainer.stderr_offset)
             last = tail.strip().splitlines()[-1:] if tail.strip() else []
-            reason = f"the training script {_describe_exit(code)} {when}"
+            reason = f"the training script {describe_exit(code)} {when}"
             if last:
                 reason += f": {last[0]}"
             raise _Failed(reason, tail)
         if self._stopping.is_set():
             raise _Failed(self._stopped or "the job ended")
-
-    def _stderr_tail(self, trainer: _Trainer) -> str:
-        try:
-            with open(trainer.stderr_file, "rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(trainer.stderr_offset, size - STDERR_TAIL))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
 
     def _hand_over(self, trainer: _Trainer, message: PipeMessage, deadline: float) -> None:
         """Send the task; its model may be big, so a send may take long: one try per gap."""
@@ -483,7 +459,7 @@ class ProcessExecutor:
         self._close_pipe(site, trainer.pipe, trainer.number)
         shutil.rmtree(trainer.folder, ignore_errors=True)
         code = trainer.handle.poll()
-        ended = "exit code unknown" if code is None else _describe_exit(code)
+        ended = "exit code unknown" if code is None else describe_exit(code)
         log.info("%s: training process %d ended (%s)", site, trainer.number, ended)
 
     def _tell_end(self, trainer: _Trainer) -> bool:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import signal
 import sys
 import threading
 import time
@@ -44,6 +43,7 @@ from fl_core.runtime.parents import (
     json_int,
     json_object,
 )
+from fl_core.runtime.pids import describe_exit
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
 from fl_core.spec.transport import Transport
 
@@ -82,16 +82,6 @@ class _Running:
     """How the job is recorded once stopped: an admin's abort, or a failure (SP stopping)."""
     reported: dict[str, object] = field(default_factory=dict)  # the SJ's last job_status
     done: threading.Event = field(default_factory=threading.Event)
-
-
-def describe_exit(code: int) -> str:
-    """An exit code as words: 'exited with code 1', 'was killed by SIGKILL'."""
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 class ServerEngine:
@@ -470,4 +460,4 @@ def _list(value: object, what: str) -> list[object]:
     return value
 
 
-__all__ = ["ServerEngine", "SiteInfo", "UnknownJobError", "describe_exit"]
+__all__ = ["ServerEngine", "SiteInfo", "UnknownJobError"]
