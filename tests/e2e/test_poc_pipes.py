@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import subprocess
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 from fl_core.model import load_params
 from fl_core.runtime.pids import pid_alive
 from fl_core.testing import write_job
+from fl_core.testing.stream_contract import wait_until
 
 from .test_poc_cli import FL_CORE, hello_job, poc_root, run_cli, wait_gone
 
@@ -78,11 +79,39 @@ def _trainer_pids(marks: Path) -> set[int]:
     return {int(p.name.rsplit("-", 1)[1]) for p in marks.iterdir()}
 
 
-def _none_alive(pids: set[int]) -> bool:
-    deadline = time.monotonic() + 15.0
-    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return not any(pid_alive(p) for p in pids)
+def _none_alive(pids: set[int], what: str = "the training processes to end") -> None:
+    wait_until(lambda: not any(pid_alive(p) for p in pids), 15.0, what)
+
+
+def _kill_during_a_hang(
+    tmp_path: Path,
+    pipe: str,
+    victim: Callable[[int], int],
+    then: Callable[[int], None] = lambda trainer: None,
+) -> tuple[int, str, str, Path]:
+    """Run a POC job whose site-1 script hangs in round 1; SIGKILL `victim(trainer_pid)` then.
+
+    `then(trainer_pid)` runs right after the kill, while the job still runs.
+    Returns the command's exit code, stdout, stderr and the marks folder.
+    """
+    job, marks = _job(tmp_path, pipe, fault="site-1-r0-hang")
+    run = subprocess.Popen(
+        [*FL_CORE, "run", "--mode", "poc", str(job), "--workspace", str(tmp_path / "ws")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: any(marks.glob("site-1-r0-*")), WAIT, "site-1 to hang in round 1")
+        trainer = int(next(iter(marks.glob("site-1-r0-*"))).name.rsplit("-", 1)[1])
+        os.kill(victim(trainer), signal.SIGKILL)
+        then(trainer)
+        stdout, stderr = run.communicate(timeout=WAIT)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    return run.returncode, stdout, stderr, marks
 
 
 @pytest.mark.parametrize(
@@ -116,7 +145,7 @@ def test_the_cell_pipe_runs_over_grpc(tmp_path: Path) -> None:
     np.testing.assert_array_equal(final["w"], np.full(3, 3.0, np.float32))
     pids = _trainer_pids(marks)
     assert len(pids) == 2  # launch: once, one process per site for all three rounds
-    assert _none_alive(pids)
+    _none_alive(pids)
 
 
 @pytest.mark.parametrize("pipe", ["file", "cell"])
@@ -133,7 +162,7 @@ def test_a_crashed_script_fails_the_job_with_its_exit_code_and_error(
     reason = match.group(1)
     assert "site-2" in reason and "exited with code 1" in reason, reason
     assert "RuntimeError: the data is gone" in reason, reason
-    assert _none_alive(_trainer_pids(marks))
+    _none_alive(_trainer_pids(marks))
     assert wait_gone(poc_root(proc.stdout)) == []
 
 
@@ -145,34 +174,16 @@ def test_a_hanging_script_is_stopped_after_the_task_timeout(tmp_path: Path) -> N
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "did not send a result within 3 s; it was stopped" in proc.stderr, proc.stderr
     hung = {p for p in _trainer_pids(marks) if any(marks.glob(f"site-1-r0-{p}"))}
-    assert hung and _none_alive(hung)
+    assert hung
+    _none_alive(hung)
     assert wait_gone(poc_root(proc.stdout)) == []
 
 
 def test_a_killed_script_fails_the_task_naming_the_signal(tmp_path: Path) -> None:
-    job, marks = _job(tmp_path, "cell", fault="site-1-r0-hang")
-    ws = tmp_path / "ws"
-    run = subprocess.Popen(
-        [*FL_CORE, "run", "--mode", "poc", str(job), "--workspace", str(ws)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + WAIT
-        while not list(marks.glob("site-1-r0-*")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        hung = next(iter(marks.glob("site-1-r0-*")))
-        pid = int(hung.name.rsplit("-", 1)[1])
-        os.kill(pid, signal.SIGKILL)
-        stdout, stderr = run.communicate(timeout=WAIT)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    assert run.returncode == 1, stdout + stderr
+    code, stdout, stderr, marks = _kill_during_a_hang(tmp_path, "cell", lambda trainer: trainer)
+    assert code == 1, stdout + stderr
     assert "site-1" in stderr and "was killed by SIGKILL" in stderr, stderr
-    assert _none_alive(_trainer_pids(marks))
+    _none_alive(_trainer_pids(marks))
     assert wait_gone(poc_root(stdout)) == []
 
 
@@ -182,30 +193,17 @@ def _parent(pid: int) -> int:
 
 
 def test_a_killed_client_job_takes_its_training_process_with_it(tmp_path: Path) -> None:
-    job, marks = _job(tmp_path, "file", fault="site-1-r0-hang")
-    ws = tmp_path / "ws"
-    run = subprocess.Popen(
-        [*FL_CORE, "run", "--mode", "poc", str(job), "--workspace", str(ws)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + WAIT
-        while not list(marks.glob("site-1-r0-*")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        trainer = int(next(iter(marks.glob("site-1-r0-*"))).name.rsplit("-", 1)[1])
-        client_job = _parent(_parent(trainer))  # trainer <- its supervisor <- the client job
-        with open(f"/proc/{client_job}/cmdline", "rb") as f:
+    def client_job(trainer: int) -> int:
+        found = _parent(_parent(trainer))  # trainer <- its supervisor <- the client job
+        with open(f"/proc/{found}/cmdline", "rb") as f:
             assert b"client-job" in f.read()
-        os.kill(client_job, signal.SIGKILL)
-        assert _none_alive({trainer}), "the training process outlived its client job"
-        stdout, stderr = run.communicate(timeout=WAIT)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    assert run.returncode == 1, stdout + stderr
+        return found
+
+    def ends_with_it(trainer: int) -> None:
+        _none_alive({trainer}, "the training process to end with its client job")
+
+    code, stdout, stderr, _ = _kill_during_a_hang(tmp_path, "file", client_job, ends_with_it)
+    assert code == 1, stdout + stderr
     assert wait_gone(poc_root(stdout)) == []
 
 

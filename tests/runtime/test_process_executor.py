@@ -21,6 +21,7 @@ from fl_core.runtime.pids import pid_alive
 from fl_core.runtime.process_executor import ProcessExecutor
 from fl_core.spec.launcher import Launcher
 from fl_core.spec.pipe import Pipe
+from fl_core.testing.stream_contract import wait_until
 
 pytestmark = pytest.mark.usefixtures("fl_no_threads_left")
 
@@ -115,12 +116,9 @@ def _pids(tmp_path: Path) -> list[int]:
     return [int(p.name) for p in folder.glob("*/pids/*")] if folder.exists() else []
 
 
-def _all_end(pids: list[int]) -> bool:
-    """Whether every pid ends within WAIT: a task's outcome comes before its process is ended."""
-    deadline = time.monotonic() + WAIT
-    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not any(pid_alive(p) for p in pids)
+def _all_end(pids: list[int]) -> None:
+    """Wait for every pid to end: a task's outcome comes before its process is ended."""
+    wait_until(lambda: not any(pid_alive(p) for p in pids), WAIT, "the training processes to end")
 
 
 def _task(number: int, params: dict[str, np.ndarray] | None = None) -> Assignment:
@@ -167,7 +165,7 @@ def test_per_task_starts_a_fresh_process_for_each_task_and_waits_for_its_exit(
     pids = [r.result.meta["pid"] for r in results if r.result is not None]
     assert len(set(pids)) == 2, [r.reason for r in results]
     assert not pid_alive(int(pids[0]))  # ended before the second task began
-    assert _all_end([int(p) for p in pids])
+    _all_end([int(p) for p in pids])
 
 
 def test_each_site_gets_its_own_process(make_executor: Callable[..., ProcessExecutor]) -> None:
@@ -264,7 +262,8 @@ def test_a_hanging_script_is_stopped_after_the_task_timeout(
     assert outcome.result is None
     assert "did not send a result within 2 s; it was stopped" in outcome.reason
     pids = _pids(tmp_path)
-    assert pids and _all_end(pids)
+    assert pids
+    _all_end(pids)
 
 
 def test_a_script_that_never_opens_the_pipe_is_stopped_after_the_start_timeout(
@@ -275,7 +274,7 @@ def test_a_script_that_never_opens_the_pipe_is_stopped_after_the_start_timeout(
     assert outcome.result is None
     assert "did not open its end of the pipe within 2 s" in outcome.reason
     assert "flare.init()" in outcome.reason
-    assert _all_end(_pids(tmp_path))
+    _all_end(_pids(tmp_path))
 
 
 def test_stop_fails_the_running_task_and_ends_the_process_and_its_children(
