@@ -32,6 +32,18 @@ from fl_core.cell.parent import (
 )
 from fl_core.cell.payload import PayloadRefusedError
 from fl_core.cell.pending import PendingRequest, PendingRequests
+from fl_core.cell.proof import (
+    CHALLENGE,
+    MAX_NONCE,
+    NONCE,
+    PROOF,
+    PROVE,
+    AdmissionRefused,
+    KeyLookup,
+    new_nonce,
+    proof_matches,
+    prove,
+)
 from fl_core.cell.relay import RelayedRequests
 from fl_core.cell.resources import CellResources
 from fl_core.cell.streams import StreamEngine, StreamSettings
@@ -42,10 +54,15 @@ from fl_core.errors import (
 )
 from fl_core.spec.transport import Connection, Frame, Listener, Transport
 
-__all__ = ["DEFERRED", "MAX_HOPS", "Cell", "CellResources", "DirectVerifier", "Handler"]
-
-DirectVerifier = Callable[[str, Mapping[str, str]], "str | None"]
-"""Admits a direct link: `(claimed name, hello headers) -> None`, or the reason to refuse."""
+__all__ = [
+    "DEFERRED",
+    "MAX_HOPS",
+    "AdmissionRefused",
+    "Cell",
+    "CellResources",
+    "Handler",
+    "KeyLookup",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +101,8 @@ class Cell:
         self._streams = StreamEngine(self, streams or StreamSettings())
         self._children: dict[str, Connection] = {}
         self._direct: dict[str, Connection] = {}  # direct links, either way, by far end
-        self._verify_direct: DirectVerifier | None = None
+        self._direct_keys: KeyLookup | None = None
+        self._child_keys: KeyLookup | None = None
         self._parent: Connection | None = None
         self._parent_link: ParentLink | None = None
         self._listeners: list[Listener] = []
@@ -103,14 +121,24 @@ class Cell:
         self._listeners.append(listener)
         return listener.url
 
-    def connect_parent(self, url: str, timeout: float = 10.0, *, reconnect: bool = True) -> None:
+    def connect_parent(
+        self,
+        url: str,
+        timeout: float = 10.0,
+        *,
+        reconnect: bool = True,
+        key: bytes | None = None,
+    ) -> None:
         """Connect to the parent cell listening at `url` and introduce this cell.
 
         Returns once the parent has accepted the name; raises
         `TargetUnreachableError` if it cannot connect and `CellError` if the
-        parent refuses (for example, the name is taken). With `reconnect`,
-        a link that later drops is re-established in the background with
-        backoff, and routing through the parent resumes once it is back.
+        parent refuses (for example, the name is taken, or this cell could
+        not prove the credential it asked for). With `key`, this cell proves
+        it when asked, and accepts only a parent that asks and then proves
+        the same key (see `fl_core.cell.proof`). With `reconnect`, a link
+        that later drops is re-established in the background with backoff,
+        and routing through the parent resumes once it is back.
         """
         with self._lock:
             if self._closed:
@@ -118,7 +146,7 @@ class Cell:
             if self._parent is not None or self._parent_link is not None:
                 where = self._parent_link.url if self._parent_link else "?"
                 raise CellError(f"cell {self.fqcn!r} is already connected to a parent ({where})")
-            link = ParentLink(self, url, timeout, reconnect)
+            link = ParentLink(self, url, timeout, reconnect, key)
             self._parent_link = link
         try:
             link.connect()
@@ -128,30 +156,42 @@ class Cell:
                 self._parent_link = None
             raise
 
-    def connect_direct(self, url: str, timeout: float = 10.0, *, token: str = "") -> str:
+    def connect_direct(self, url: str, timeout: float = 10.0, *, key: bytes) -> str:
         """Open a direct link to the cell at `url` (not a parent); returns its name.
 
         Messages to that cell then take the link instead of the tree; if it
         closes they take the tree again. The far end admits the link only if
-        it `accept_direct`s and its verifier takes `token`. See
+        it `accept_direct`s and this cell proves the `key` it expects for this
+        cell's name; the far end proves the same key in turn. See
         `fl_core.cell.parent.connect_direct`.
         """
         with self._lock:
             if self._closed:
                 raise CellError(f"cell {self.fqcn!r} is closed")
-        return connect_direct(self, url, timeout, token)
+        return connect_direct(self, url, timeout, key)
 
-    def accept_direct(self, verify: DirectVerifier) -> None:
-        """Accept direct links at this cell's listeners, from cells `verify` admits.
+    def accept_direct(self, keys: KeyLookup) -> None:
+        """Accept direct links at this cell's listeners, from cells that prove their key.
 
-        `verify(name, headers)` gets the name the caller claims and its hello's
-        headers (a `direct_token` header carries what `connect_direct(...,
-        token=...)` sent) and returns None to admit it or the reason to refuse.
-        Without a verifier every direct link is refused: a name alone proves
-        nothing. A cell never admits a name in its own subtree or one of its
-        ancestors, whatever `verify` says.
+        `keys(name)` gets the name the caller claims and returns the secret
+        it must prove it holds, or raises `AdmissionRefused` with the reason.
+        Without it every direct link is refused: a name alone proves nothing.
+        A cell never admits a name in its own subtree or one of its
+        ancestors, whatever `keys` says.
         """
-        self._verify_direct = verify
+        self._direct_keys = keys
+
+    def require_proof(self, keys: KeyLookup) -> None:
+        """Admit a child at this cell's listeners only once it proves its key.
+
+        `keys(name)` gets the name a joining child claims and returns the
+        secret it must prove it holds (by challenge/response: the secret
+        never travels), or raises `AdmissionRefused` with the reason, which
+        the child is told and this cell logs as a warning. Without it, any
+        cell may join as a child under any free name: right for cells of
+        one process, never for a listener other processes can reach.
+        """
+        self._child_keys = keys
 
     def close_direct(self, name: str) -> None:
         """Close the direct link to `name`, if there is one; the tree carries on."""
@@ -160,17 +200,30 @@ class Cell:
         if conn is not None:
             conn.close()
 
-    def _direct_problem(self, name: str, headers: Mapping[str, str]) -> str:
-        if _within(name, self.fqcn) or _within(self.fqcn, name):
-            return f"{name!r} is this cell's own subtree or an ancestor: the tree reaches it"
-        if self._verify_direct is None:
-            return f"{self.fqcn} accepts no direct links"
+    def _key_for(self, name: str, direct: bool) -> bytes | None:
+        """The secret `name` must prove to join this way; None if it need prove nothing.
+
+        Raises `AdmissionRefused` with the reason when it may not join at all.
+        """
+        if direct and (_within(name, self.fqcn) or _within(self.fqcn, name)):
+            raise AdmissionRefused(
+                f"{name!r} is this cell's own subtree or an ancestor: the tree reaches it"
+            )
+        keys = self._direct_keys if direct else self._child_keys
+        if keys is None:
+            if direct:
+                raise AdmissionRefused(f"{self.fqcn} accepts no direct links")
+            return None
         try:
-            problem = self._verify_direct(name, headers)
+            key = keys(name)
+        except AdmissionRefused:
+            raise
         except Exception as exc:
-            log.exception("%s: the direct-link verifier failed", self.fqcn)
-            problem = f"the verifier failed: {type(exc).__name__}"
-        return problem or ""
+            log.exception("%s: looking up the credential of %s failed", self.fqcn, name)
+            raise AdmissionRefused(f"the credential check failed: {type(exc).__name__}") from exc
+        if not key:
+            raise AdmissionRefused(f"{self.fqcn} has no credential for {name!r}")
+        return key
 
     def _add_direct(self, name: str, conn: Connection) -> bool:
         try:
@@ -205,13 +258,13 @@ class Cell:
             conn.close()  # a reconnect that raced with close()
 
     def _on_connection(self, conn: Connection) -> None:
-        state: dict[str, str] = {}
+        state = _Joining()
 
         def on_frame(frame: Frame) -> None:
-            name = state.get("name")
+            name = state.name
             if name is None:
                 self._on_hello(conn, frame, state)
-            elif state.get("direct"):
+            elif state.direct:
                 self._on_direct_frame(conn, name, frame)
             elif _within(frame.headers.get(Header.ORIGIN, ""), name):
                 self._on_frame(conn, frame, from_parent=False)
@@ -219,40 +272,109 @@ class Cell:
                 # A child speaks for its own subtree only.
                 self._refuse_origin(frame, f"child {name}")
 
-        conn.receive_into(self._streams.body_buffer_for(conn))
-        conn.start(on_frame, lambda exc: self._on_link_closed(conn, exc, parent=False))
+        def on_close(exc: BaseException | None) -> None:
+            if state.name is None and state.key:
+                log.warning(
+                    "%s: refused a connection from %r at %s: it left without answering "
+                    "the challenge (it does not hold the credential of that name)",
+                    self.fqcn,
+                    state.claimed,
+                    conn.peer,
+                )
+            self._on_link_closed(conn, exc, parent=False)
 
-    def _on_hello(self, conn: Connection, frame: Frame, state: dict[str, str]) -> None:
+        conn.receive_into(self._streams.body_buffer_for(conn))
+        conn.start(on_frame, on_close)
+
+    def _on_hello(self, conn: Connection, frame: Frame, state: _Joining) -> None:
+        """The frames of a link before it is admitted: a hello, then maybe a proof."""
+        if state.key is not None:
+            self._on_proof(conn, frame, state)
+            return
         name = frame.headers.get(Header.ORIGIN, "")
-        problem = ""
+        nonce = frame.headers.get(NONCE, "")
+        direct = bool(frame.headers.get(DIRECT))
+        problem, key = "", None
         if frame.headers.get(_CONTROL) != _HELLO:
             problem = "the first frame must introduce the cell"
         else:
             try:
                 validate(name)
+                key = self._key_for(name, direct)
             except CellError as exc:
                 problem = str(exc)
-        direct = bool(frame.headers.get(DIRECT))
-        if not problem and direct:
-            problem = self._direct_problem(name, frame.headers)
+        if not problem and key is not None and not 0 < len(nonce) <= MAX_NONCE:
+            problem = "its hello carries no nonce to answer a challenge with"
+        if not problem and key is not None:
+            problem = self._name_taken(name)
+        if problem:
+            self._refuse_hello(conn, name, problem)
+            return
+        if key is None:
+            self._admit(conn, name, direct, state, {})
+            return
+        state.claimed, state.direct, state.key = name, direct, key
+        state.nonces = (nonce, new_nonce())
+        conn.send(Frame({_CONTROL: CHALLENGE, Header.ORIGIN: self.fqcn, NONCE: state.nonces[1]}))
+
+    def _on_proof(self, conn: Connection, frame: Frame, state: _Joining) -> None:
+        key, name = state.key, state.claimed
+        assert key is not None
+        state.key = b""  # one proof per link: anything after a wrong one is refused
+        if not key or frame.headers.get(_CONTROL) != PROVE:
+            self._refuse_hello(conn, name, "it did not answer the challenge")
+            return
+
+        def proof(role: str) -> str:
+            assert key
+            return prove(
+                key,
+                role,
+                joining=name,
+                listening=self.fqcn,
+                direct=state.direct,
+                nonces=state.nonces,
+            )
+
+        if not proof_matches(proof("joining"), frame.headers.get(PROOF, "")):
+            self._refuse_hello(conn, name, "it did not prove the credential of that name")
+            return
+        self._admit(conn, name, state.direct, state, {PROOF: proof("listening")})
+
+    def _name_taken(self, name: str) -> str:
         with self._lock:
-            if not problem and self._closed:
-                problem = f"cell {self.fqcn!r} is closed"  # close() would miss this link
-            taken = name in self._children or name in self._direct or name == self.fqcn
-            if not problem and taken:
-                problem = f"a cell named {name!r} is already connected"
+            return self._name_taken_locked(name)
+
+    def _admit(
+        self, conn: Connection, name: str, direct: bool, state: _Joining, extra: dict[str, str]
+    ) -> None:
+        with self._lock:
+            # Checked again under the lock: close() would miss a link added after it.
+            problem = self._name_taken_locked(name)
             if not problem:
                 (self._direct if direct else self._children)[name] = conn
-                state["name"] = name
-                if direct:
-                    state["direct"] = "1"
+                state.name, state.direct = name, direct
         if problem:
-            log.warning("%s: refused a connection from %s: %s", self.fqcn, conn.peer, problem)
-            conn.send(Frame({_CONTROL: _HELLO_REJECTED, Header.ERROR: problem}))
-            conn.close()
+            self._refuse_hello(conn, name, problem)
             return
         # Named, so a cell that opened a direct link learns whom it reached.
-        conn.send(Frame({_CONTROL: _HELLO_OK, Header.ORIGIN: self.fqcn}))
+        conn.send(Frame({_CONTROL: _HELLO_OK, Header.ORIGIN: self.fqcn, **extra}))
+
+    def _name_taken_locked(self, name: str) -> str:
+        if self._closed:
+            return f"cell {self.fqcn!r} is closed"
+        if name in self._children or name in self._direct or name == self.fqcn:
+            return f"a cell named {name!r} is already connected"
+        return ""
+
+    def _refuse_hello(self, conn: Connection, name: str, problem: str) -> None:
+        who = f"{name!r} at {conn.peer}" if name else conn.peer
+        log.warning("%s: refused a connection from %s: %s", self.fqcn, who, problem)
+        try:
+            conn.send(Frame({_CONTROL: _HELLO_REJECTED, Header.ERROR: problem}))
+        except CellError:
+            pass  # it is gone already
+        conn.close()
 
     def _on_link_closed(self, conn: Connection, exc: BaseException | None, parent: bool) -> None:
         with self._lock:
@@ -660,6 +782,21 @@ class Cell:
             link.close()
         if self._owns_resources:
             self.resources.close()
+
+
+class _Joining:
+    """What a listening cell knows of one incoming link before and after its hello."""
+
+    __slots__ = ("claimed", "direct", "key", "name", "nonces")
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        """The admitted name; None until the link is admitted."""
+        self.claimed = ""
+        self.direct = False
+        self.key: bytes | None = None
+        """While a challenge is open, the key the proof must show; b"" once used."""
+        self.nonces: tuple[str, str] = ("", "")
 
 
 def _hops(frame: Frame) -> int:

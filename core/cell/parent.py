@@ -1,8 +1,10 @@
 """A cell's link to its parent: the hello handshake, and reconnecting when it drops.
 
-A child introduces itself with a hello frame naming its FQCN; the parent
-answers hello_ok (the name is now routed to this link) or hello_rejected
-with the reason. When an established parent link closes and the cell is
+A child introduces itself with a hello frame naming its FQCN and carrying a
+fresh nonce; the parent answers hello_ok (the name is now routed to this
+link) or hello_rejected with the reason. A parent that wants the child to
+prove a secret first answers with a challenge, and the child's proof comes
+before hello_ok (see `fl_core.cell.proof`). When an established parent link closes and the cell is
 not closing, a `ParentLink` with `reconnect=True` keeps trying, with
 exponential backoff, on one thread of its own, until it is back: routing
 through the parent then resumes by itself. That thread ends when the link
@@ -18,6 +20,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Final
 
 from fl_core.cell.message import Header
+from fl_core.cell.proof import CHALLENGE, NONCE, PROOF, PROVE, new_nonce, proof_matches, prove
 from fl_core.errors import CellError, TargetUnreachableError
 from fl_core.spec.transport import Connection, Frame
 
@@ -32,19 +35,24 @@ HELLO_OK: Final = "hello_ok"
 HELLO_REJECTED: Final = "hello_rejected"
 DIRECT: Final = "direct"
 """Set in a hello that opens a direct link rather than joining the tree."""
-DIRECT_TOKEN: Final = "direct_token"
-"""What the far end's verifier checks (see `Cell.accept_direct`)."""
 
 BACKOFF_START: Final = 0.05
 BACKOFF_MAX: Final = 2.0
 
 
 class ParentLink:
-    """Connects `cell` to the parent at `url`, and reconnects after a loss if asked to."""
+    """Connects `cell` to the parent at `url`, and reconnects after a loss if asked to.
 
-    def __init__(self, cell: Cell, url: str, timeout: float, reconnect: bool) -> None:
+    With a `key`, the parent must ask the child to prove it, and must prove
+    it holds the same key itself: a parent that does not is refused.
+    """
+
+    def __init__(
+        self, cell: Cell, url: str, timeout: float, reconnect: bool, key: bytes | None = None
+    ) -> None:
         self._cell = cell
         self.url = url
+        self._key = key
         self._timeout = timeout
         self._reconnect = reconnect
         self._stop = threading.Event()
@@ -70,6 +78,7 @@ class ParentLink:
             deliver=lambda conn, frame: cell._on_frame(conn, frame, from_parent=True),
             parent=True,
             refused=f"{self.url} refused cell {cell.fqcn!r}",
+            key=self._key,
         )
 
     def lost(self) -> None:
@@ -106,7 +115,7 @@ class ParentLink:
             thread.join(timeout=self._timeout + 5.0)
 
 
-def connect_direct(cell: Cell, url: str, timeout: float, token: str = "") -> str:
+def connect_direct(cell: Cell, url: str, timeout: float, key: bytes) -> str:
     """Open a direct link from `cell` to the cell listening at `url`; returns its name.
 
     The two cells need not be parent and child: messages between them then
@@ -114,9 +123,10 @@ def connect_direct(cell: Cell, url: str, timeout: float, token: str = "") -> str
     never see them. Only the two ends use it: each end takes from it only
     what the other end sends to it (no relaying through a direct link, and
     no one speaks for anyone else over it). The far end admits it only if
-    it accepts direct links and its verifier admits this cell's name with
-    `token`, and neither end takes a name from its own subtree or one of its
-    ancestors. If the link closes, routing falls back to the tree; it is not
+    it accepts direct links and this cell proves it holds the `key` the far
+    end expects for its name (the far end proves the same in turn), and
+    neither end takes a name from its own subtree or one of its ancestors.
+    If the link closes, routing falls back to the tree; it is not
     reconnected.
     """
     state: dict[str, str] = {}
@@ -137,11 +147,12 @@ def connect_direct(cell: Cell, url: str, timeout: float, token: str = "") -> str
         cell,
         url,
         timeout,
-        {CONTROL: HELLO, Header.ORIGIN: cell.fqcn, DIRECT: "1", DIRECT_TOKEN: token},
+        {CONTROL: HELLO, Header.ORIGIN: cell.fqcn, DIRECT: "1"},
         accepted=accepted,
         deliver=deliver,
         parent=False,
         refused=f"{url} refused a direct link from {cell.fqcn!r}",
+        key=key,
     )
     return state["name"]
 
@@ -156,14 +167,19 @@ def introduce(
     deliver: Callable[[Connection, Frame], None],
     parent: bool,
     refused: str,
+    key: bytes | None = None,
 ) -> None:
-    """Connect to `url`, send `hello`, and wait for the answer.
+    """Connect to `url`, send `hello`, answer a challenge, and wait for the answer.
 
-    `accepted(conn, hello_ok)` runs on the transport's thread as the answer
-    arrives, before any other frame of the link is delivered, and may turn
-    it into a refusal; `deliver` gets every later frame. Raises
-    `TargetUnreachableError` if there is no answer within `timeout`, and
-    `CellError` (starting with `refused`) if the far end says no.
+    If the far end challenges, this cell proves `key` (without a key it
+    gives up: it was not given the credential asked for). With a `key`, the
+    far end must challenge and then prove the key in its `hello_ok`, or it
+    is refused. `accepted(conn, hello_ok)` runs on the transport's thread as
+    the answer arrives, before any other frame of the link is delivered,
+    and may turn it into a refusal; `deliver` gets every later frame.
+    Raises `TargetUnreachableError` if there is no answer within `timeout`,
+    and `CellError` (starting with `refused`) if the far end says no or
+    does not prove itself.
     """
     conn = cell.transport.connect(url, timeout)
     answer: Future[Frame] = Future()
@@ -173,14 +189,73 @@ def introduce(
     # link (a link left behind, and its close would start a reconnect thread
     # that outlives the failed call).
     decided = threading.Lock()
+    hello = {**hello, NONCE: new_nonce()}
+    direct = bool(hello.get(DIRECT))
+    challenge: dict[str, str] = {}
+
+    def refusal(problem: str) -> Frame:
+        return Frame({CONTROL: HELLO_REJECTED, Header.ERROR: problem})
+
+    def proven(frame: Frame) -> Frame:
+        """`frame` (a hello_ok) if the far end proved what it had to, else a refusal."""
+        if key is None:
+            return frame
+        if not challenge:
+            return refusal("it did not ask for this cell's credential, so it cannot prove its own")
+        expected = prove(
+            key,
+            "listening",
+            joining=cell.fqcn,
+            listening=challenge["name"],
+            direct=direct,
+            nonces=(hello[NONCE], challenge["nonce"]),
+        )
+        if frame.headers.get(Header.ORIGIN) != challenge["name"] or not proof_matches(
+            expected, frame.headers.get(PROOF, "")
+        ):
+            return refusal("it did not prove that it holds the credential")
+        return frame
+
+    def on_challenge(frame: Frame) -> Frame | None:
+        """Answer a challenge; a frame to end the wait with if this cell cannot."""
+        if challenge:
+            return refusal("it sent a second challenge")
+        if key is None:
+            return refusal(f"it asks for a credential that {cell.fqcn!r} was not given")
+        name, nonce = frame.headers.get(Header.ORIGIN, ""), frame.headers.get(NONCE, "")
+        if not name or not nonce:
+            return refusal("its challenge names no cell or no nonce")
+        challenge.update(name=name, nonce=nonce)
+        joining = prove(
+            key,
+            "joining",
+            joining=cell.fqcn,
+            listening=name,
+            direct=direct,
+            nonces=(hello[NONCE], nonce),
+        )
+        conn.send(Frame({CONTROL: PROVE, PROOF: joining}))
+        return None
 
     def on_frame(frame: Frame) -> None:
         control = frame.headers.get(CONTROL)
-        if control in (HELLO_OK, HELLO_REJECTED):
+        if control in (HELLO_OK, HELLO_REJECTED, CHALLENGE):
             with decided:
                 if answer.done():
                     return  # too late, or a second answer
-                answer.set_result(accepted(conn, frame) if control == HELLO_OK else frame)
+                if control == CHALLENGE:
+                    try:
+                        result = on_challenge(frame)
+                    except CellError as exc:  # the link closed under the proof
+                        result = refusal(str(exc))
+                    if result is not None:
+                        answer.set_result(result)
+                    return
+                if control == HELLO_OK:
+                    frame = proven(frame)
+                    if frame.headers.get(CONTROL) == HELLO_OK:
+                        frame = accepted(conn, frame)
+                answer.set_result(frame)
             return
         deliver(conn, frame)
 

@@ -22,14 +22,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fl_core.errors import FlCoreError
 
 if TYPE_CHECKING:
-    from fl_core.cell.cell import DirectVerifier
+    from fl_core.cell.proof import KeyLookup
 
 log = logging.getLogger("fl_core.runtime.main")
 
@@ -278,7 +278,7 @@ def server_job(args: argparse.Namespace) -> int:
     # process know.
     secret = os.environ.pop(JOB_SECRET_ENV, "")
     if secret:
-        cell.accept_direct(_direct_verifier(args.job_id, sites, secret))
+        cell.accept_direct(_direct_keys(args.job_id, sites, secret))
         scheme = args.parent_url.split("://", 1)[0]
         direct_url = cell.listen(f"{scheme}://127.0.0.1:0")
         cell.register_handler(Channel.SERVER_MAIN, Topic.DIRECT, lambda m: {"url": direct_url})
@@ -395,22 +395,18 @@ def client_job(args: argparse.Namespace) -> int:
     return 0
 
 
-def _direct_verifier(job_id: str, sites: list[str], secret: str) -> DirectVerifier:
-    """Admits `<site>.<job_id>` for a site of the job that shows its token."""
-    import hmac
-
-    from fl_core.cell.parent import DIRECT_TOKEN
+def _direct_keys(job_id: str, sites: list[str], secret: str) -> KeyLookup:
+    """Admits `<site>.<job_id>` for a site of the job, if it proves that site's token."""
+    from fl_core.cell.proof import AdmissionRefused
     from fl_core.runtime.parents import direct_token
 
-    def verify(name: str, headers: Mapping[str, str]) -> str | None:
+    def key(name: str) -> bytes:
         site, _, job = name.partition(".")
         if job != job_id or site not in sites:
-            return f"{name} is not a client job of job {job_id}"
-        if not hmac.compare_digest(headers.get(DIRECT_TOKEN, ""), direct_token(secret, site)):
-            return f"{name} did not prove its site"
-        return None
+            raise AdmissionRefused(f"{name} is not a client job of job {job_id}")
+        return direct_token(secret, site).encode()
 
-    return verify
+    return key
 
 
 def _link_directly(cell: object, server_job: str, token: str, timeout: float) -> None:
@@ -431,7 +427,7 @@ def _link_directly(cell: object, server_job: str, token: str, timeout: float) ->
             url = reply.payload.get("url") if isinstance(reply.payload, dict) else None
             if not isinstance(url, str):
                 raise CellError(f"{server_job} sent no direct URL")
-            reached = cell.connect_direct(url, token=token)
+            reached = cell.connect_direct(url, key=token.encode())
             if reached != server_job:
                 cell.close_direct(reached)
                 raise CellError(f"{url} is {reached}, not {server_job}")

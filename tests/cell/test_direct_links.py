@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ import pytest
 from fl_core.cell.cell import Cell
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Header, MessageType
-from fl_core.cell.parent import DIRECT_TOKEN
+from fl_core.cell.proof import AdmissionRefused
 from fl_core.errors import CellError, TargetUnreachableError
 from fl_core.model import FLModel
 from fl_core.spec.transport import Frame
@@ -44,19 +44,19 @@ def tree() -> Iterator[dict[str, Cell]]:
         transport.close()
 
 
-TOKEN = "site-1's secret"
+KEY = b"site-1's secret"
 
 
-def _verify(name: str, headers: Mapping[str, str]) -> str | None:
-    if name != "site-1.j" or headers.get(DIRECT_TOKEN) != TOKEN:
-        return f"{name} is not admitted"
-    return None
+def _keys(name: str) -> bytes:
+    if name != "site-1.j":
+        raise AdmissionRefused(f"{name} is not admitted")
+    return KEY
 
 
-def _direct(tree: dict[str, Cell], token: str = TOKEN) -> str:
-    tree["server.j"].accept_direct(_verify)
+def _direct(tree: dict[str, Cell], key: bytes = KEY) -> str:
+    tree["server.j"].accept_direct(_keys)
     url = tree["server.j"].listen("tcp://127.0.0.1:0")
-    return tree["site-1.j"].connect_direct(url, token=token)
+    return tree["site-1.j"].connect_direct(url, key=key)
 
 
 def test_a_direct_link_names_the_far_end_and_carries_both_ways_without_the_tree(
@@ -94,7 +94,7 @@ def test_a_cell_cannot_open_a_direct_link_to_itself_or_into_its_own_subtree() ->
     try:
         url = child.listen("tcp://127.0.0.1:0")
         with pytest.raises(CellError, match="refused a direct link"):
-            parent.connect_direct(url)  # site-1.j is under site-1: the tree's job
+            parent.connect_direct(url, key=KEY)  # site-1.j is under site-1: the tree's job
     finally:
         child.close()
         parent.close()
@@ -129,12 +129,12 @@ def test_a_direct_link_carries_only_what_its_far_end_sends(tree: dict[str, Cell]
 def test_a_cell_that_does_not_accept_direct_links_refuses_them(tree: dict[str, Cell]) -> None:
     url = tree["server.j"].listen("tcp://127.0.0.1:0")
     with pytest.raises(CellError, match="accepts no direct links"):
-        tree["site-1.j"].connect_direct(url, token=TOKEN)
+        tree["site-1.j"].connect_direct(url, key=KEY)
 
 
-def test_a_wrong_token_is_refused_and_the_tree_still_carries(tree: dict[str, Cell]) -> None:
-    with pytest.raises(CellError, match="not admitted"):
-        _direct(tree, token="a guess")
+def test_a_wrong_key_is_refused_and_the_tree_still_carries(tree: dict[str, Cell]) -> None:
+    with pytest.raises(CellError, match="did not prove the credential"):
+        _direct(tree, key=b"a guess")
     reply = tree["site-1.j"].request("server.j", AUX, "echo", b"by the tree", 10)
     assert bytes(reply.payload) == b"by the tree"
 
@@ -146,10 +146,10 @@ def test_no_direct_link_may_claim_an_ancestor_or_the_subtree_of_its_far_end(
     transport = TcpTransport()
     impostor = Cell(claimed, transport)
     try:
-        tree["server.j"].accept_direct(lambda name, headers: None)  # a verifier that admits all
+        tree["server.j"].accept_direct(lambda name: KEY)  # any name that holds the key
         url = tree["server.j"].listen("tcp://127.0.0.1:0")
         with pytest.raises(CellError, match="subtree or an ancestor"):
-            impostor.connect_direct(url)
+            impostor.connect_direct(url, key=KEY)
         # server.j still reaches the real server through its parent.
         tree["server"].register_handler(AUX, "echo", lambda m: b"the real one")
         reply = tree["server.j"].request("server", AUX, "echo", b"", 10)
