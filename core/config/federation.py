@@ -15,7 +15,14 @@ workspace; the server parent and every client parent read it:
 
 Folders, relative to the file: `server/` is the server parent's workspace
 (its job store in `server/jobs/`, its URL in `server/url` once it listens,
-its log in `server/log.txt`); `<site>/` is each client parent's.
+its log in `server/log.txt`); `<site>/` is each client parent's; `admin/`
+is the admin's.
+
+Credentials (POC): each party's secrets are in a `credentials/` folder of
+its own workspace (mode 0700, files 0600, see `fl_core.runtime.credentials`):
+`admin/credentials/admin.key` proves an admin, `<site>/credentials/site.key`
+proves a site, and `server/credentials/` holds the server parent's copies
+(`admin.key`, `<site>.key`) to check them against.
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ FEDERATION_FILE: Final = "federation.yaml"
 SERVER_DIR: Final = "server"
 URL_FILE: Final = "url"
 """Written by the server parent into its workspace once it listens (the real port)."""
+ADMIN_DIR: Final = "admin"
+CREDENTIALS_DIR: Final = "credentials"
 
 _SITE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_RESERVED: Final = frozenset({"server"})
+_RESERVED: Final = frozenset({SERVER_DIR, ADMIN_DIR})
 _TOP_KEYS: Final = ("name", "transport", "server", "sites")
 _SERVER_KEYS: Final = (
     "listen",
@@ -86,6 +95,19 @@ class FederationConfig:
         """Where the server parent writes the URL it listens on."""
         return self.server_dir / URL_FILE
 
+    @property
+    def admin_key_file(self) -> Path:
+        """The admin's secret, with which `fl-core job ...` proves it is an admin."""
+        return self.root / ADMIN_DIR / CREDENTIALS_DIR / "admin.key"
+
+    def site_key_file(self, site: str) -> Path:
+        """A site's secret, with which its client parent proves the site's name."""
+        return self.site_dir(site) / CREDENTIALS_DIR / "site.key"
+
+    def server_key_file(self, party: str) -> Path:
+        """The server parent's copy of the admin's (`party` "admin") or a site's secret."""
+        return self.server_dir / CREDENTIALS_DIR / f"{party}.key"
+
 
 def load_federation(path: str | Path) -> FederationConfig:
     """Read and validate a federation file (or the `federation.yaml` in a folder)."""
@@ -125,7 +147,8 @@ def parse_federation(data: object, source: Path) -> FederationConfig:
         if not isinstance(site, str) or not _SITE.fullmatch(site) or site in _RESERVED:
             raise check.error(
                 key,
-                "expected a site name of letters, digits, '-' and '_' (not 'server'), "
+                "expected a site name of letters, digits, '-' and '_' "
+                "(not 'server' or 'admin'), "
                 f"got {describe(site)}",
             )
         if site in sites or site.startswith("admin-"):

@@ -28,7 +28,8 @@ from fl_core.config.federation import (
     load_federation,
 )
 from fl_core.errors import FlCoreError
-from fl_core.runtime.admin_client import AdminClient
+from fl_core.runtime.admin_client import AdminClient, AdminRefusedError
+from fl_core.runtime.credentials import CredentialError, new_secret, write_secret
 from fl_core.runtime.pids import pid_alive
 
 __all__ = [
@@ -110,7 +111,23 @@ def prepare(
     config = load_federation(workspace / FEDERATION_FILE)
     for folder in (config.server_dir, *(config.site_dir(site) for site in config.sites)):
         folder.mkdir()
+    write_credentials(config)
     return config
+
+
+def write_credentials(config: FederationConfig) -> None:
+    """Fresh secrets for the admin and each site, each in its owner's folder only.
+
+    The server parent gets its own copy of each, to check their proofs
+    against; nothing else is shared.
+    """
+    for party, own in [
+        ("admin", config.admin_key_file),
+        *((site, config.site_key_file(site)) for site in config.sites),
+    ]:
+        secret = new_secret()
+        write_secret(own, secret)
+        write_secret(config.server_key_file(party), secret)
 
 
 def _clear(workspace: Path) -> None:
@@ -290,6 +307,9 @@ def _wait_registered(
                     if admin is None:
                         admin = AdminClient(config, wait=0.0, timeout=5.0).connect()
                     now = {str(site.get("site")) for site in admin.sites()}
+                except (CredentialError, AdminRefusedError) as exc:
+                    # Not a process still starting: waiting would not change it.
+                    raise _start_error(config, str(exc), ["server"]) from exc
                 except FlCoreError as exc:
                     last_error = str(exc)
                     if admin is not None:

@@ -39,6 +39,7 @@ def test_what_poc_prepare_writes_loads_back(tmp_path: Path) -> None:
         ({"name": "p"}, "sites", "required key is missing"),
         ({"name": "p", "sites": []}, "sites", "expected a list of site names"),
         ({"name": "p", "sites": ["server"]}, "sites.0", "not 'server'"),
+        ({"name": "p", "sites": ["admin"]}, "sites.0", "not 'server' or 'admin'"),
         ({"name": "p", "sites": ["a b"]}, "sites.0", "letters, digits"),
         ({"name": "p", "sites": ["s", "s"]}, "sites.1", "named twice"),
         ({"name": "p", "sites": ["admin-1"]}, "sites.0", "reserved"),
