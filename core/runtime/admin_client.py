@@ -2,9 +2,10 @@
 
 An `AdminClient` is a short-lived cell `admin-<8 hex>` connected as a child
 of the server parent (SP) of one federation. It finds SP through the URL
-file SP writes once it listens, sends `AdminTopic` requests (see
-`fl_core.runtime.parents`) and turns SP's refusals into `AdminRequestError`
-carrying SP's reason:
+file SP writes once it listens, proves it holds the federation's admin
+secret as it joins (SP proves the same back; the secret never travels),
+sends `AdminTopic` requests (see `fl_core.runtime.parents`) and turns SP's
+refusals into `AdminRequestError` carrying SP's reason:
 
     with AdminClient(load_federation("fl-poc")) as admin:
         job_id = admin.submit(Path("examples/hello-numpy"))
@@ -23,7 +24,8 @@ from typing import Any, Final
 from fl_core.cell.cell import Cell
 from fl_core.cell.channels import Channel
 from fl_core.config.federation import FederationConfig
-from fl_core.errors import CellError, FlCoreError, RemoteError
+from fl_core.errors import CellError, FlCoreError, RemoteError, TargetUnreachableError
+from fl_core.runtime.credentials import read_secret
 from fl_core.runtime.parents import (
     ADMIN_PREFIX,
     AdminTopic,
@@ -33,6 +35,7 @@ from fl_core.spec.transport import Transport
 
 __all__ = [
     "AdminClient",
+    "AdminRefusedError",
     "AdminRequestError",
     "ServerNotRunningError",
     "UnsafeArchiveError",
@@ -58,6 +61,19 @@ class ServerNotRunningError(FlCoreError):
             f"the server parent of {root} is not running ("
             + (detail or f"no {url_file}")
             + "); start it with `fl-core poc start`"
+        )
+
+
+class AdminRefusedError(FlCoreError):
+    """SP did not admit this admin (no or a wrong credential), or SP did not prove itself."""
+
+    def __init__(self, root: Path, key_file: Path, detail: str) -> None:
+        self.root = root
+        self.key_file = key_file
+        self.detail = detail
+        super().__init__(
+            f"the server parent of {root} did not accept this admin: {detail}. "
+            f"An admin proves the federation's admin credential, read from {key_file}"
         )
 
 
@@ -99,7 +115,9 @@ class AdminClient:
     """A connection to one federation's server parent for admin requests.
 
     `wait` is how long to wait for SP's URL file to appear (SP may be
-    starting); `transport` overrides the federation's transport (tests).
+    starting); `transport` overrides the federation's transport (tests);
+    `key_file` the admin credential (default: the federation's
+    `admin_key_file`).
     Use it as a context manager; `close()` releases the cell and transport.
     """
 
@@ -110,8 +128,10 @@ class AdminClient:
         wait: float = 10.0,
         timeout: float = REQUEST_TIMEOUT,
         transport: Transport | None = None,
+        key_file: Path | None = None,
     ) -> None:
         self.config = config
+        self.key_file = key_file or config.admin_key_file
         self.wait = wait
         self.timeout = timeout
         self.name = f"{ADMIN_PREFIX}{secrets.token_hex(4)}"
@@ -122,22 +142,32 @@ class AdminClient:
     # --- connection --------------------------------------------------------------
 
     def connect(self) -> AdminClient:
-        """Find SP's URL (waiting up to `wait`) and join SP as a child cell."""
+        """Find SP's URL (waiting up to `wait`) and join SP as a child cell.
+
+        Raises `CredentialError` if the admin credential cannot be read,
+        `ServerNotRunningError` if SP does not answer, and `AdminRefusedError`
+        if SP refuses this admin or cannot prove it is the federation's SP.
+        """
         if self._cell is not None:
             return self
+        key = read_secret(self.key_file)
         url = self._server_url()
         transport = self._transport or make_transport(self.config)
         self._transport = transport
         cell = Cell(self.name, transport)
         try:
             # No reconnect: an admin's request fails fast when SP goes away.
-            cell.connect_parent(url, timeout=min(self.timeout, 10.0), reconnect=False)
-        except CellError as exc:
+            cell.connect_parent(url, timeout=min(self.timeout, 10.0), reconnect=False, key=key)
+        except TargetUnreachableError as exc:
             cell.close()
             self._close_transport()
             raise ServerNotRunningError(
                 self.config.root, self.config.url_file, f"nothing answers at {url}: {exc}"
             ) from exc
+        except CellError as exc:
+            cell.close()
+            self._close_transport()
+            raise AdminRefusedError(self.config.root, self.key_file, str(exc)) from exc
         self._cell = cell
         return self
 

@@ -3,8 +3,11 @@
 It connects to the server parent (reconnecting if that restarts), beats
 every `heartbeat_interval` (the beat also registers it, so a restarted
 server learns the site again), listens for its own client jobs, and obeys
-`deploy` / `start_job` / `abort_job` / `shutdown` (see
-`fl_core.runtime.parents`). Each client job runs in a process of its own,
+`deploy` / `start_job` / `abort_job` / `shutdown` from the server parent
+and from no one else (see `fl_core.runtime.parents`). It proves its site's
+secret when it joins the server parent, which proves the same back, and
+admits as children only the client jobs it started, each proving its job's
+token. Each client job runs in a process of its own,
 started through the launcher; when one exits, the server parent hears of
 it at once with its exit code. It never holds a model: the client job links
 directly to its server job (or, without that link, its traffic passes
@@ -19,14 +22,17 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from fl_core.cell.cell import DEFERRED, Cell
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
+from fl_core.cell.proof import AdmissionRefused
 from fl_core.config.federation import FederationConfig
 from fl_core.errors import CellError, FlCoreError
+from fl_core.runtime.credentials import read_secret
 from fl_core.runtime.job_store import unpack_job
 from fl_core.runtime.parents import ABORT_GRACE, DIRECT_TOKEN_ENV, Field, ParentTopic
 from fl_core.runtime.pids import describe_exit, read_tail
@@ -43,6 +49,8 @@ class _Job:
     job_id: str
     handle: JobHandle
     log_file: Path
+    token: str
+    """What the client job proves when it joins this client parent (see `direct_token`)."""
     aborting: bool = False
 
 
@@ -62,6 +70,17 @@ def _job_id(value: object) -> str:
     if not text or not all(c.isalnum() or c in "-_" for c in text) or len(text) > 64:
         raise FlCoreError(f"not a job id: {text!r}")
     return text
+
+
+def _from_server(handler: Callable[[Message], object]) -> Callable[[Message], object]:
+    """`handler`, served to the server parent only: it alone commands a client parent."""
+
+    def guarded(message: Message) -> object:
+        if message.origin != "server":  # the cell logs the refusal as a warning
+            raise FlCoreError(f"{message.origin} may not command a client parent")
+        return handler(message)
+
+    return guarded
 
 
 class ClientEngine:
@@ -87,7 +106,10 @@ class ClientEngine:
         self.launcher = launcher
         self.python = python
         self.workspace = config.site_dir(site)
+        # Read now: a site without its credential must not start at all.
+        self._key = read_secret(config.site_key_file(site))
         self.cell = Cell(site, transport)
+        self.cell.require_proof(self._key_of)
         self.url = ""
         self.server_url = ""
         self.interval = config.server.heartbeat_interval
@@ -105,7 +127,16 @@ class ClientEngine:
             (ParentTopic.ABORT_JOB, self._on_abort_job),
             (ParentTopic.SHUTDOWN, self._on_shutdown),
         ):
-            self.cell.register_handler(Channel.CLIENT_MAIN, topic, handler)
+            self.cell.register_handler(Channel.CLIENT_MAIN, topic, _from_server(handler))
+
+    def _key_of(self, name: str) -> bytes:
+        """Only the client job of a job this site started joins, proving its token."""
+        site, _, job_id = name.partition(".")
+        with self._lock:
+            job = self._jobs.get(job_id) if site == self.site else None
+        if job is None or not job.token:
+            raise AdmissionRefused(f"{name!r} is not a client job that {self.site} started")
+        return job.token.encode()
 
     def job_dir(self, job_id: str) -> Path:
         """Where a job of this site lives: `job/` (the package), `workspace/`, `log.txt`."""
@@ -125,7 +156,7 @@ class ClientEngine:
         scheme = server_url.split("://", 1)[0]
         self.url = self.cell.listen(f"{scheme}://127.0.0.1:0")
         self.server_url = server_url
-        self.cell.connect_parent(server_url, timeout)
+        self.cell.connect_parent(server_url, timeout, key=self._key)
         self._beat()  # registered before start() returns, or it raises
         for name, target in (("fl-heartbeat", self._heartbeats), ("fl-jobs", self._watch_jobs)):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -234,12 +265,20 @@ class ClientEngine:
             if job_id in self._jobs:
                 raise FlCoreError(f"job {job_id} is already running on {self.site}")
             token = str(data.get(Field.TOKEN) or "")
-            env = {DIRECT_TOKEN_ENV: token} if token else {}
+            if not token:
+                raise FlCoreError(f"job {job_id}: start_job carries no token for its client job")
             log_file = folder / "log.txt"
             handle = self.launcher.launch(
-                LaunchSpec(job_id, ProcessType.CLIENT_JOB, argv, workspace, log_file, env)
+                LaunchSpec(
+                    job_id,
+                    ProcessType.CLIENT_JOB,
+                    argv,
+                    workspace,
+                    log_file,
+                    {DIRECT_TOKEN_ENV: token},
+                )
             )
-            self._jobs[job_id] = _Job(job_id, handle, log_file)
+            self._jobs[job_id] = _Job(job_id, handle, log_file, token)
         log.info("%s: client job %s started", self.site, job_id)
         return {Field.PID: getattr(handle, "pid", 0)}
 

@@ -206,13 +206,16 @@ def server_job(args: argparse.Namespace) -> int:
     from fl_core.errors import CellError, JobFailedError
     from fl_core.model import FLModel, load_params, save_params
     from fl_core.plugins import make_plugin_manager
-    from fl_core.runtime.parents import JOB_SECRET_ENV, Field, JobState, ParentTopic
+    from fl_core.runtime.parents import JOB_SECRET_ENV, Field, JobState, ParentTopic, job_key
     from fl_core.runtime.protocol import Topic
     from fl_core.runtime.server_runner import ServerRunner
     from fl_core.spec.transport import Transport
     from fl_core.spec.workflow import WorkflowEvent
 
     _logging(f"server.{args.job_id}")
+    secret = os.environ.pop(JOB_SECRET_ENV, "")
+    if not secret:
+        raise FlCoreError(f"server job {args.job_id}: no {JOB_SECRET_ENV} from its server parent")
     config, transport, _ = _components(args.federation)
     assert isinstance(config, FederationConfig) and isinstance(transport, Transport)
     workspace = Path(args.workspace)
@@ -251,7 +254,7 @@ def server_job(args: argparse.Namespace) -> int:
             report(JobState.RUNNING)
         log.info("round %d: %s %s", round_number + 1, event, json.dumps(data, default=str))
 
-    runner = ServerRunner(cell, args.job_id, workspace, workflow, on_event=on_event)
+    runner = ServerRunner(cell, args.job_id, workspace, workflow, sites, on_event=on_event)
 
     def from_parent(message: Message) -> dict[str, object]:
         # Commands to a job process come from its parent, and from no one else.
@@ -271,20 +274,19 @@ def server_job(args: argparse.Namespace) -> int:
 
     cell.register_handler(Channel.SERVER_COMMAND, ParentTopic.SITE_LOST, on_site_lost)
     cell.register_handler(Channel.SERVER_COMMAND, ParentTopic.ABORT, on_abort)
-    # Client jobs link to this process directly, so models do not pass
-    # through the server parent and their client parents as relayed frames.
-    # Only this job's client jobs get in: each proves its site with a token
-    # derived from the job's secret, which only the server parent and this
-    # process know.
-    secret = os.environ.pop(JOB_SECRET_ENV, "")
-    if secret:
-        cell.accept_direct(_direct_keys(args.job_id, sites, secret))
-        scheme = args.parent_url.split("://", 1)[0]
-        direct_url = cell.listen(f"{scheme}://127.0.0.1:0")
-        cell.register_handler(Channel.SERVER_MAIN, Topic.DIRECT, lambda m: {"url": direct_url})
+    # The job's secret, from the server parent and never in argv, proves this
+    # process to its parent. Client jobs link to this process directly, so
+    # models do not pass through the server parent and their client parents
+    # as relayed frames; only this job's client jobs get in, each proving its
+    # site with a token derived from the secret. Nobody joins as a child.
+    cell.require_proof(_no_children(cell.fqcn))
+    cell.accept_direct(_direct_keys(args.job_id, sites, secret))
+    scheme = args.parent_url.split("://", 1)[0]
+    direct_url = cell.listen(f"{scheme}://127.0.0.1:0")
+    cell.register_handler(Channel.SERVER_MAIN, Topic.DIRECT, lambda m: {"url": direct_url})
     status, reason = JobState.FAILED, ""
     try:
-        cell.connect_parent(args.parent_url, reconnect=False)
+        cell.connect_parent(args.parent_url, reconnect=False, key=job_key(secret))
         report(JobState.RUNNING)
         runner.wait_for_sites(len(sites), config.server.job_start_timeout, of=len(sites))
         initial = FLModel(params=load_params(job.initial_model) if job.initial_model else {})
@@ -375,11 +377,14 @@ def client_job(args: argparse.Namespace) -> int:
         return None
 
     cell.register_handler(Channel.CLIENT_COMMAND, ParentTopic.ABORT, on_abort)
+    # The job's token, from the client parent and never in argv, proves this
+    # process to its parent and to its server job.
+    token = os.environ.pop(DIRECT_TOKEN_ENV, "")
     try:
-        cell.connect_parent(args.parent_url, reconnect=False)
-        token = os.environ.pop(DIRECT_TOKEN_ENV, "")
-        if token:
-            _link_directly(cell, f"server.{args.job_id}", token, config.server.job_start_timeout)
+        if not token:
+            raise FlCoreError(f"client job {cell.fqcn}: no {DIRECT_TOKEN_ENV} from its parent")
+        cell.connect_parent(args.parent_url, reconnect=False, key=token.encode())
+        _link_directly(cell, f"server.{args.job_id}", token, config.server.job_start_timeout)
         runner.start()
         while not runner.done.wait(0.2):
             if stop.is_set():
@@ -393,6 +398,16 @@ def client_job(args: argparse.Namespace) -> int:
         log.error("client job failed: %s", runner.error)
         return EXIT_FAILED
     return 0
+
+
+def _no_children(fqcn: str) -> KeyLookup:
+    """A key lookup that admits nobody: a job process has no children."""
+    from fl_core.cell.proof import AdmissionRefused
+
+    def key(name: str) -> bytes:
+        raise AdmissionRefused(f"{fqcn} takes no children")
+
+    return key
 
 
 def _direct_keys(job_id: str, sites: list[str], secret: str) -> KeyLookup:

@@ -8,6 +8,19 @@ The process model (see `docs/architecture.md`):
 
     admin (the `fl-core job ...` CLI, cell `admin-<hex>`): a child of SP.
 
+Who may join whom (each proves a secret at hello, by challenge/response,
+see `fl_core.cell.proof`; the listener proves it back):
+- SP admits `admin-<hex>` holding the admin secret, `<site>` holding that
+  site's secret, and `server.<job>` of a running job holding `job_key` of
+  that job's secret (given to the SJ in `FL_CORE_JOB_SECRET`). No one else.
+- A CP admits `<site>.<job>` for a job it started, holding the job token SP
+  gave it for that job (the CJ gets it in `FL_CORE_DIRECT_TOKEN`).
+- A SJ admits no children; it takes direct links from `<site>.<job>` of
+  its own sites holding the same token.
+Each handler below also checks who sent the message: commands to a CP come
+from `server` only, to a job process from its own parent only, and the SJ
+serves tasks to its own sites' client jobs only.
+
 Every message below is a cell request on the channel and topic named here;
 payloads are JSON objects (or job packages as bytes), never pickles. Field
 names are the `Field` members. A handler answers with a JSON object; a
@@ -27,8 +40,9 @@ CP cell `<site>`:
 - `CLIENT_MAIN / deploy` from SP: bytes (the job package, a zip), header
   `job_id` -> `{}` once unpacked into the site's job folder.
 - `CLIENT_MAIN / start_job` from SP: `{job_id, server_job, token}` -> `{pid}` once
-  launched. `token` is the site's direct-link token for this job
-  (`direct_token`); the client job gets it in `FL_CORE_DIRECT_TOKEN`.
+  launched. `token` is the site's token for this job (`direct_token`),
+  with which its client job proves itself to this CP and to the SJ; the
+  client job gets it in `FL_CORE_DIRECT_TOKEN`.
 - `CLIENT_MAIN / abort_job` from SP: `{job_id, reason}` -> `{}` once the CJ is gone.
 - `CLIENT_MAIN / shutdown` from SP: `{}` -> `{}`; the CP stops its jobs and exits.
 
@@ -49,11 +63,11 @@ from typing import Final
 JOB_SECRET_ENV: Final = "FL_CORE_JOB_SECRET"
 """The server job's per-job secret (from its server parent, never in argv)."""
 DIRECT_TOKEN_ENV: Final = "FL_CORE_DIRECT_TOKEN"
-"""A client job's token for a direct link to its server job."""
+"""A client job's token: it proves the client job to its parent and its server job."""
 
 
 def direct_token(secret: str, site: str) -> str:
-    """The token with which `site`'s client job opens a direct link to its server job.
+    """The token with which `site`'s client job proves itself to its parent and server job.
 
     Derived from the job's secret, so the server job checks it without a
     table, and one site's token says nothing about another's.
@@ -62,6 +76,13 @@ def direct_token(secret: str, site: str) -> str:
     import hmac
 
     return hmac.new(secret.encode(), site.encode(), hashlib.sha256).hexdigest()
+
+
+def job_key(secret: str) -> bytes:
+    """What a server job proves, joining its server parent, with the job's secret."""
+    from fl_core.runtime.credentials import derive_key
+
+    return derive_key(secret, "server job")
 
 
 class ParentTopic(enum.StrEnum):

@@ -30,16 +30,20 @@ from pathlib import Path
 from fl_core.cell.cell import Cell
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
+from fl_core.cell.proof import AdmissionRefused
 from fl_core.config.federation import FederationConfig
 from fl_core.errors import CellError, FlCoreError
+from fl_core.runtime.credentials import read_secret
 from fl_core.runtime.job_store import JobStore, UnknownJobError
 from fl_core.runtime.parents import (
     ABORT_GRACE,
+    ADMIN_PREFIX,
     JOB_SECRET_ENV,
     Field,
     JobState,
     ParentTopic,
     direct_token,
+    job_key,
     json_int,
     json_object,
 )
@@ -101,7 +105,11 @@ class ServerEngine:
         self.python = python
         self.settings = config.server
         self.store = JobStore(config.server_dir / "jobs")
+        # Read now: a POC without its credentials must not start at all.
+        self._admin_key = read_secret(config.server_key_file("admin"))
+        self._site_keys = {site: read_secret(config.server_key_file(site)) for site in config.sites}
         self.cell = Cell("server", transport)
+        self.cell.require_proof(self._key_of)
         self.url = ""
         self._lock = threading.Lock()
         self._sites: dict[str, SiteInfo] = {}
@@ -162,6 +170,24 @@ class ServerEngine:
             except OSError:
                 pass
             self.cell.close()
+
+    def _key_of(self, name: str) -> bytes:
+        """The secret a cell joining as `name` must prove (see `fl_core.runtime.parents`)."""
+        if name.startswith(ADMIN_PREFIX) and "." not in name:
+            return self._admin_key
+        if name in self._site_keys:
+            return self._site_keys[name]
+        top, _, job_id = name.partition(".")
+        if top == "server" and job_id:
+            with self._lock:
+                job = self._running.get(job_id)
+            if job is None:
+                raise AdmissionRefused(f"{name}: no job {job_id!r} is running here")
+            return job_key(job.secret)
+        raise AdmissionRefused(
+            f"{name!r} is neither an admin, a site of federation {self.config.name}, "
+            "nor a job of this server"
+        )
 
     # --- sites -------------------------------------------------------------------------
 

@@ -6,6 +6,12 @@ folded on the workflow's thread (one at a time) before the site is told its
 result was accepted, which also paces senders of large models. A workflow
 that passes `on_stream` reads a streamed result array by array while it
 arrives, so the server job never holds a whole incoming result.
+
+It serves only the client jobs of the sites it was given, `<site>.<job_id>`:
+a join, poll, result or metric from any other cell is refused (and the cell
+logs the refusal). The cell network proves who a message comes from (each
+link admits a cell only under a name it has proved; see
+`fl_core.runtime.parents`); this decides who, of those, takes part.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -96,12 +102,14 @@ class ServerRunner:
         job_id: str,
         workspace: Path,
         workflow: Workflow,
+        sites: Collection[str],
         *,
         poll_timeout: float = 30.0,
         on_event: EventSink | None = None,
     ) -> None:
         self.cell = cell
         self._job_id = job_id
+        self._members = frozenset(sites)
         self._workspace = workspace
         self.workflow = workflow
         self.poll_timeout = poll_timeout
@@ -308,8 +316,15 @@ class ServerRunner:
 
     # --- handlers --------------------------------------------------------------------
 
+    def _member(self, message: Message) -> str:
+        """The site whose client job sent `message`; refuses any other cell."""
+        site, _, job_id = message.origin.partition(".")
+        if job_id != self._job_id or site not in self._members:
+            raise FlCoreError(f"{message.origin} is not a client job of job {self._job_id}")
+        return site
+
     def _on_join(self, message: Message) -> object:
-        site = message.origin.split(".", 1)[0]
+        site = self._member(message)
         with self._joined:
             if self._ended:
                 raise FlCoreError(f"job {self._job_id} has ended")
@@ -319,7 +334,7 @@ class ServerRunner:
         return None
 
     def _site_of(self, message: Message) -> str:
-        site = message.origin.split(".", 1)[0]
+        site = self._member(message)
         if site not in self._sites:
             raise FlCoreError(f"{message.origin} has not joined job {self._job_id}")
         return site
@@ -408,6 +423,7 @@ class ServerRunner:
         return DEFERRED
 
     def _on_log(self, message: Message) -> object:
+        self._site_of(message)
         if not isinstance(message.payload, dict):
             raise FlCoreError(f"metric from {message.origin} is not a mapping")
         line = json.dumps({**message.payload, "time": time.time()}, default=str)

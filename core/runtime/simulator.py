@@ -173,7 +173,12 @@ class Simulator:
             server_url = root_cell.listen(f"inprocess://{self.job_id}-server")
             server_job = self._cell(f"server.{self.job_id}", server_url, resources, cells)
             server = ServerRunner(
-                server_job, self.job_id, self.workspace, self.workflow, on_event=self.on_event
+                server_job,
+                self.job_id,
+                self.workspace,
+                self.workflow,
+                site_names(self.clients),
+                on_event=self.on_event,
             )
             self._server = server
             if self._abort_reason is not None:

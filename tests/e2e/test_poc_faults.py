@@ -34,6 +34,7 @@ from fl_core.config.federation import federation_yaml, load_federation
 from fl_core.errors import RemoteError
 from fl_core.runtime.admin_client import AdminClient, AdminRequestError
 from fl_core.runtime.parents import AdminTopic, ParentTopic
+from fl_core.runtime.poc import write_credentials
 from fl_core.testing import write_job
 
 pytestmark = pytest.mark.e2e
@@ -131,6 +132,7 @@ class Federation:
         settings = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.5, **server}
         (root / "federation.yaml").write_text(federation_yaml("poc", self.sites, server=settings))
         self.config = load_federation(root)
+        write_credentials(self.config)
         self.marker = str(self.config.source)
         self.server: subprocess.Popen[bytes] | None = None
         self.clients: dict[str, subprocess.Popen[bytes]] = {}

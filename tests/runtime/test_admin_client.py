@@ -18,10 +18,12 @@ from fl_core.config.federation import FederationConfig
 from fl_core.errors import FlCoreError
 from fl_core.runtime.admin_client import (
     AdminClient,
+    AdminRefusedError,
     AdminRequestError,
     ServerNotRunningError,
     UnsafeArchiveError,
 )
+from fl_core.runtime.credentials import CredentialError, new_secret, read_secret, write_secret
 from fl_core.runtime.parents import ADMIN_PREFIX, AdminTopic
 from fl_core.runtime.poc import prepare
 from fl_plugins.transport_tcp.transport import TcpTransport
@@ -38,6 +40,9 @@ class FakeServer:
     def __init__(self, config: FederationConfig) -> None:
         self.transport = TcpTransport()
         self.cell = Cell("server", self.transport)
+        # As SP does: an admin joins only by proving the admin secret.
+        admin_key = read_secret(config.server_key_file("admin"))
+        self.cell.require_proof(lambda name: admin_key)
         self.url = self.cell.listen("tcp://127.0.0.1:0")
         self.received: list[tuple[str, str, object]] = []
         handlers = {
@@ -109,6 +114,42 @@ def test_a_stale_url_file_names_the_url_nothing_answers_at(config: FederationCon
     with pytest.raises(ServerNotRunningError) as info:
         AdminClient(config, wait=0.0, timeout=2.0).connect()
     assert "nothing answers at tcp://127.0.0.1:9" in str(info.value)
+
+
+def test_an_admin_without_the_credential_file_says_where_it_looked(
+    config: FederationConfig, server: FakeServer
+) -> None:
+    config.admin_key_file.unlink()
+    with pytest.raises(CredentialError, match=r"admin\.key: not found"):
+        AdminClient(config).connect()
+    assert server.received == []
+
+
+def test_an_admin_with_a_wrong_credential_is_refused_before_any_request(
+    config: FederationConfig, server: FakeServer, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "other" / "admin.key"
+    write_secret(wrong, new_secret())
+    with pytest.raises(AdminRefusedError, match="did not prove the credential") as info:
+        AdminClient(config, key_file=wrong).connect()
+    assert str(wrong) in str(info.value)
+    assert server.received == []
+
+
+def test_an_admin_refuses_a_server_that_cannot_prove_the_credential(
+    config: FederationConfig, tmp_path: Path
+) -> None:
+    # Whoever writes a URL into the file does not get an admin's job package.
+    impostor_key = tmp_path / "impostor" / "admin.key"
+    write_secret(impostor_key, new_secret())
+    impostor = FakeServer(config)
+    impostor.cell.require_proof(lambda name: read_secret(impostor_key))
+    try:
+        with pytest.raises(AdminRefusedError, match="did not prove"):
+            AdminClient(config).connect()
+        assert impostor.received == []
+    finally:
+        impostor.close()
 
 
 def test_waits_for_the_url_file_to_appear(config: FederationConfig) -> None:

@@ -62,7 +62,11 @@ def test_sag_over_tcp_folds_streamed_results_exactly(tmp_path: Path) -> None:
     try:
         url = cell("server", None).listen("tcp://127.0.0.1:0")
         server = ServerRunner(
-            cell("server.j", url), "j", tmp_path / "ws", ScatterAndGather(min_clients=2, rounds=2)
+            cell("server.j", url),
+            "j",
+            tmp_path / "ws",
+            ScatterAndGather(min_clients=2, rounds=2),
+            ["site-1", "site-2"],
         )
         for site in ("site-1", "site-2"):
             site_url = cell(site, url).listen("tcp://127.0.0.1:0")

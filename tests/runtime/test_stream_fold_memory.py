@@ -44,7 +44,7 @@ SITE = textwrap.dedent(
     site, url = sys.argv[1:3]
     k = np.float32(site.split("-")[1])
     transport = TcpTransport()
-    cell = Cell(site, transport)
+    cell = Cell(site + ".j", transport)  # the client job of `site` for job j
     cell.connect_parent(url)
     cell.request("server.j", Channel.SERVER_MAIN, Topic.JOIN, None, 60)
     while True:
@@ -79,7 +79,13 @@ def test_folding_three_streamed_results_needs_about_two_models_not_three(tmp_pat
     try:
         url = root.listen("tcp://127.0.0.1:0")
         job.connect_parent(url)
-        runner = ServerRunner(job, "j", tmp_path, ScatterAndGather(min_clients=SITES, rounds=1))
+        runner = ServerRunner(
+            job,
+            "j",
+            tmp_path,
+            ScatterAndGather(min_clients=SITES, rounds=1),
+            [f"site-{i}" for i in range(1, SITES + 1)],
+        )
         sites = [
             subprocess.Popen([sys.executable, "-c", SITE, f"site-{i}", url])
             for i in range(1, SITES + 1)

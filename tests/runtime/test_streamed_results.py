@@ -46,10 +46,14 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
     transport, resources = BytesOnly(), CellResources()
     server = Cell("server", transport, resources)
     url = server.listen("inprocess://")
-    cells = {name: Cell(name, transport, resources) for name in ("server.j", "site-a", "site-b")}
+    # Keyed by site; the cells are the sites' client jobs of job j.
+    cells = {"server.j": Cell("server.j", transport, resources)}
+    cells.update({site: Cell(f"{site}.j", transport, resources) for site in ("site-a", "site-b")})
     for cell in cells.values():
         cell.connect_parent(url)
-    runner = ServerRunner(cells["server.j"], "j", tmp_path, NoWorkflow(), poll_timeout=5)
+    runner = ServerRunner(
+        cells["server.j"], "j", tmp_path, NoWorkflow(), ["site-a", "site-b"], poll_timeout=5
+    )
     for name in ("site-a", "site-b"):
         cells[name].request("server.j", Channel.SERVER_MAIN, Topic.JOIN)
     yield runner, cells

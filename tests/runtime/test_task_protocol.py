@@ -14,6 +14,7 @@ import pytest
 from fl_core.cell.cell import Cell, CellResources
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
+from fl_core.errors import RemoteError
 from fl_core.model import FLModel
 from fl_core.runtime.protocol import Outcome, TaskHeader, TaskKind, Topic
 from fl_core.runtime.server_runner import ServerRunner
@@ -26,6 +27,9 @@ class NoWorkflow(Workflow):
         return initial
 
 
+SITES = ("site-a", "site-b")
+
+
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator[tuple[ServerRunner, Cell, Cell]]:
     transport = InProcessTransport()
@@ -34,11 +38,11 @@ def federation(tmp_path: Path) -> Iterator[tuple[ServerRunner, Cell, Cell]]:
     url = server.listen("inprocess://")
     job = Cell("server.j", transport, resources)
     job.connect_parent(url)
-    site_a = Cell("site-a", transport, resources)
+    site_a = Cell("site-a.j", transport, resources)
     site_a.connect_parent(url)
-    site_b = Cell("site-b", transport, resources)
+    site_b = Cell("site-b.j", transport, resources)
     site_b.connect_parent(url)
-    runner = ServerRunner(job, "j", tmp_path, NoWorkflow(), poll_timeout=0.3)
+    runner = ServerRunner(job, "j", tmp_path, NoWorkflow(), SITES, poll_timeout=0.3)
     for cell in (site_a, site_b):
         cell.request("server.j", Channel.SERVER_MAIN, Topic.JOIN)
     yield runner, site_a, site_b
@@ -141,12 +145,12 @@ def test_big_results_stream_in_over_a_wire_and_are_folded_whole(tmp_path: Path) 
     transport, resources = BytesOnly(), CellResources()
     server = Cell("server", transport, resources)
     url = server.listen("inprocess://")
-    cells = [Cell(name, transport, resources) for name in ("server.j", "site-a", "site-b")]
+    cells = [Cell(name, transport, resources) for name in ("server.j", "site-a.j", "site-b.j")]
     job, *sites = cells
     try:
         for cell in cells:
             cell.connect_parent(url)
-        runner = ServerRunner(job, "j", tmp_path, NoWorkflow(), poll_timeout=5)
+        runner = ServerRunner(job, "j", tmp_path, NoWorkflow(), SITES, poll_timeout=5)
         for cell in sites:
             cell.request("server.j", Channel.SERVER_MAIN, Topic.JOIN)
         pending = {cell.fqcn: poll(cell) for cell in sites}
@@ -156,7 +160,7 @@ def test_big_results_stream_in_over_a_wire_and_are_folded_whole(tmp_path: Path) 
             try:
                 reply = pending[cell.fqcn].result()
                 assert isinstance(reply.payload, FLModel)  # 8 MiB: it came as a stream
-                params = {"w": reply.payload.params["w"] + (1 if cell.fqcn == "site-a" else 2)}
+                params = {"w": reply.payload.params["w"] + (1 if cell.fqcn == "site-a.j" else 2)}
                 ack = submit(cell, reply.get(TaskHeader.TASK_ID), FLModel(params=params))
                 assert ack.get(TaskHeader.ACCEPTED) == "yes"
             except BaseException as exc:
@@ -184,3 +188,34 @@ def test_big_results_stream_in_over_a_wire_and_are_folded_whole(tmp_path: Path) 
             cell.close()
         server.close()
         resources.close()
+
+
+@pytest.mark.parametrize(
+    "name", ["mallory.j", "site-a", "site-a.j.trainer", "site-a.k", "server.j2"]
+)
+def test_only_the_client_jobs_of_its_own_sites_take_part(
+    federation, name: str, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    # A cell that got into the network under another name (a site's parent, a
+    # trainer, another job's process, one that never was a site) is refused:
+    # it joins nothing, polls nothing, sends no result and no metric.
+    runner, site_a, _ = federation
+    rogue = Cell(name, site_a.transport, site_a.resources)
+    rogue.connect_parent(site_a._parent_link.url)  # type: ignore[union-attr]
+    try:
+        for topic, payload in (
+            (Topic.JOIN, None),
+            (Topic.GET_TASK, None),
+            (Topic.LOG, {"key": "loss", "value": 1e6}),
+        ):
+            with pytest.raises(RemoteError, match=f"{name} is not a client job of job j"):
+                rogue.request("server.j", Channel.SERVER_MAIN, topic, payload, 5)
+        headers = {TaskHeader.TASK_ID: "t", TaskHeader.OUTCOME: Outcome.OK}
+        with pytest.raises(RemoteError, match="is not a client job"):
+            rogue.request(
+                "server.j", Channel.SERVER_MAIN, Topic.SUBMIT_RESULT, FLModel(), 5, headers
+            )
+    finally:
+        rogue.close()
+    assert runner.sites() == ["site-a", "site-b"]
+    assert any("is not a client job" in r.getMessage() for r in caplog.records)
