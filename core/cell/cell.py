@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, wait
 
 from fl_core.cell.channels import Channel
+from fl_core.cell.door import Door
 from fl_core.cell.fqcn import SEPARATOR, validate
 from fl_core.cell.incoming import IncomingPayload
 from fl_core.cell.message import Header, Message, MessageType, Status
 from fl_core.cell.parent import (
     CONTROL,
-    DIRECT,
     HELLO,
     HELLO_OK,
     HELLO_REJECTED,
@@ -32,18 +32,7 @@ from fl_core.cell.parent import (
 )
 from fl_core.cell.payload import PayloadRefusedError
 from fl_core.cell.pending import PendingRequest, PendingRequests
-from fl_core.cell.proof import (
-    CHALLENGE,
-    MAX_NONCE,
-    NONCE,
-    PROOF,
-    PROVE,
-    AdmissionRefused,
-    KeyLookup,
-    new_nonce,
-    proof_matches,
-    prove,
-)
+from fl_core.cell.proof import AdmissionRefused, KeyLookup
 from fl_core.cell.relay import RelayedRequests
 from fl_core.cell.resources import CellResources
 from fl_core.cell.streams import StreamEngine, StreamSettings
@@ -258,13 +247,14 @@ class Cell:
             conn.close()  # a reconnect that raced with close()
 
     def _on_connection(self, conn: Connection) -> None:
-        state = _Joining()
+        door = Door(self.fqcn, self._key_for)
+        admitted: dict[str, str] = {}  # "name", and "direct" for a direct link
 
         def on_frame(frame: Frame) -> None:
-            name = state.name
+            name = admitted.get("name")
             if name is None:
-                self._on_hello(conn, frame, state)
-            elif state.direct:
+                self._on_hello(conn, frame, door, admitted)
+            elif admitted.get("direct"):
                 self._on_direct_frame(conn, name, frame)
             elif _within(frame.headers.get(Header.ORIGIN, ""), name):
                 self._on_frame(conn, frame, from_parent=False)
@@ -273,12 +263,12 @@ class Cell:
                 self._refuse_origin(frame, f"child {name}")
 
         def on_close(exc: BaseException | None) -> None:
-            if state.name is None and state.key:
+            if "name" not in admitted and door.challenged:
                 log.warning(
                     "%s: refused a connection from %r at %s: it left without answering "
                     "the challenge (it does not hold the credential of that name)",
                     self.fqcn,
-                    state.claimed,
+                    door.claimed,
                     conn.peer,
                 )
             self._on_link_closed(conn, exc, parent=False)
@@ -286,79 +276,33 @@ class Cell:
         conn.receive_into(self._streams.body_buffer_for(conn))
         conn.start(on_frame, on_close)
 
-    def _on_hello(self, conn: Connection, frame: Frame, state: _Joining) -> None:
-        """The frames of a link before it is admitted: a hello, then maybe a proof."""
-        if state.key is not None:
-            self._on_proof(conn, frame, state)
-            return
-        name = frame.headers.get(Header.ORIGIN, "")
-        nonce = frame.headers.get(NONCE, "")
-        direct = bool(frame.headers.get(DIRECT))
-        problem, key = "", None
-        if frame.headers.get(_CONTROL) != _HELLO:
-            problem = "the first frame must introduce the cell"
-        else:
-            try:
-                validate(name)
-                key = self._key_for(name, direct)
-            except CellError as exc:
-                problem = str(exc)
-        if not problem and key is not None and not 0 < len(nonce) <= MAX_NONCE:
-            problem = "its hello carries no nonce to answer a challenge with"
-        if not problem and key is not None:
-            problem = self._name_taken(name)
+    def _on_hello(
+        self, conn: Connection, frame: Frame, door: Door, admitted: dict[str, str]
+    ) -> None:
+        """A frame of a link not yet admitted: its hello, or its answer to a challenge."""
+        step = door.step(frame.headers)
+        problem = step.refuse
+        if step.challenge is not None:
+            problem = self._name_taken(door.claimed)  # before the work of a proof
+            if not problem:
+                conn.send(Frame(step.challenge))
+                return
+        if not problem:
+            with self._lock:
+                # Checked under the lock: close() would miss a link added after it.
+                problem = self._name_taken_locked(step.admit)
+                if not problem:
+                    (self._direct if step.direct else self._children)[step.admit] = conn
+                    admitted.update(name=step.admit, direct="1" if step.direct else "")
         if problem:
-            self._refuse_hello(conn, name, problem)
+            self._refuse_hello(conn, door.claimed, problem)
             return
-        if key is None:
-            self._admit(conn, name, direct, state, {})
-            return
-        state.claimed, state.direct, state.key = name, direct, key
-        state.nonces = (nonce, new_nonce())
-        conn.send(Frame({_CONTROL: CHALLENGE, Header.ORIGIN: self.fqcn, NONCE: state.nonces[1]}))
-
-    def _on_proof(self, conn: Connection, frame: Frame, state: _Joining) -> None:
-        key, name = state.key, state.claimed
-        assert key is not None
-        state.key = b""  # one proof per link: anything after a wrong one is refused
-        if not key or frame.headers.get(_CONTROL) != PROVE:
-            self._refuse_hello(conn, name, "it did not answer the challenge")
-            return
-
-        def proof(role: str) -> str:
-            assert key
-            return prove(
-                key,
-                role,
-                joining=name,
-                listening=self.fqcn,
-                direct=state.direct,
-                nonces=state.nonces,
-            )
-
-        if not proof_matches(proof("joining"), frame.headers.get(PROOF, "")):
-            self._refuse_hello(conn, name, "it did not prove the credential of that name")
-            return
-        self._admit(conn, name, state.direct, state, {PROOF: proof("listening")})
+        # Named, so a cell that opened a direct link learns whom it reached.
+        conn.send(Frame({_CONTROL: _HELLO_OK, Header.ORIGIN: self.fqcn, **step.extra}))
 
     def _name_taken(self, name: str) -> str:
         with self._lock:
             return self._name_taken_locked(name)
-
-    def _admit(
-        self, conn: Connection, name: str, direct: bool, state: _Joining, extra: dict[str, str]
-    ) -> None:
-        with self._lock:
-            # Checked again under the lock: close() would miss a link added after it.
-            problem = self._name_taken_locked(name)
-            if not problem:
-                (self._direct if direct else self._children)[name] = conn
-                state.name, state.direct = name, direct
-        if problem:
-            self._refuse_hello(conn, name, problem)
-            return
-        # Named, so a cell that opened a direct link learns whom it reached.
-        conn.send(Frame({_CONTROL: _HELLO_OK, Header.ORIGIN: self.fqcn, **extra}))
 
     def _name_taken_locked(self, name: str) -> str:
         if self._closed:
@@ -782,21 +726,6 @@ class Cell:
             link.close()
         if self._owns_resources:
             self.resources.close()
-
-
-class _Joining:
-    """What a listening cell knows of one incoming link before and after its hello."""
-
-    __slots__ = ("claimed", "direct", "key", "name", "nonces")
-
-    def __init__(self) -> None:
-        self.name: str | None = None
-        """The admitted name; None until the link is admitted."""
-        self.claimed = ""
-        self.direct = False
-        self.key: bytes | None = None
-        """While a challenge is open, the key the proof must show; b"" once used."""
-        self.nonces: tuple[str, str] = ("", "")
 
 
 def _hops(frame: Frame) -> int:
