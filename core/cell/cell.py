@@ -251,6 +251,7 @@ class Cell:
             conn.send(Frame({_CONTROL: _HELLO_REJECTED, Header.ERROR: problem}))
             conn.close()
             return
+        conn.admit()  # the transport's pre-hello limits end here
         # Named, so a cell that opened a direct link learns whom it reached.
         conn.send(Frame({_CONTROL: _HELLO_OK, Header.ORIGIN: self.fqcn}))
 

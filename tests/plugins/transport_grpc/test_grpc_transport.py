@@ -302,6 +302,7 @@ PEER = textwrap.dedent(
         print("ready", flush=True)
     else:
         def accept(conn):
+            conn.admit()  # as a cell does after the hello: the hello timeout ends
             conn.start(lambda frame: None, lambda exc: None)
         print(transport.listen(url, accept).url, flush=True)
     time.sleep(120)

@@ -42,6 +42,7 @@ class Box:
     def on_connection(self, conn: Connection) -> None:
         with self.cond:
             self.accepted.append(conn)
+        conn.admit()  # as a cell does once the peer said hello
         conn.start(self.add_frame, self.add_close)
 
     def add_frame(self, frame: Frame) -> None:

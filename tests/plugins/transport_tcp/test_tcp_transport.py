@@ -77,6 +77,7 @@ class Server:
         self._cond = threading.Condition()
 
     def on_connection(self, conn: Connection) -> None:
+        conn.admit()  # as a cell does once the peer said hello
         peer = Peer()
         peer.attach(conn)
         with self._cond:
@@ -266,7 +267,10 @@ def test_peer_close_calls_on_close_once_and_send_after_close_raises(
     with pytest.raises(TargetUnreachableError, match=url):
         conn.send(Frame({}, b"late"))
     conn.close()  # idempotent
-    time.sleep(0.05)
+    # A second on_close would come from the loop thread. `listen` is served on
+    # that thread after everything queued before it, so once it returns any
+    # such call has happened.
+    transport.listen("tcp://127.0.0.1:0", Server().on_connection).close()
     assert client.closes == [None] and server.peers[0].closes == [None]
 
 
