@@ -26,6 +26,20 @@ a ping every `keepalive_time` seconds (default 30), and no answer within
 at most about 40 s after a peer went silent. Pings go out even on an idle
 stream, and servers accept them as often as a client sends them.
 
+Admission (see `fl_core.spec.transport`): a stream a listener accepts is an
+unadmitted link until its owner calls `admit()`. Its first frame may not
+announce more than `HELLO_MAX_FRAME` bytes, and gRPC itself never takes a
+message over `FRAGMENT` (the connection module cuts frames into such
+messages), so an unadmitted stream costs about one fragment. The stream is
+cancelled `hello_timeout` seconds after it arrived if not admitted by then,
+and each listener holds at most `max_unadmitted` unadmitted streams, closing
+the oldest. Below the streams, gRPC's own limits are set from the same
+options: a socket must finish its HTTP/2 handshake (the client's preface and
+settings; TLS) within `hello_timeout` (`grpc.server_handshake_timeout_ms`),
+a connection with no stream is closed after `hello_timeout`
+(`grpc.max_connection_idle_ms`), and one connection may open at most
+`MAX_STREAMS_PER_CONNECTION` streams at once.
+
 TLS: `tls: true` with `certfile`, `keyfile`, `cafile` (PEM files), or
 `credentials` (PEM bytes from the security provider). Servers require a
 client certificate from the CA unless `require_client_cert` is false. The
@@ -42,6 +56,7 @@ import asyncio
 import concurrent.futures
 import logging
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Final, TypeVar
 from urllib.parse import urlparse
@@ -51,12 +66,19 @@ from grpc import aio
 
 from fl_core.errors import CellError, ConfigError, TargetUnreachableError
 from fl_core.loop_thread import LoopThread
-from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE, MAX_HEADER_SIZE, PREFIX_SIZE
+from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE
 from fl_core.spec.security import Credentials
-from fl_core.spec.transport import Connection, Listener, Transport
+from fl_core.spec.transport import (
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_MAX_UNADMITTED,
+    Connection,
+    Listener,
+    Transport,
+)
 from fl_plugins.transport_grpc import tls as tls_material
 from fl_plugins.transport_grpc.connection import (
     CLOSE_GRACE,
+    FRAGMENT,
     ClientConnection,
     GrpcConnection,
     ServerConnection,
@@ -73,6 +95,8 @@ BACKOFF_START: Final = 0.05
 BACKOFF_MAX: Final = 1.0
 KEEPALIVE_TIME: Final = 30.0
 KEEPALIVE_TIMEOUT: Final = 10.0
+MAX_STREAMS_PER_CONNECTION: Final = 4
+"""A link is one stream on its own connection (a retried connect may briefly hold two)."""
 
 T = TypeVar("T")
 
@@ -103,6 +127,61 @@ def _peer_address(peer: str) -> str:
 
 def _identity(data: bytes) -> bytes:
     return data
+
+
+def _option_error(name: str, problem: str) -> ConfigError:
+    return ConfigError("job.yaml", f"components.transport.options.{name}", problem)
+
+
+class Admission:
+    """A listener's unadmitted streams, oldest first; touched only on the loop thread."""
+
+    def __init__(self, url: str, hello_timeout: float, max_unadmitted: int) -> None:
+        self._url = url
+        self._hello_timeout = hello_timeout
+        self._max = max_unadmitted
+        self._waiting: OrderedDict[GrpcConnection, asyncio.TimerHandle] = OrderedDict()
+        self._evicted = 0
+
+    def add(self, conn: GrpcConnection) -> None:
+        """Track a just-accepted stream: it has `hello_timeout` seconds to be admitted."""
+        while len(self._waiting) >= self._max:
+            oldest, timer = self._waiting.popitem(last=False)
+            timer.cancel()
+            self._evicted += 1
+            if self._evicted == 1:  # one line per flood, not one per stream
+                log.warning(
+                    "grpc: %s holds %d links that have not said hello (max_unadmitted); "
+                    "closing the oldest ones, starting with %s",
+                    self._url,
+                    self._max,
+                    oldest.peer,
+                )
+            oldest.refuse(
+                CellError(
+                    f"grpc: closed the link from {oldest.peer}: {self._max} newer links "
+                    "had not said hello either"
+                )
+            )
+        timer = asyncio.get_running_loop().call_later(self._hello_timeout, self._expire, conn)
+        self._waiting[conn] = timer
+        conn.on_admitted.append(self._forget)
+        conn.on_lost.append(self._forget)
+
+    def _forget(self, conn: GrpcConnection) -> None:
+        timer = self._waiting.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+        if not self._waiting:
+            self._evicted = 0
+
+    def _expire(self, conn: GrpcConnection) -> None:
+        self._forget(conn)
+        if conn.admitted:
+            return
+        why = f"it did not say hello within {self._hello_timeout:g} s"
+        log.warning("grpc: closed the connection from %s: %s", conn.peer, why)
+        conn.refuse(CellError(f"grpc: closed the link from {conn.peer}: {why}"))
 
 
 class GrpcListener(Listener):
@@ -142,7 +221,19 @@ class GrpcTransport(Transport):
         send_timeout: float = 60.0,
         keepalive_time: float = KEEPALIVE_TIME,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
+        max_unadmitted: int = DEFAULT_MAX_UNADMITTED,
     ) -> None:
+        if not hello_timeout > 0:
+            raise _option_error("hello_timeout", f"must be a positive number, not {hello_timeout}")
+        if isinstance(max_unadmitted, bool) or not (
+            isinstance(max_unadmitted, int) and max_unadmitted > 0
+        ):
+            raise _option_error(
+                "max_unadmitted", f"must be a positive integer, not {max_unadmitted!r}"
+            )
+        self._hello_timeout = float(hello_timeout)
+        self._max_unadmitted = max_unadmitted
         if credentials is not None:
             if certfile or keyfile or cafile:
                 raise ConfigError(
@@ -157,7 +248,9 @@ class GrpcTransport(Transport):
         self._require_client_cert = require_client_cert
         self._max_body_size = max_body_size
         self._send_timeout = send_timeout
-        message_limit = max_body_size + PREFIX_SIZE + MAX_HEADER_SIZE
+        # Frames travel as messages of at most FRAGMENT bytes (see the connection
+        # module): gRPC never buffers more than that for a message nobody has judged.
+        message_limit = FRAGMENT
         common: list[tuple[str, int | str]] = [
             ("grpc.max_send_message_length", message_limit),
             ("grpc.max_receive_message_length", message_limit),
@@ -177,6 +270,10 @@ class GrpcTransport(Transport):
             ("grpc.http2.max_ping_strikes", 0),
             # A port in use is an error, as with tcp, not a second server on it.
             ("grpc.so_reuseport", 0),
+            # Sockets that never get as far as a stream are not held either.
+            ("grpc.server_handshake_timeout_ms", int(self._hello_timeout * 1000)),
+            ("grpc.max_connection_idle_ms", int(self._hello_timeout * 1000)),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         ]
         self._channel_options: list[tuple[str, int | str]] = [
             *common,
@@ -226,6 +323,7 @@ class GrpcTransport(Transport):
         self, host: str, port: int, url: str, on_connection: Callable[[Connection], None]
     ) -> GrpcListener:
         loop = asyncio.get_running_loop()
+        admission = Admission(url, self._hello_timeout, self._max_unadmitted)
 
         async def frames(_requests: object, context: aio.ServicerContext[bytes, bytes]) -> None:
             conn = ServerConnection(
@@ -234,8 +332,10 @@ class GrpcTransport(Transport):
                 _peer_address(context.peer()),
                 max_body_size=self._max_body_size,
                 send_timeout=self._send_timeout,
+                admitted=False,
             )
             self._track(conn)
+            admission.add(conn)
             await context.send_initial_metadata((ACCEPTED,))
             try:
                 on_connection(conn)
