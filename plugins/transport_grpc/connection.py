@@ -2,14 +2,18 @@
 
 A frame is written exactly as the tcp transport writes it on a socket
 (prefix, protobuf `FrameHeader`, raw body; `fl_core.serialization.envelope`),
-cut into gRPC messages of at most `FRAGMENT` bytes; the first holds the whole
-prefix and header. gRPC reads a whole message into memory before anyone sees
-it, so its receive limit is `FRAGMENT`: whatever a peer announces, a stream
-costs the receiver at most one fragment before the frame's header has been
-judged, and an unadmitted link (see "Admission" in `fl_core.spec.transport`)
-announcing a frame over `HELLO_MAX_FRAME` is closed on its first fragment. A
-frame that fits one message is handed on as a `memoryview` of it, without a
-copy; a larger one is gathered into a buffer of exactly its body size. A
+carried by one or more gRPC messages; the first holds the whole prefix and
+header. gRPC reads a whole message into memory before anyone sees it, and
+lets a peer send as much as the message it announced needs, so a listener's
+receive limit is `FRAGMENT`: whatever a peer announces, a stream costs it at
+most one fragment (and the receive window) before the frame's header has
+been judged, and an unadmitted link (see "Admission" in
+`fl_core.spec.transport`) announcing a frame over `HELLO_MAX_FRAME` is closed
+on its first message. So the connecting end cuts its frames into messages of
+at most `FRAGMENT` bytes; the listening end, whose peer chose to dial it,
+sends each frame as one message, which is faster (gRPC's cost is per message).
+A frame that fits one message is handed on as a `memoryview` of it, without
+a copy; a larger one is gathered into a buffer of exactly its body size. A
 sender builds each message with one copy of its share of the body, on the
 sender's thread.
 
@@ -74,11 +78,13 @@ CLOSE_GRACE: Final = 2.0
 """Seconds a closing client waits for the server to end the stream before cancelling it."""
 
 
-def encode_messages(head: bytes, body: memoryview) -> list[bytes]:
-    """A frame's head and body as the gRPC messages that carry it (see the module docstring)."""
-    first = FRAGMENT - len(head)
-    messages = [b"".join((head, body[:first])) if body.nbytes else head]
-    messages.extend(bytes(body[at : at + FRAGMENT]) for at in range(first, body.nbytes, FRAGMENT))
+def encode_messages(head: bytes, body: memoryview, fragment: int | None) -> list[bytes]:
+    """A frame as the gRPC messages that carry it: one, or pieces of at most `fragment` bytes."""
+    if fragment is None or len(head) + body.nbytes <= fragment:
+        return [b"".join((head, body)) if body.nbytes else head]
+    first = fragment - len(head)  # > 0: a head is at most FRAGMENT bytes
+    messages = [b"".join((head, body[:first]))]
+    messages.extend(bytes(body[at : at + fragment]) for at in range(first, body.nbytes, fragment))
     return messages
 
 
@@ -115,7 +121,7 @@ class FrameAssembler:
                 f"the limit until then is {HELLO_MAX_FRAME}"
             )
         got = len(view) - start
-        if got > header.body_size or (got < header.body_size and len(view) < FRAGMENT):
+        if got > header.body_size:
             raise WireFormatError(
                 f"frame size mismatch: the header announces {header.body_size} body bytes, "
                 f"the message holds {got}"
@@ -160,9 +166,11 @@ class GrpcConnection(Connection):
         max_body_size: int,
         send_timeout: float,
         admitted: bool = True,
+        fragment: int | None = None,
     ) -> None:
         self._loop = loop
         self._peer = peer
+        self._fragment = fragment
         self._max_body_size = max_body_size
         self._send_timeout = send_timeout
         self._on_frame: FrameHandler | None = None
@@ -293,7 +301,7 @@ class GrpcConnection(Connection):
             raise CellError(f"grpc to {self._peer}: cannot send this frame: {exc}") from exc
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
-        return encode_messages(head, view)
+        return encode_messages(head, view, self._fragment)
 
     def _on_loop_thread(self) -> bool:
         try:
@@ -522,7 +530,10 @@ class ClientConnection(GrpcConnection):
         max_body_size: int,
         send_timeout: float,
     ) -> None:
-        super().__init__(loop, peer, max_body_size=max_body_size, send_timeout=send_timeout)
+        # Messages no larger than a listener takes (see the module docstring).
+        super().__init__(
+            loop, peer, max_body_size=max_body_size, send_timeout=send_timeout, fragment=FRAGMENT
+        )
         # Dropped when the link ends: a live gRPC object keeps gRPC's poller thread.
         self._channel: aio.Channel | None = channel
         self._call: aio.StreamStreamCall[bytes, bytes] | None = call

@@ -29,8 +29,14 @@ stream, and servers accept them as often as a client sends them.
 Admission (see `fl_core.spec.transport`): a stream a listener accepts is an
 unadmitted link until its owner calls `admit()`. Its first frame may not
 announce more than `HELLO_MAX_FRAME` bytes, and gRPC itself never takes a
-message over `FRAGMENT` (the connection module cuts frames into such
-messages), so an unadmitted stream costs about one fragment. The stream is
+message over `FRAGMENT` from a peer that dialed it (such peers cut their
+frames into messages that size; see the connection module). gRPC would
+otherwise take, and buffer, a whole message as large as the first frame
+announced (16 MiB per stream, measured). The listener's receive window per
+stream is fixed at `receive_window` bytes (default `RECEIVE_WINDOW`; gRPC's
+bandwidth-delay probing, which grows it, is off on listeners): with it on, a
+stream that is refused still had about 1-3 MiB pushed into it first, with it
+off about 0.2 MiB. So an unadmitted stream costs about one fragment. The stream is
 cancelled `hello_timeout` seconds after it arrived if not admitted by then,
 and each listener holds at most `max_unadmitted` unadmitted streams, closing
 the oldest. Below the streams, gRPC's own limits are set from the same
@@ -95,6 +101,9 @@ BACKOFF_START: Final = 0.05
 BACKOFF_MAX: Final = 1.0
 KEEPALIVE_TIME: Final = 30.0
 KEEPALIVE_TIMEOUT: Final = 10.0
+RECEIVE_WINDOW: Final = 1024 * 1024
+"""A listener's HTTP/2 receive window per stream: what a peer may send ahead of our reading.
+It bounds a link's upload rate to about this much per round trip."""
 MAX_STREAMS_PER_CONNECTION: Final = 4
 """A link is one stream on its own connection (a retried connect may briefly hold two)."""
 
@@ -223,6 +232,7 @@ class GrpcTransport(Transport):
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
         max_unadmitted: int = DEFAULT_MAX_UNADMITTED,
+        receive_window: int = RECEIVE_WINDOW,
     ) -> None:
         if not hello_timeout > 0:
             raise _option_error("hello_timeout", f"must be a positive number, not {hello_timeout}")
@@ -248,12 +258,18 @@ class GrpcTransport(Transport):
         self._require_client_cert = require_client_cert
         self._max_body_size = max_body_size
         self._send_timeout = send_timeout
-        # Frames travel as messages of at most FRAGMENT bytes (see the connection
-        # module): gRPC never buffers more than that for a message nobody has judged.
-        message_limit = FRAGMENT
+        if isinstance(receive_window, bool) or not (
+            isinstance(receive_window, int) and receive_window >= FRAGMENT
+        ):
+            raise _option_error(
+                "receive_window",
+                f"must be an integer of at least {FRAGMENT}, not {receive_window!r}",
+            )
+        # A listener takes messages of at most FRAGMENT bytes (see the connection
+        # module): gRPC never buffers more than that for a message nobody has
+        # judged. It sends whole frames to the peers that dialed it.
+        whole_frame = max_body_size + FRAGMENT
         common: list[tuple[str, int | str]] = [
-            ("grpc.max_send_message_length", message_limit),
-            ("grpc.max_receive_message_length", message_limit),
             ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
             ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -265,6 +281,10 @@ class GrpcTransport(Transport):
         ]
         self._server_options: list[tuple[str, int | str]] = [
             *common,
+            ("grpc.max_receive_message_length", FRAGMENT),
+            ("grpc.max_send_message_length", whole_frame),
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", receive_window),
             # Accept the peer's pings however often it is configured to send them.
             ("grpc.http2.min_ping_interval_without_data_ms", 1000),
             ("grpc.http2.max_ping_strikes", 0),
@@ -277,6 +297,8 @@ class GrpcTransport(Transport):
         ]
         self._channel_options: list[tuple[str, int | str]] = [
             *common,
+            ("grpc.max_receive_message_length", whole_frame),
+            ("grpc.max_send_message_length", FRAGMENT),
             # One HTTP/2 connection per link: closing a link closes its socket.
             ("grpc.use_local_subchannel_pool", 1),
             # Retries would keep a copy of every message sent on the stream.
