@@ -22,8 +22,10 @@ transport:
   over `HELLO_MAX_FRAME` bytes, judging by what the frame announces, before
   it allocates the body or asks a `BodyBufferProvider` for it; it never
   allocates, nor asks the provider for, more than `HELLO_MAX_FRAME` bytes
-  for one frame of an unadmitted link (its own protocol buffers included:
-  a gRPC message, an HTTP/2 window);
+  for one frame of an unadmitted link. Its own protocol's buffers count
+  too: a gRPC message a listener takes is no larger; what flow control lets
+  a peer push ahead of the transport's reading (an HTTP/2 window) stays at a
+  fixed, documented size instead of growing with the link's bandwidth;
 - closes the link if it is not admitted within `hello_timeout` seconds of
   being accepted (default `DEFAULT_HELLO_TIMEOUT`; a TLS handshake counts
   towards it), whether the peer is silent or trickles bytes;

@@ -144,9 +144,20 @@ def test_the_hook_registers_tcp_and_the_factory_builds_a_transport() -> None:
         transport.close()
 
 
+def test_the_admission_limits_are_job_options() -> None:
+    options = {"hello_timeout": 2.5, "max_unadmitted": 16}
+    _registry().create("transport", "tcp", options, expect=Transport).close()
+
+
 @pytest.mark.parametrize(
     ("options", "key"),
-    [({"port": 1}, "port"), ({"tls": "yes"}, "tls"), ({"tls": True}, "certfile")],
+    [
+        ({"port": 1}, "port"),
+        ({"tls": "yes"}, "tls"),
+        ({"tls": True}, "certfile"),
+        ({"hello_timeout": -1.0}, "hello_timeout"),
+        ({"max_unadmitted": 0}, "max_unadmitted"),
+    ],
 )
 def test_bad_options_name_their_key(options: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as info:
