@@ -62,7 +62,6 @@ import asyncio
 import concurrent.futures
 import logging
 import urllib.parse
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Final, TypeVar
 from urllib.parse import urlparse
@@ -82,13 +81,14 @@ from fl_core.spec.transport import (
     Transport,
 )
 from fl_plugins.transport_grpc import tls as tls_material
+from fl_plugins.transport_grpc.admission import Admission
 from fl_plugins.transport_grpc.connection import (
     CLOSE_GRACE,
-    FRAGMENT,
     ClientConnection,
     GrpcConnection,
     ServerConnection,
 )
+from fl_plugins.transport_grpc.fragments import FRAGMENT
 
 log = logging.getLogger("fl_plugins.transport_grpc")
 
@@ -140,57 +140,6 @@ def _identity(data: bytes) -> bytes:
 
 def _option_error(name: str, problem: str) -> ConfigError:
     return ConfigError("job.yaml", f"components.transport.options.{name}", problem)
-
-
-class Admission:
-    """A listener's unadmitted streams, oldest first; touched only on the loop thread."""
-
-    def __init__(self, url: str, hello_timeout: float, max_unadmitted: int) -> None:
-        self._url = url
-        self._hello_timeout = hello_timeout
-        self._max = max_unadmitted
-        self._waiting: OrderedDict[GrpcConnection, asyncio.TimerHandle] = OrderedDict()
-        self._evicted = 0
-
-    def add(self, conn: GrpcConnection) -> None:
-        """Track a just-accepted stream: it has `hello_timeout` seconds to be admitted."""
-        while len(self._waiting) >= self._max:
-            oldest, timer = self._waiting.popitem(last=False)
-            timer.cancel()
-            self._evicted += 1
-            if self._evicted == 1:  # one line per flood, not one per stream
-                log.warning(
-                    "grpc: %s holds %d links that have not said hello (max_unadmitted); "
-                    "closing the oldest ones, starting with %s",
-                    self._url,
-                    self._max,
-                    oldest.peer,
-                )
-            oldest.refuse(
-                CellError(
-                    f"grpc: closed the link from {oldest.peer}: {self._max} newer links "
-                    "had not said hello either"
-                )
-            )
-        timer = asyncio.get_running_loop().call_later(self._hello_timeout, self._expire, conn)
-        self._waiting[conn] = timer
-        conn.on_admitted.append(self._forget)
-        conn.on_lost.append(self._forget)
-
-    def _forget(self, conn: GrpcConnection) -> None:
-        timer = self._waiting.pop(conn, None)
-        if timer is not None:
-            timer.cancel()
-        if not self._waiting:
-            self._evicted = 0
-
-    def _expire(self, conn: GrpcConnection) -> None:
-        self._forget(conn)
-        if conn.admitted:
-            return
-        why = f"it did not say hello within {self._hello_timeout:g} s"
-        log.warning("grpc: closed the connection from %s: %s", conn.peer, why)
-        conn.refuse(CellError(f"grpc: closed the link from {conn.peer}: {why}"))
 
 
 class GrpcListener(Listener):

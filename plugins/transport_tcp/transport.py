@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Final, TypeVar
 from urllib.parse import urlparse
@@ -35,6 +34,7 @@ from fl_core.spec.transport import (
     Transport,
 )
 from fl_plugins.transport_tcp import tls as tls_contexts
+from fl_plugins.transport_tcp.admission import Admission
 from fl_plugins.transport_tcp.connection import FrameProtocol, TcpConnection
 
 log = logging.getLogger("fl_plugins.transport_tcp")
@@ -67,57 +67,6 @@ def parse_url(url: str) -> tuple[str, int]:
 
 def _format_url(host: str, port: int) -> str:
     return f"{SCHEME}://[{host}]:{port}" if ":" in host else f"{SCHEME}://{host}:{port}"
-
-
-class Admission:
-    """A listener's unadmitted links, oldest first; touched only on the loop thread."""
-
-    def __init__(self, url: str, hello_timeout: float, max_unadmitted: int) -> None:
-        self._url = url
-        self._hello_timeout = hello_timeout
-        self._max = max_unadmitted
-        self._waiting: OrderedDict[TcpConnection, asyncio.TimerHandle] = OrderedDict()
-        self._evicted = 0
-
-    def add(self, conn: TcpConnection) -> None:
-        """Track a just-accepted link: it has `hello_timeout` seconds to be admitted."""
-        while len(self._waiting) >= self._max:
-            oldest, timer = self._waiting.popitem(last=False)
-            timer.cancel()
-            self._evicted += 1
-            if self._evicted == 1:  # one line per flood, not one per socket
-                log.warning(
-                    "tcp: %s holds %d links that have not said hello (max_unadmitted); "
-                    "closing the oldest ones, starting with %s",
-                    self._url,
-                    self._max,
-                    oldest.peer,
-                )
-            oldest.refuse(
-                CellError(
-                    f"tcp: closed the link from {oldest.peer}: {self._max} newer links "
-                    "had not said hello either"
-                )
-            )
-        timer = asyncio.get_running_loop().call_later(self._hello_timeout, self._expire, conn)
-        self._waiting[conn] = timer
-        conn.on_admitted.append(self._forget)
-        conn.on_lost.append(self._forget)
-
-    def _forget(self, conn: TcpConnection) -> None:
-        timer = self._waiting.pop(conn, None)
-        if timer is not None:
-            timer.cancel()
-        if not self._waiting:
-            self._evicted = 0
-
-    def _expire(self, conn: TcpConnection) -> None:
-        self._forget(conn)
-        if conn.admitted:
-            return
-        why = f"it did not say hello within {self._hello_timeout:g} s"
-        log.warning("tcp: closed the connection from %s: %s", conn.peer, why)
-        conn.refuse(CellError(f"tcp: closed the link from {conn.peer}: {why}"))
 
 
 class TcpListener(Listener):
