@@ -297,6 +297,7 @@ class Cell:
         if problem:
             self._refuse_hello(conn, door.claimed, problem)
             return
+        conn.admit()  # the transport's pre-hello limits end here
         # Named, so a cell that opened a direct link learns whom it reached.
         conn.send(Frame({_CONTROL: _HELLO_OK, Header.ORIGIN: self.fqcn, **step.extra}))
 

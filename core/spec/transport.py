@@ -10,6 +10,38 @@ frames that share a `stream` header; a transport only needs to keep frames in
 order and apply back-pressure in `send` (block, bounded, until the peer has
 room). The in-process transport of the simulator sets `carries_objects`: its
 frame bodies are Python objects handed over by reference, never encoded.
+
+Admission (an obligation of every transport that accepts links from other
+processes). Anyone who can reach a listener's port can open a link, so until
+the link's owner has heard a valid hello a transport spends almost nothing on
+it. A connection accepted by a listener starts *unadmitted*; its owner calls
+`Connection.admit()` once the peer has introduced itself. Until then the
+transport:
+
+- refuses, by closing the link, any frame whose prefix + header + body is
+  over `HELLO_MAX_FRAME` bytes, judging by what the frame announces, before
+  it allocates the body or asks a `BodyBufferProvider` for it; it never
+  allocates, nor asks the provider for, more than `HELLO_MAX_FRAME` bytes
+  for one frame of an unadmitted link. Its own protocol's buffers count
+  too: a gRPC message a listener takes is no larger; what flow control lets
+  a peer push ahead of the transport's reading (an HTTP/2 window) stays at a
+  fixed, documented size instead of growing with the link's bandwidth;
+- closes the link if it is not admitted within `hello_timeout` seconds of
+  being accepted (default `DEFAULT_HELLO_TIMEOUT`; a TLS handshake counts
+  towards it), whether the peer is silent or trickles bytes;
+- holds at most `max_unadmitted` unadmitted links per listener (default
+  `DEFAULT_MAX_UNADMITTED`): when one more arrives at the cap, the OLDEST
+  unadmitted link is closed. A flood of idle sockets then costs each of them
+  its place within milliseconds, while a real peer, which says hello at once,
+  is admitted long before the flood reaches it.
+
+`hello_timeout` and `max_unadmitted` are factory options
+(`factory(hello_timeout=0.5, max_unadmitted=8)`) that every listening
+transport accepts. Connections made by `connect()` are admitted from the
+start: the dialing side chose its peer. `admit()` on an admitted link is a
+no-op. The in-process transport, which no other process can reach, has no
+unadmitted links. `fl_core.testing.transport_contract_security.HostileInputContract`
+checks all of this against a real listener.
 """
 
 from __future__ import annotations
@@ -17,9 +49,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from fl_core.spec import Register, hookspec
+
+HELLO_MAX_FRAME: Final = 64 * 1024
+"""The largest frame (prefix + header + body, in bytes) an unadmitted link may send."""
+DEFAULT_HELLO_TIMEOUT: Final = 10.0
+"""Seconds an accepted link has to be admitted before its transport closes it."""
+DEFAULT_MAX_UNADMITTED: Final = 256
+"""Unadmitted links a listener holds at once; one more closes the oldest."""
 
 
 @dataclass(slots=True)
@@ -70,6 +109,18 @@ class Connection(ABC):
     def close(self) -> None:
         """Close the link; idempotent. `on_close(None)` follows."""
 
+    def admit(self) -> None:  # noqa: B027 - a no-op for transports without remote peers
+        """Lift the limits on a link accepted by a listener: its peer said hello.
+
+        Called by the owner, from any thread, once the first frame proved
+        acceptable; later frames may then be as large as the transport's
+        normal limits allow, and the hello timeout and the listener's cap no
+        longer apply. Idempotent; a no-op on a link made by `connect()`.
+        Every transport that accepts links from other processes must
+        override it (see "Admission" in the module docstring); the default
+        suits only transports whose peers are all in this process.
+        """
+
     def receive_into(self, provider: BodyBufferProvider) -> None:  # noqa: B027 - optional
         """Offer buffers to receive frame bodies in place (optional).
 
@@ -108,6 +159,8 @@ class Transport(ABC):
     def listen(self, url: str, on_connection: Callable[[Connection], None]) -> Listener:
         """Bind `url` and call `on_connection` for every accepted connection.
 
+        Accepted connections start unadmitted (see "Admission" in the module
+        docstring): the limits apply until their owner calls `admit()`.
         Raises `fl_core.errors.CellError` if the URL cannot be bound.
         """
 
@@ -132,5 +185,7 @@ class TransportHookSpecs:
         Called once per plugin manager, when its registry is built. Call
         `register(name, factory)`; `factory(**options)` must return a
         `Transport`. Do not open sockets or start threads here: do that in
-        `Transport.listen` / `connect`.
+        `Transport.listen` / `connect`. A transport that listens for other
+        processes accepts the options `hello_timeout` (seconds) and
+        `max_unadmitted` (links per listener); see "Admission" above.
         """

@@ -115,12 +115,28 @@ class FrameRecorder:
 
 
 class Acceptor:
-    """A listener's owner: starts each accepted connection with its own recorder."""
+    """A listener's owner: starts each accepted connection with its own recorder.
 
-    def __init__(self) -> None:
+    By default it admits each connection at once, as a cell does after a
+    hello (`Connection.admit`). With `admit=False` it leaves them unadmitted
+    and records in `asked` every body size the transport asks its body-buffer
+    provider for (the provider offers no buffer, so the transport allocates).
+    """
+
+    def __init__(self, *, admit: bool = True) -> None:
         self.accepted: queue.Queue[tuple[Connection, FrameRecorder]] = queue.Queue()
+        self.admit = admit
+        self.asked: list[int] = []
+
+    def _provide(self, headers: dict[str, str], size: int) -> memoryview | None:
+        self.asked.append(size)
+        return None
 
     def __call__(self, conn: Connection) -> None:
+        if self.admit:
+            conn.admit()
+        else:
+            conn.receive_into(self._provide)
         recorder = FrameRecorder()
         recorder.start(conn)
         self.accepted.put((conn, recorder))
@@ -275,6 +291,11 @@ class TransportContract(StreamContract):
     """Bounds every wait; reached only when something is broken."""
     unreachable_url: ClassVar[str | None] = None
     """A URL nobody listens on; by default, the URL of a listener just closed."""
+    accepts_remote_peers: ClassVar[bool] = True
+    """Whether other processes can reach this transport's listeners. If so, the
+    test class must also run `HostileInputContract` (admission and hostile
+    bytes); only a transport whose peers all live in this process (the
+    in-process one) declares False, and is exempt."""
 
     @pytest.fixture
     def transport_factory(self) -> Callable[[], Transport]:
@@ -307,6 +328,24 @@ class TransportContract(StreamContract):
         tree.close()
 
     # --- transport level ---------------------------------------------------------
+
+    def test_a_transport_for_remote_peers_runs_the_hostile_input_contract(self) -> None:
+        from fl_core.testing.transport_contract_security import HostileInputContract
+
+        if self.accepts_remote_peers and not isinstance(self, HostileInputContract):
+            pytest.fail(
+                f"{type(self).__name__} tests a transport other processes can reach: mix in "
+                "HostileInputContract too, or set accepts_remote_peers = False if they cannot"
+            )
+
+    def test_admit_is_idempotent_on_both_ends(self, link: Link) -> None:
+        for _ in range(2):
+            link.server.admit()  # the acceptor admitted it already
+            link.client.admit()  # dialed: admitted from the start
+        link.client.send(Frame({"n": "1"}, b"up"))
+        link.server.send(Frame({"n": "2"}, b"down"))
+        assert [f.headers for f in link.server_seen.wait_frames(1, self.wait)] == [{"n": "1"}]
+        assert [f.headers for f in link.client_seen.wait_frames(1, self.wait)] == [{"n": "2"}]
 
     def test_listen_reports_a_url_to_connect_to(self, transport: Transport) -> None:
         acceptor = Acceptor()

@@ -10,7 +10,11 @@ no certificate gets `Credentials` with an empty chain and key.
 `HostileInputContract` is for transports that listen on TCP `host:port`
 sockets: raw bytes that are not frames (garbage, a truncated frame, an
 oversized frame header) must get that socket closed, while a well-behaved
-client keeps working. It needs `transport_factory` only::
+client keeps working. It also holds the transport to the admission limits
+(`AdmissionCases` in `transport_contract_admission`: small frames, a hello
+timeout and a cap before a link is admitted), for which it builds transports
+as `transport_factory(hello_timeout=..., max_unadmitted=...)`. It needs
+`transport_factory` only::
 
     class TestMyTransport(TransportContract, SecureTransportContract, HostileInputContract):
         listen_url = "mytcp://127.0.0.1:0"
@@ -49,6 +53,7 @@ from fl_core.spec.security import Credentials
 from fl_core.spec.transport import Frame, Listener, Transport
 from fl_core.testing.pki import Pki
 from fl_core.testing.transport_contract import AUX, Acceptor, FrameRecorder, bytes_echo
+from fl_core.testing.transport_contract_admission import AdmissionCases
 
 __all__ = ["HostileInputContract", "SecureTransportContract"]
 
@@ -230,7 +235,7 @@ def _host_port(url: str) -> tuple[str, int]:
     return parsed.hostname, parsed.port
 
 
-class HostileInputContract:
+class HostileInputContract(AdmissionCases):
     """Raw-socket abuse every TCP-based transport must survive (see the module docstring)."""
 
     listen_url: ClassVar[str] = ""

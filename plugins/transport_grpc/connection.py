@@ -1,12 +1,21 @@
 """One gRPC link: a bidirectional stream whose messages are envelope frames.
 
-Each gRPC message is one frame exactly as the tcp transport writes it on a
-socket (prefix, protobuf `FrameHeader`, raw body; `fl_core.serialization.envelope`).
-gRPC already delimits messages, so a receiver checks that the header's
-`body_size` accounts for the rest of the message and hands the body on as a
-`memoryview` of the received bytes, without copying it. A sender joins head
-and body into one `bytes` (gRPC's serializer hook wants one), the only copy of
-the body on the way out, and it happens on the sender's thread.
+A frame is written exactly as the tcp transport writes it on a socket
+(prefix, protobuf `FrameHeader`, raw body; `fl_core.serialization.envelope`),
+carried by one or more gRPC messages; the first holds the whole prefix and
+header. gRPC reads a whole message into memory before anyone sees it, and
+lets a peer send as much as the message it announced needs, so a listener's
+receive limit is `FRAGMENT`: whatever a peer announces, a stream costs it at
+most one fragment (and the receive window) before the frame's header has
+been judged, and an unadmitted link (see "Admission" in
+`fl_core.spec.transport`) announcing a frame over `HELLO_MAX_FRAME` is closed
+on its first message. So the connecting end cuts its frames into messages of
+at most `FRAGMENT` bytes; the listening end, whose peer chose to dial it,
+sends each frame as one message, which is faster (gRPC's cost is per message).
+A frame that fits one message is handed on as a `memoryview` of it, without
+a copy; a larger one is gathered into a buffer of exactly its body size. A
+sender builds each message with one copy of its share of the body, on the
+sender's thread.
 
 Everything gRPC-facing runs on the transport's event loop: one reader task
 and one writer task per link. `send` hands a message to the loop and blocks,
@@ -39,13 +48,16 @@ from grpc import aio
 from fl_core.errors import CellError, TargetUnreachableError
 from fl_core.serialization import WireFormatError
 from fl_core.serialization.envelope import (
-    PREFIX_SIZE,
     BodyKind,
-    decode_frame_header,
-    decode_prefix,
     encode_frame_head,
 )
-from fl_core.spec.transport import CloseHandler, Connection, Frame, FrameHandler
+from fl_core.spec.transport import (
+    CloseHandler,
+    Connection,
+    Frame,
+    FrameHandler,
+)
+from fl_plugins.transport_grpc.fragments import FRAGMENT, FrameAssembler, encode_messages
 
 log = logging.getLogger("fl_plugins.transport_grpc")
 
@@ -60,29 +72,6 @@ CLOSE_GRACE: Final = 2.0
 """Seconds a closing client waits for the server to end the stream before cancelling it."""
 
 
-def decode_message(data: bytes, max_body_size: int) -> Frame:
-    """One gRPC message -> a `Frame`; `WireFormatError` if it is not exactly one frame."""
-    view = memoryview(data)
-    if len(view) < PREFIX_SIZE:
-        raise WireFormatError(
-            f"truncated frame: a {len(view)}-byte message is shorter than the frame prefix"
-        )
-    header_size = decode_prefix(view[:PREFIX_SIZE])
-    start = PREFIX_SIZE + header_size
-    if len(view) < start:
-        raise WireFormatError(
-            f"truncated frame: the message ends inside the {header_size}-byte header"
-        )
-    header = decode_frame_header(view[PREFIX_SIZE:start], max_body_size=max_body_size)
-    if len(view) - start != header.body_size:
-        raise WireFormatError(
-            f"frame size mismatch: the header announces {header.body_size} body bytes, "
-            f"the message holds {len(view) - start}"
-        )
-    body = None if header.body_kind is BodyKind.NONE else view[start:]
-    return Frame(header.headers, body)
-
-
 class GrpcConnection(Connection):
     """One link to a peer; created by `GrpcTransport`, never by users."""
 
@@ -93,9 +82,12 @@ class GrpcConnection(Connection):
         *,
         max_body_size: int,
         send_timeout: float,
+        admitted: bool = True,
+        fragment: int | None = None,
     ) -> None:
         self._loop = loop
         self._peer = peer
+        self._fragment = fragment
         self._max_body_size = max_body_size
         self._send_timeout = send_timeout
         self._on_frame: FrameHandler | None = None
@@ -114,8 +106,30 @@ class GrpcConnection(Connection):
         self._task: asyncio.Task[None] | None = None
         self.on_lost: list[Callable[[GrpcConnection], None]] = []
         """Callbacks `f(conn)` the transport uses to forget this connection."""
+        self.admitted = admitted
+        """False until the owner of an accepted link calls `admit`."""
+        self.on_admitted: list[Callable[[GrpcConnection], None]] = []
+        """Callbacks `f(conn)`, on the loop thread, once an accepted link is admitted."""
+        self._refusal: BaseException | None = None
 
     # --- the Connection interface ---------------------------------------------
+
+    def admit(self) -> None:
+        """Lift the pre-hello limits (see `Connection.admit`); idempotent."""
+        if self.admitted:
+            return
+        self.admitted = True  # read on the loop thread before each frame
+        self._call_on_loop(self._admitted_on_loop)
+
+    def _admitted_on_loop(self) -> None:
+        for admitted in self.on_admitted:
+            admitted(self)
+
+    def refuse(self, why: BaseException) -> None:
+        """End the link now (on the loop thread); `on_close(why)` follows."""
+        if self._refusal is None:
+            self._refusal = why
+        self._abort()
 
     @property
     def peer(self) -> str:
@@ -142,14 +156,14 @@ class GrpcConnection(Connection):
         for a body it cannot carry.
         """
         data = self._encode(frame)
-        size = len(data)
+        size = sum(map(len, data))
         if self._on_loop_thread():
             # Handlers run here: waiting for the writer would deadlock.
             with self._cond:
                 if self._closed:
                     raise self._unreachable("the connection is closed")
                 self._queued += size
-            self._enqueue(data)
+            self._enqueue(data, size)
             return
         deadline = time.monotonic() + self._send_timeout
         with self._cond:
@@ -163,7 +177,7 @@ class GrpcConnection(Connection):
                 raise self._unreachable("the connection is closed")
             self._queued += size
         try:
-            self._loop.call_soon_threadsafe(self._enqueue, data)
+            self._loop.call_soon_threadsafe(self._enqueue, data, size)
         except RuntimeError:  # the loop is closed
             self._dequeued(size)
             raise self._unreachable("the transport is closed") from None
@@ -182,7 +196,7 @@ class GrpcConnection(Connection):
     def _unreachable(self, why: str) -> TargetUnreachableError:
         return TargetUnreachableError(self._peer, why)
 
-    def _encode(self, frame: Frame) -> bytes:
+    def _encode(self, frame: Frame) -> list[bytes]:
         body = frame.body
         if body is None:
             kind, view = BodyKind.NONE, memoryview(b"")
@@ -202,7 +216,9 @@ class GrpcConnection(Connection):
             )
         except WireFormatError as exc:
             raise CellError(f"grpc to {self._peer}: cannot send this frame: {exc}") from exc
-        return b"".join((head, view)) if view.nbytes else head
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        return encode_messages(head, view, self._fragment)
 
     def _on_loop_thread(self) -> bool:
         try:
@@ -219,11 +235,11 @@ class GrpcConnection(Connection):
         except RuntimeError:
             pass  # the loop is gone, and the link with it
 
-    def _enqueue(self, data: bytes) -> None:
+    def _enqueue(self, data: list[bytes], size: int) -> None:
         if self._finished:
-            self._dequeued(len(data))  # lost meanwhile; on_close tells the owner
+            self._dequeued(size)  # lost meanwhile; on_close tells the owner
             return
-        self._outbox.append(data)
+        self._outbox.extend(data)
         self._wake.set()
 
     def _dequeued(self, size: int) -> None:
@@ -250,13 +266,16 @@ class GrpcConnection(Connection):
         Raises if the stream breaks or a message is not a frame.
         """
         await self._start_event.wait()
+        assembler = FrameAssembler(self._max_body_size, lambda: self.admitted)
         while True:
             data = await self._read()
             if data is None:
                 return False
-            if not data:
+            if not data and not assembler.mid_frame:
                 return True  # GOODBYE
-            frame = decode_message(data, self._max_body_size)
+            frame = assembler.feed(data)
+            if frame is None:
+                continue
             if self._closed or self._on_frame is None:
                 continue  # closed here: what still arrives is dropped, as on a socket
             try:
@@ -314,7 +333,7 @@ class GrpcConnection(Connection):
                 return
             self._finished = True
             self._closed = True
-            self._close_exc = exc
+            self._close_exc = self._refusal if self._refusal is not None else exc
             self._cond.notify_all()
             started = self._started
         self._outbox.clear()
@@ -352,8 +371,11 @@ class ServerConnection(GrpcConnection):
         *,
         max_body_size: int,
         send_timeout: float,
+        admitted: bool = True,
     ) -> None:
-        super().__init__(loop, peer, max_body_size=max_body_size, send_timeout=send_timeout)
+        super().__init__(
+            loop, peer, max_body_size=max_body_size, send_timeout=send_timeout, admitted=admitted
+        )
         # Dropped when the RPC ends: a live gRPC object keeps gRPC's poller thread.
         self._context: aio.ServicerContext[bytes, bytes] | None = context
 
@@ -371,6 +393,9 @@ class ServerConnection(GrpcConnection):
 
     async def serve(self) -> None:
         """Run the link; returning ends the RPC (status OK after an orderly close)."""
+        if self._finished:  # refused before its handler ran
+            self._context = None
+            return
         try:
             await self._serve()
         finally:
@@ -391,7 +416,13 @@ class ServerConnection(GrpcConnection):
             # The peer went away (or the transport aborts this link).
             await _cancel(reader, writer)
             self._lost(self._unreachable("the stream was cancelled: the peer went away"))
-            raise
+            if self._refusal is None or self._context is None:
+                raise
+            # Refused here (see `refuse`): end the RPC with a status the peer
+            # sees at once, rather than a cancellation it may never hear of.
+            self._context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self._context.set_details(str(self._refusal))
+            return
         error = self._failure(reader, writer)
         if error is None and reader.done() and not reader.cancelled() and not reader.result():
             error = self._unreachable("the stream ended without a goodbye: the peer went away")
@@ -416,7 +447,10 @@ class ClientConnection(GrpcConnection):
         max_body_size: int,
         send_timeout: float,
     ) -> None:
-        super().__init__(loop, peer, max_body_size=max_body_size, send_timeout=send_timeout)
+        # Messages no larger than a listener takes (see the module docstring).
+        super().__init__(
+            loop, peer, max_body_size=max_body_size, send_timeout=send_timeout, fragment=FRAGMENT
+        )
         # Dropped when the link ends: a live gRPC object keeps gRPC's poller thread.
         self._channel: aio.Channel | None = channel
         self._call: aio.StreamStreamCall[bytes, bytes] | None = call

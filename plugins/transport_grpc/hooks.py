@@ -18,6 +18,9 @@ _OPTIONS = {
     "send_timeout": float,
     "keepalive_time": float,
     "keepalive_timeout": float,
+    "hello_timeout": float,
+    "max_unadmitted": int,
+    "receive_window": int,
 }
 """What a job config may set (YAML types). `credentials` is passed by code only."""
 

@@ -26,6 +26,26 @@ a ping every `keepalive_time` seconds (default 30), and no answer within
 at most about 40 s after a peer went silent. Pings go out even on an idle
 stream, and servers accept them as often as a client sends them.
 
+Admission (see `fl_core.spec.transport`): a stream a listener accepts is an
+unadmitted link until its owner calls `admit()`. Its first frame may not
+announce more than `HELLO_MAX_FRAME` bytes, and gRPC itself never takes a
+message over `FRAGMENT` from a peer that dialed it (such peers cut their
+frames into messages that size; see the connection module). gRPC would
+otherwise take, and buffer, a whole message as large as the first frame
+announced (16 MiB per stream, measured). The listener's receive window per
+stream is fixed at `receive_window` bytes (default `RECEIVE_WINDOW`; gRPC's
+bandwidth-delay probing, which grows it, is off on listeners): with it on, a
+stream that is refused still had about 1-3 MiB pushed into it first, with it
+off about 0.2 MiB. So an unadmitted stream costs about one fragment. The stream is
+cancelled `hello_timeout` seconds after it arrived if not admitted by then,
+and each listener holds at most `max_unadmitted` unadmitted streams, closing
+the oldest. Below the streams, gRPC's own limits are set from the same
+options: a socket must finish its HTTP/2 handshake (the client's preface and
+settings; TLS) within `hello_timeout` (`grpc.server_handshake_timeout_ms`),
+a connection with no stream is closed after `hello_timeout`
+(`grpc.max_connection_idle_ms`), and one connection may open at most
+`MAX_STREAMS_PER_CONNECTION` streams at once.
+
 TLS: `tls: true` with `certfile`, `keyfile`, `cafile` (PEM files), or
 `credentials` (PEM bytes from the security provider). Servers require a
 client certificate from the CA unless `require_client_cert` is false. The
@@ -51,16 +71,24 @@ from grpc import aio
 
 from fl_core.errors import CellError, ConfigError, TargetUnreachableError
 from fl_core.loop_thread import LoopThread
-from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE, MAX_HEADER_SIZE, PREFIX_SIZE
+from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE
 from fl_core.spec.security import Credentials
-from fl_core.spec.transport import Connection, Listener, Transport
+from fl_core.spec.transport import (
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_MAX_UNADMITTED,
+    Connection,
+    Listener,
+    Transport,
+)
 from fl_plugins.transport_grpc import tls as tls_material
+from fl_plugins.transport_grpc.admission import Admission
 from fl_plugins.transport_grpc.connection import (
     CLOSE_GRACE,
     ClientConnection,
     GrpcConnection,
     ServerConnection,
 )
+from fl_plugins.transport_grpc.fragments import FRAGMENT
 
 log = logging.getLogger("fl_plugins.transport_grpc")
 
@@ -73,6 +101,11 @@ BACKOFF_START: Final = 0.05
 BACKOFF_MAX: Final = 1.0
 KEEPALIVE_TIME: Final = 30.0
 KEEPALIVE_TIMEOUT: Final = 10.0
+RECEIVE_WINDOW: Final = 1024 * 1024
+"""A listener's HTTP/2 receive window per stream: what a peer may send ahead of our reading.
+It bounds a link's upload rate to about this much per round trip."""
+MAX_STREAMS_PER_CONNECTION: Final = 4
+"""A link is one stream on its own connection (a retried connect may briefly hold two)."""
 
 T = TypeVar("T")
 
@@ -103,6 +136,10 @@ def _peer_address(peer: str) -> str:
 
 def _identity(data: bytes) -> bytes:
     return data
+
+
+def _option_error(name: str, problem: str) -> ConfigError:
+    return ConfigError("job.yaml", f"components.transport.options.{name}", problem)
 
 
 class GrpcListener(Listener):
@@ -142,7 +179,20 @@ class GrpcTransport(Transport):
         send_timeout: float = 60.0,
         keepalive_time: float = KEEPALIVE_TIME,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
+        max_unadmitted: int = DEFAULT_MAX_UNADMITTED,
+        receive_window: int = RECEIVE_WINDOW,
     ) -> None:
+        if not hello_timeout > 0:
+            raise _option_error("hello_timeout", f"must be a positive number, not {hello_timeout}")
+        if isinstance(max_unadmitted, bool) or not (
+            isinstance(max_unadmitted, int) and max_unadmitted > 0
+        ):
+            raise _option_error(
+                "max_unadmitted", f"must be a positive integer, not {max_unadmitted!r}"
+            )
+        self._hello_timeout = float(hello_timeout)
+        self._max_unadmitted = max_unadmitted
         if credentials is not None:
             if certfile or keyfile or cafile:
                 raise ConfigError(
@@ -157,10 +207,18 @@ class GrpcTransport(Transport):
         self._require_client_cert = require_client_cert
         self._max_body_size = max_body_size
         self._send_timeout = send_timeout
-        message_limit = max_body_size + PREFIX_SIZE + MAX_HEADER_SIZE
+        if isinstance(receive_window, bool) or not (
+            isinstance(receive_window, int) and receive_window >= FRAGMENT
+        ):
+            raise _option_error(
+                "receive_window",
+                f"must be an integer of at least {FRAGMENT}, not {receive_window!r}",
+            )
+        # A listener takes messages of at most FRAGMENT bytes (see the connection
+        # module): gRPC never buffers more than that for a message nobody has
+        # judged. It sends whole frames to the peers that dialed it.
+        whole_frame = max_body_size + FRAGMENT
         common: list[tuple[str, int | str]] = [
-            ("grpc.max_send_message_length", message_limit),
-            ("grpc.max_receive_message_length", message_limit),
             ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
             ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -172,14 +230,24 @@ class GrpcTransport(Transport):
         ]
         self._server_options: list[tuple[str, int | str]] = [
             *common,
+            ("grpc.max_receive_message_length", FRAGMENT),
+            ("grpc.max_send_message_length", whole_frame),
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", receive_window),
             # Accept the peer's pings however often it is configured to send them.
             ("grpc.http2.min_ping_interval_without_data_ms", 1000),
             ("grpc.http2.max_ping_strikes", 0),
             # A port in use is an error, as with tcp, not a second server on it.
             ("grpc.so_reuseport", 0),
+            # Sockets that never get as far as a stream are not held either.
+            ("grpc.server_handshake_timeout_ms", int(self._hello_timeout * 1000)),
+            ("grpc.max_connection_idle_ms", int(self._hello_timeout * 1000)),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         ]
         self._channel_options: list[tuple[str, int | str]] = [
             *common,
+            ("grpc.max_receive_message_length", whole_frame),
+            ("grpc.max_send_message_length", FRAGMENT),
             # One HTTP/2 connection per link: closing a link closes its socket.
             ("grpc.use_local_subchannel_pool", 1),
             # Retries would keep a copy of every message sent on the stream.
@@ -226,6 +294,7 @@ class GrpcTransport(Transport):
         self, host: str, port: int, url: str, on_connection: Callable[[Connection], None]
     ) -> GrpcListener:
         loop = asyncio.get_running_loop()
+        admission = Admission(url, self._hello_timeout, self._max_unadmitted)
 
         async def frames(_requests: object, context: aio.ServicerContext[bytes, bytes]) -> None:
             conn = ServerConnection(
@@ -234,8 +303,10 @@ class GrpcTransport(Transport):
                 _peer_address(context.peer()),
                 max_body_size=self._max_body_size,
                 send_timeout=self._send_timeout,
+                admitted=False,
             )
             self._track(conn)
+            admission.add(conn)
             await context.send_initial_metadata((ACCEPTED,))
             try:
                 on_connection(conn)

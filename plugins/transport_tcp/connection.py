@@ -1,11 +1,14 @@
 """One TCP (or TLS) link: a `BufferedProtocol` that parses frames in place, and
 the thread-safe `Connection` the cell layer sees.
 
-Receiving: small frames are parsed out of one reused head buffer (big enough
-for a prefix and the largest legal header); a body lands in a `bytearray` of
+Receiving: small frames are parsed out of one reused head buffer, which
+starts small and grows only as far as a header the peer announced needs (up
+to a prefix plus the largest legal header); a body lands in a `bytearray` of
 exactly `body_size`, and once the bytes already in the head buffer are moved
 there, the rest of it is received straight into it. Every limit is checked by
-the envelope functions before anything is allocated.
+the envelope functions before anything is allocated; until its owner admits
+an accepted link, no frame over `HELLO_MAX_FRAME` bytes is taken (see
+"Admission" in `fl_core.spec.transport`).
 
 Sending: `send` may be called from any thread. Frames are written on the
 loop thread, prefix+header and body as two writes (never concatenated).
@@ -36,6 +39,7 @@ from fl_core.serialization.envelope import (
     encode_frame_head,
 )
 from fl_core.spec.transport import (
+    HELLO_MAX_FRAME,
     BodyBufferProvider,
     CloseHandler,
     Connection,
@@ -46,7 +50,9 @@ from fl_core.spec.transport import (
 log = logging.getLogger("fl_plugins.transport_tcp")
 
 HEAD_BUFFER_SIZE: Final = PREFIX_SIZE + MAX_HEADER_SIZE
-"""Any legal prefix+header fits, so the head buffer never grows."""
+"""Any legal prefix+header fits, so the head buffer never grows past this."""
+HEAD_BUFFER_START: Final = 4096
+"""The head buffer of a new link: an idle or unadmitted link costs no more."""
 HIGH_WATER: Final = 4 * 1024 * 1024
 """Bytes buffered per connection (socket buffer or waiting on the loop) above
 which a sending thread blocks."""
@@ -62,6 +68,7 @@ class TcpConnection(Connection):
         *,
         max_body_size: int,
         send_timeout: float,
+        admitted: bool = True,
     ) -> None:
         self._loop = loop
         self._peer = peer
@@ -79,8 +86,15 @@ class TcpConnection(Connection):
         self._paused = False
         self._queued = 0
         self._body_buffer: BodyBufferProvider | None = None
+        self.admitted = admitted
+        """False until the owner of an accepted link calls `admit`."""
+        self._refusal: BaseException | None = None
+        self.raw: asyncio.Transport | None = None
+        """The socket's transport while a TLS handshake runs (aborting it ends the link)."""
         self.on_lost: list[Callable[[TcpConnection], None]] = []
         """Callbacks `f(conn)` the transport uses to forget this connection."""
+        self.on_admitted: list[Callable[[TcpConnection], None]] = []
+        """Callbacks `f(conn)`, on the loop thread, once an accepted link is admitted."""
 
     # --- the Connection interface ---------------------------------------------
 
@@ -132,6 +146,23 @@ class TcpConnection(Connection):
             with self._cond:
                 self._queued -= size
             raise self._unreachable("the transport is closed") from None
+
+    def admit(self) -> None:
+        """Lift the pre-hello limits (see `Connection.admit`); idempotent."""
+        if self.admitted:
+            return
+        self.admitted = True  # read on the loop thread before each frame
+        self._call_on_loop(self._admitted_on_loop)
+
+    def _admitted_on_loop(self) -> None:
+        for admitted in self.on_admitted:
+            admitted(self)
+
+    def refuse(self, why: BaseException) -> None:
+        """Abort the link now (on the loop thread); `on_close(why)` follows."""
+        if self._refusal is None:
+            self._refusal = why
+        self._abort()
 
     def receive_into(self, provider: BodyBufferProvider) -> None:
         """Receive bodies into buffers `provider` offers (see `Connection.receive_into`)."""
@@ -208,6 +239,10 @@ class TcpConnection(Connection):
 
     def _attach(self, transport: asyncio.Transport) -> None:
         self._transport = transport
+        self.raw = None
+        if self._finished:  # refused while the socket was being set up
+            transport.abort()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -230,6 +265,8 @@ class TcpConnection(Connection):
     def _abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+        elif self.raw is not None:
+            self.raw.abort()  # the TLS handshake fails, and reports the loss
         else:
             self._lost(None)
 
@@ -275,7 +312,7 @@ class TcpConnection(Connection):
                 return
             self._finished = True
             self._closed = True
-            self._close_exc = exc
+            self._close_exc = exc if exc is not None else self._refusal
             self._cond.notify_all()
             started = self._started
         for forget in self.on_lost:
@@ -303,7 +340,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
     ) -> None:
         self.conn = conn
         self._on_made = on_made
-        self._head = bytearray(HEAD_BUFFER_SIZE)
+        self._head = bytearray(HEAD_BUFFER_START)
         self._head_view = memoryview(self._head)
         self._head_end = 0
         self._body: bytearray | memoryview | None = None
@@ -370,12 +407,14 @@ class FrameProtocol(asyncio.BufferedProtocol):
         view, end, pos = self._head_view, self._head_end, 0
         while end - pos >= PREFIX_SIZE:
             header_size = decode_prefix(view[pos : pos + PREFIX_SIZE])
+            self._check_admission(PREFIX_SIZE + header_size)
             start = pos + PREFIX_SIZE
             if end - start < header_size:
                 break
             header = decode_frame_header(
                 view[start : start + header_size], max_body_size=self.conn._max_body_size
             )
+            self._check_admission(PREFIX_SIZE + header_size + header.body_size)
             pos = start + header_size
             size = header.body_size
             body = self.conn._target_for(header)
@@ -396,6 +435,26 @@ class FrameProtocol(asyncio.BufferedProtocol):
             # At most one partial prefix+header moves to the front.
             view[: end - pos] = view[pos:end]
             self._head_end = end - pos
+        self._fit_head()
+
+    def _check_admission(self, frame_size: int) -> None:
+        """Before its hello, a link may announce no frame over `HELLO_MAX_FRAME` bytes."""
+        if not self.conn.admitted and frame_size > HELLO_MAX_FRAME:
+            raise WireFormatError(
+                f"a frame of at least {frame_size} bytes before the peer said hello; "
+                f"the limit until then is {HELLO_MAX_FRAME}"
+            )
+
+    def _fit_head(self) -> None:
+        """Grow the head buffer if the partial header at its front needs more room."""
+        if self._body_view is not None or self._head_end < PREFIX_SIZE:
+            return
+        needed = PREFIX_SIZE + decode_prefix(self._head_view[:PREFIX_SIZE])
+        if needed <= len(self._head):
+            return
+        grown = bytearray(needed)  # <= HEAD_BUFFER_SIZE: decode_prefix checked it
+        grown[: self._head_end] = self._head_view[: self._head_end]
+        self._head, self._head_view = grown, memoryview(grown)
 
     def _mid_frame(self) -> bool:
         return self._body_view is not None or self._head_end > 0

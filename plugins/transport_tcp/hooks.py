@@ -16,6 +16,8 @@ _OPTIONS = {
     "max_body_size": int,
     "send_timeout": float,
     "handshake_timeout": float,
+    "hello_timeout": float,
+    "max_unadmitted": int,
 }
 """What a job config may set (YAML types). `credentials` is passed by code only."""
 

@@ -5,6 +5,12 @@ reports the real one. Each `TcpTransport` runs one asyncio loop on one daemon
 thread, started by the first `listen` or `connect` and stopped by `close`.
 Public methods are called from ordinary threads and hand their work to the
 loop; frame and close handlers run on the loop thread.
+
+Admission (see `fl_core.spec.transport`): an accepted link is unadmitted
+until its owner calls `admit()`. Until then its frames are at most
+`HELLO_MAX_FRAME` bytes, it is closed `hello_timeout` seconds after it was
+accepted (TLS handshake included), and each listener holds at most
+`max_unadmitted` of them, closing the oldest when one more arrives.
 """
 
 from __future__ import annotations
@@ -20,8 +26,15 @@ from fl_core.errors import CellError, ConfigError, TargetUnreachableError
 from fl_core.loop_thread import LoopThread
 from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE
 from fl_core.spec.security import Credentials
-from fl_core.spec.transport import Connection, Listener, Transport
+from fl_core.spec.transport import (
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_MAX_UNADMITTED,
+    Connection,
+    Listener,
+    Transport,
+)
 from fl_plugins.transport_tcp import tls as tls_contexts
+from fl_plugins.transport_tcp.admission import Admission
 from fl_plugins.transport_tcp.connection import FrameProtocol, TcpConnection
 
 log = logging.getLogger("fl_plugins.transport_tcp")
@@ -90,7 +103,19 @@ class TcpTransport(Transport):
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         send_timeout: float = 60.0,
         handshake_timeout: float = 10.0,
+        hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
+        max_unadmitted: int = DEFAULT_MAX_UNADMITTED,
     ) -> None:
+        if not hello_timeout > 0:
+            raise _option_error("hello_timeout", f"must be a positive number, not {hello_timeout}")
+        if isinstance(max_unadmitted, bool) or not (
+            isinstance(max_unadmitted, int) and max_unadmitted > 0
+        ):
+            raise _option_error(
+                "max_unadmitted", f"must be a positive integer, not {max_unadmitted!r}"
+            )
+        self._hello_timeout = float(hello_timeout)
+        self._max_unadmitted = max_unadmitted
         self._server_ssl: ssl.SSLContext | None = None
         self._client_ssl: ssl.SSLContext | None = None
         self._tls = tls or credentials is not None
@@ -120,13 +145,17 @@ class TcpTransport(Transport):
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         return self._loops.run(coro, timeout)
 
-    def _new_connection(self, peer: str) -> TcpConnection:
+    def _new_connection(self, peer: str, admission: Admission | None = None) -> TcpConnection:
+        """A link; an accepted one (`admission` given) starts unadmitted and is tracked there."""
         conn = TcpConnection(
             asyncio.get_running_loop(),
             peer,
             max_body_size=self._max_body_size,
             send_timeout=self._send_timeout,
+            admitted=admission is None,
         )
+        if admission is not None:
+            admission.add(conn)
         self._connections.add(conn)
         conn.on_lost.append(self._connections.discard)
         return conn
@@ -152,10 +181,12 @@ class TcpTransport(Transport):
                 log.exception("tcp: on_connection for %s (listener %s) failed", conn.peer, url)
                 conn.close()
 
+        admission = Admission(url, self._hello_timeout, self._max_unadmitted)
+
         def factory() -> asyncio.BaseProtocol:
             if not self._tls:
-                return _PlainAcceptor(self, accepted)
-            return _TlsAcceptor(self, accepted)
+                return _PlainAcceptor(self, accepted, admission)
+            return _TlsAcceptor(self, accepted, admission)
 
         try:
             server = await loop.create_server(factory, host, port, reuse_address=True)
@@ -178,11 +209,16 @@ class TcpTransport(Transport):
         task.add_done_callback(self._tasks.discard)
 
     async def _tls_accept(
-        self, raw: asyncio.Transport, peer: str, accepted: Callable[[TcpConnection], None]
+        self,
+        raw: asyncio.Transport,
+        peer: str,
+        accepted: Callable[[TcpConnection], None],
+        admission: Admission,
     ) -> None:
         assert self._server_ssl is not None
         loop = asyncio.get_running_loop()
-        conn = self._new_connection(peer)
+        conn = self._new_connection(peer, admission)
+        conn.raw = raw
         protocol = _TlsFrameProtocol(conn, accepted)
         try:
             tls = await loop.start_tls(
@@ -285,9 +321,14 @@ class TcpTransport(Transport):
 class _PlainAcceptor(FrameProtocol):
     """The protocol of an accepted plaintext connection."""
 
-    def __init__(self, transport: TcpTransport, accepted: Callable[[TcpConnection], None]) -> None:
+    def __init__(
+        self,
+        transport: TcpTransport,
+        accepted: Callable[[TcpConnection], None],
+        admission: Admission,
+    ) -> None:
         # The peer is known only in connection_made; the name is fixed there.
-        super().__init__(transport._new_connection("?"), accepted)
+        super().__init__(transport._new_connection("?", admission), accepted)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.conn._peer = _peername(transport)
@@ -348,14 +389,24 @@ class _TlsFrameProtocol(FrameProtocol):
 class _TlsAcceptor(asyncio.Protocol):
     """Holds an accepted socket until its TLS handshake is done."""
 
-    def __init__(self, transport: TcpTransport, accepted: Callable[[TcpConnection], None]) -> None:
+    def __init__(
+        self,
+        transport: TcpTransport,
+        accepted: Callable[[TcpConnection], None],
+        admission: Admission,
+    ) -> None:
         self._owner = transport
         self._accepted = accepted
+        self._admission = admission
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         transport.pause_reading()  # start_tls takes over the socket
-        self._owner._spawn(self._owner._tls_accept(transport, _peername(transport), self._accepted))
+        self._owner._spawn(
+            self._owner._tls_accept(
+                transport, _peername(transport), self._accepted, self._admission
+            )
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass  # before start_tls took over: the handshake task reports it

@@ -15,6 +15,9 @@ class TestInProcessTransport(TransportContract):
     """Every contract test, against `InProcessTransport`."""
 
     listen_url = "inprocess://"
+    # Only cells of this process can reach an in-process listener: there is no
+    # stranger to admit, so the hostile-input and admission cases do not apply.
+    accepts_remote_peers = False
 
     @pytest.fixture
     def transport_factory(self) -> Callable[[], Transport]:

@@ -90,12 +90,20 @@ def test_the_hook_registers_grpc_and_the_factory_builds_a_transport() -> None:
         ({"keepalive_timeout": "10s"}, "keepalive_timeout"),
         ({"server_name": ""}, "server_name"),
         ({"require_client_cert": 1}, "require_client_cert"),
+        ({"hello_timeout": 0.0}, "hello_timeout"),
+        ({"max_unadmitted": 1.5}, "max_unadmitted"),
+        ({"receive_window": 1024}, "receive_window"),
     ],
 )
 def test_bad_options_name_their_key(options: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         _registry().create("transport", "grpc", options)
     assert info.value.key == f"components.transport.options.{key}"
+
+
+def test_the_admission_limits_are_job_options() -> None:
+    options = {"hello_timeout": 2.5, "max_unadmitted": 16, "receive_window": 4 * 2**20}
+    _registry().create("transport", "grpc", options, expect=Transport).close()
 
 
 def test_tls_files_are_checked_when_the_transport_is_built(pki: Pki, tmp_path: Path) -> None:
@@ -302,6 +310,7 @@ PEER = textwrap.dedent(
         print("ready", flush=True)
     else:
         def accept(conn):
+            conn.admit()  # as a cell does after the hello: the hello timeout ends
             conn.start(lambda frame: None, lambda exc: None)
         print(transport.listen(url, accept).url, flush=True)
     time.sleep(120)

@@ -42,6 +42,7 @@ class Box:
     def on_connection(self, conn: Connection) -> None:
         with self.cond:
             self.accepted.append(conn)
+        conn.admit()  # as a cell does once the peer said hello
         conn.start(self.add_frame, self.add_close)
 
     def add_frame(self, frame: Frame) -> None:
@@ -255,3 +256,23 @@ def test_bad_credentials_are_config_errors(pki: Pki) -> None:
     with pytest.raises(ConfigError) as info:
         TcpTransport(credentials=Credentials(b"", b"", b"not a CA"))
     assert info.value.key == "root_certificates"
+
+
+def test_the_hello_timeout_covers_a_tls_handshake_that_never_ends(pki: Pki) -> None:
+    # The TLS handshake alone may take 60 s here; the hello timeout is shorter.
+    transport = TcpTransport(
+        tls=True, **pki.server.files(), handshake_timeout=60.0, hello_timeout=0.5
+    )
+    box = Box()
+    try:
+        url = transport.listen("tcp://127.0.0.1:0", box.on_connection).url
+        host, port = url.removeprefix("tcp://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=WAIT) as raw:
+            raw.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then silence
+            try:
+                assert raw.recv(4096) == b""  # closed: EOF ...
+            except ConnectionResetError:
+                pass  # ... or a reset
+        assert box.accepted == []  # the owner never saw it
+    finally:
+        transport.close()

@@ -77,6 +77,7 @@ class Server:
         self._cond = threading.Condition()
 
     def on_connection(self, conn: Connection) -> None:
+        conn.admit()  # as a cell does once the peer said hello
         peer = Peer()
         peer.attach(conn)
         with self._cond:
@@ -143,9 +144,20 @@ def test_the_hook_registers_tcp_and_the_factory_builds_a_transport() -> None:
         transport.close()
 
 
+def test_the_admission_limits_are_job_options() -> None:
+    options = {"hello_timeout": 2.5, "max_unadmitted": 16}
+    _registry().create("transport", "tcp", options, expect=Transport).close()
+
+
 @pytest.mark.parametrize(
     ("options", "key"),
-    [({"port": 1}, "port"), ({"tls": "yes"}, "tls"), ({"tls": True}, "certfile")],
+    [
+        ({"port": 1}, "port"),
+        ({"tls": "yes"}, "tls"),
+        ({"tls": True}, "certfile"),
+        ({"hello_timeout": -1.0}, "hello_timeout"),
+        ({"max_unadmitted": 0}, "max_unadmitted"),
+    ],
 )
 def test_bad_options_name_their_key(options: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -266,7 +278,10 @@ def test_peer_close_calls_on_close_once_and_send_after_close_raises(
     with pytest.raises(TargetUnreachableError, match=url):
         conn.send(Frame({}, b"late"))
     conn.close()  # idempotent
-    time.sleep(0.05)
+    # A second on_close would come from the loop thread. `listen` is served on
+    # that thread after everything queued before it, so once it returns any
+    # such call has happened.
+    transport.listen("tcp://127.0.0.1:0", Server().on_connection).close()
     assert client.closes == [None] and server.peers[0].closes == [None]
 
 
