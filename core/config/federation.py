@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import yaml
 
-from fl_core.config._checks import Checker, describe, join
+from fl_core.config._checks import Checker, describe, join, load_yaml
 from fl_core.config.job import ComponentChoice
 from fl_core.errors import ConfigError
 
@@ -95,7 +95,7 @@ def load_federation(path: str | Path) -> FederationConfig:
     if not source.is_file():
         raise ConfigError(str(source), "", "federation file not found (run `fl-core poc prepare`)")
     try:
-        data = yaml.safe_load(source.read_bytes())
+        data = load_yaml(source.read_bytes())
     except OSError as exc:
         raise ConfigError(str(source), "", f"cannot read the file: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:

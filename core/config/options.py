@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from fl_core.config._checks import MAX_INT, MAX_SECONDS, describe, is_int, is_seconds
 from fl_core.errors import ConfigError
 from fl_core.spec.security import Credentials
 
@@ -20,6 +21,13 @@ def _type_ok(value: object, expected: type) -> bool:
     if expected is bool or isinstance(value, bool):
         return expected is bool and isinstance(value, bool)
     return isinstance(value, int | float if expected is float else expected)
+
+
+def _positive(value: object, top: float) -> str:
+    # The bound is named only when it is what was crossed (inf, huge numbers).
+    if isinstance(value, int | float) and value > top:
+        return f"must be positive and <= {top:g}"
+    return "must be positive"
 
 
 def check_options(
@@ -42,9 +50,15 @@ def check_options(
             known = ", ".join(sorted(accepted))
             raise ConfigError(source, key, f"`{name}` has no such option; known: {known}")
         if not _type_ok(value, expected):
-            raise ConfigError(source, key, f"expected {expected.__name__}, got {value!r}")
-        if expected in (int, float) and value <= 0:  # type: ignore[operator]
-            raise ConfigError(source, key, f"must be positive, got {value!r}")
+            raise ConfigError(source, key, f"expected {expected.__name__}, got {describe(value)}")
+        # No inf, nan or number too big to use: a float option is a time or a size.
+        top = MAX_SECONDS if expected is float else MAX_INT
+        if expected is float:
+            ok = is_seconds(value)
+        else:
+            ok = expected is not int or (is_int(value) and 0 < value <= MAX_INT)  # type: ignore[operator]
+        if not ok:
+            raise ConfigError(source, key, f"{_positive(value, top)}, got {describe(value)}")
         if expected is str and not value:
             raise ConfigError(source, key, "must not be empty")
 
