@@ -26,12 +26,13 @@ import time
 import uuid
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Final
 
-from fl_core.config.job import load_job
+from fl_core.config._checks import ConfigErrors, is_seconds
+from fl_core.config.job import DEFAULT_SCHEDULE_TIMEOUT, JobConfig, load_job
 from fl_core.errors import ConfigError, FlCoreError
 from fl_core.runtime.parents import MAX_JOB_FILES, MAX_JOB_PACKAGE, JobState
 
@@ -90,7 +91,11 @@ _CHECKS: Final[dict[str, _Check]] = {
     "rounds": _COUNT,
     "sites": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "site names"),
     "round": (lambda v: _number(v) and isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "schedule_timeout": (is_seconds, "a number of seconds > 0"),
 }
+
+CORRUPT: Final = "corrupt"
+"""The state `job list` shows for a job whose record cannot be read."""
 
 
 @dataclass
@@ -108,6 +113,8 @@ class JobRecord:
     rounds: int = 1
     sites: list[str] = field(default_factory=list)
     round: int = 0
+    schedule_timeout: float = DEFAULT_SCHEDULE_TIMEOUT
+    """Seconds the job may wait for its sites before it fails (the job config's option)."""
 
     def to_json(self) -> dict[str, object]:
         """The record as plain JSON types; `state` as its string value."""
@@ -139,6 +146,30 @@ class JobRecord:
         return cls(**values)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class CorruptJob:
+    """A job folder whose `job.json` cannot be read: listed, so the job does not vanish."""
+
+    job_id: str
+    reason: str
+    submitted: float
+    """When the folder last changed; only to sort it among the others."""
+
+    def to_json(self) -> dict[str, object]:
+        """The shape of a record's JSON, with state `corrupt` and the problem as reason."""
+        return {
+            "job_id": self.job_id,
+            "name": "?",
+            "state": CORRUPT,
+            "submitted": self.submitted,
+            "reason": self.reason,
+        }
+
+
+JobCheck = Callable[[JobConfig], None]
+"""What a store runs on a job's config before it accepts the job; raises to refuse it."""
+
+
 class JobStore:
     """Every submitted job, on disk under `root`, so a restarted server knows them all."""
 
@@ -148,15 +179,20 @@ class JobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         # One lock serialises every read-modify-write of a record.
         self._lock = threading.Lock()
+        # The problem last logged per corrupt record: the scheduler lists every second,
+        # and a warning is worth one line per record (again only if the problem changes).
+        self._warned: dict[str, str] = {}
         # A submit interrupted by a crash leaves only its staging folder; no job refers to it.
         for stale in self.root.glob(_STAGING + "*"):
             shutil.rmtree(stale, ignore_errors=True)
 
-    def submit(self, package: bytes) -> JobRecord:
+    def submit(self, package: bytes, check: JobCheck | None = None) -> JobRecord:
         """Validate, unpack and store a job package; return its record (SUBMITTED).
 
-        Raises `JobPackageError` ("job package: <problem>") and leaves nothing on
-        disk if the package is unsafe or its `job.yaml` is invalid.
+        `check` runs on the job's config (the checks of `fl-core job check`
+        against what the server has installed). Raises `JobPackageError`
+        ("job package: <problem>") and leaves nothing on disk if the package is
+        unsafe, its `job.yaml` is invalid or `check` refuses it.
         """
         job_id = uuid.uuid4().hex[:12]
         # Built in a hidden staging folder and renamed into place in one step, so a
@@ -167,8 +203,12 @@ class JobStore:
             job_dir = (staging / "job").resolve()
             try:
                 config = load_job(job_dir)
+                if check is not None:
+                    check(config)
             except ConfigError as exc:
                 raise JobPackageError(f"job package: {_relative(exc, job_dir)}") from exc
+            except FlCoreError as exc:
+                raise JobPackageError(f"job package: {exc}") from exc
             (staging / "workspace").mkdir()
             (staging / _PACKAGE).write_bytes(package)
             record = JobRecord(
@@ -178,6 +218,7 @@ class JobStore:
                 submitted=time.time(),
                 min_clients=config.min_clients,
                 rounds=config.rounds,
+                schedule_timeout=config.schedule_timeout,
             )
             _write_record(staging / _RECORD, record)
             os.replace(staging, self.root / job_id)
@@ -187,25 +228,69 @@ class JobStore:
         return record
 
     def get(self, job_id: str) -> JobRecord:
-        """The record of `job_id`; `UnknownJobError` if there is none."""
-        return _read_record(self._dir(job_id) / _RECORD)
+        """The record of `job_id`; `UnknownJobError` if there is none.
+
+        A record that cannot be read, or that names another job, is a
+        `CorruptJobRecordError`.
+        """
+        path = self._dir(job_id) / _RECORD
+        record = _read_record(path)
+        if record.job_id != job_id:
+            raise CorruptJobRecordError(
+                str(path), f"its job_id {record.job_id!r} is not its folder's"
+            )
+        return record
 
     def list(self) -> list[JobRecord]:
-        """Every readable record, oldest submitted first; corrupt ones are logged and skipped."""
-        records = []
+        """Every readable record, oldest submitted first; corrupt ones are skipped."""
+        return [r for r in self.entries() if isinstance(r, JobRecord)]
+
+    def entries(self) -> builtins.list[JobRecord | CorruptJob]:
+        """Every job folder's record, or a `CorruptJob` saying why it cannot be read.
+
+        Oldest first. Each corrupt record is logged once (again if its problem changes).
+        """
+        found: builtins.list[JobRecord | CorruptJob] = []
         for folder in self._job_dirs():
             try:
-                records.append(_read_record(folder / _RECORD))
+                record = _read_record(folder / _RECORD)
+                if record.job_id != folder.name:
+                    raise CorruptJobRecordError(
+                        str(folder / _RECORD), f"its job_id {record.job_id!r} is not its folder's"
+                    )
+                found.append(record)
+                self._warned.pop(folder.name, None)
             except CorruptJobRecordError as exc:
-                log.warning("skipping job %s: %s", folder.name, exc)
-        return sorted(records, key=lambda r: (r.submitted, r.job_id))
+                try:
+                    changed = folder.stat().st_mtime
+                except OSError:
+                    changed = 0.0
+                found.append(CorruptJob(folder.name, str(exc), changed))
+                if self._warned.get(folder.name) != str(exc):
+                    self._warned[folder.name] = str(exc)
+                    log.warning("job %s is listed as corrupt: %s", folder.name, exc)
+        return sorted(found, key=lambda r: (r.submitted, r.job_id))
 
-    def update(self, job_id: str, **changes: object) -> JobRecord:
+    def update(self, job_id: str, /, **changes: object) -> JobRecord:
         """Change fields of a record, atomically and under the store's lock; return it.
 
-        `job_id` cannot change; an unknown field name is a `TypeError`, a bad
-        value a `CorruptJobRecordError` (and nothing is written).
+        `job_id` cannot change; an unknown field name is a `TypeError`, a bad value a
+        `CorruptJobRecordError` (and nothing is written).
         """
+        return self._update(job_id, None, changes)
+
+    def update_if(
+        self, job_id: str, states: Collection[JobState], /, **changes: object
+    ) -> JobRecord:
+        """`update`, but only while the record's state is in `states` (checked under the lock).
+
+        Otherwise the record is returned as it is: its job moved on meanwhile.
+        """
+        return self._update(job_id, states, changes)
+
+    def _update(
+        self, job_id: str, only_if: Collection[JobState] | None, changes: Mapping[str, object]
+    ) -> JobRecord:
         allowed = {f.name for f in fields(JobRecord)} - {"job_id"}
         unknown = sorted(set(changes) - allowed)
         if unknown:
@@ -213,6 +298,8 @@ class JobStore:
         path = self._dir(job_id) / _RECORD
         with self._lock:
             current = _read_record(path)
+            if only_if is not None and current.state not in only_if:
+                return current
             # Through JSON and back, so an update is validated exactly like a stored record.
             data = {**current.to_json(), **changes}
             record = JobRecord.from_json(data, source=f"update of job {job_id}")
@@ -239,13 +326,27 @@ class JobStore:
         records it changed.
         """
         why = "the server parent stopped while the job was {}"
-        return [
-            self.update(
-                r.job_id, state=JobState.FAILED, reason=why.format(r.state), ended=time.time()
-            )
-            for r in self.list()
-            if r.state in _ACTIVE
-        ]
+        changed = []
+        for r in self.list():
+            if r.state in _ACTIVE:
+                reason = why.format(r.state)
+                try:
+                    changed.append(
+                        self.update_if(
+                            r.job_id,
+                            _ACTIVE,
+                            state=JobState.FAILED,
+                            reason=reason,
+                            ended=time.time(),
+                        )
+                    )
+                except OSError as exc:
+                    # A full disk must not keep the server from starting; the record
+                    # is shown as failed anyway and written at its next status query.
+                    log.warning(
+                        "job %s: could not record its failure (%s): %s", r.job_id, exc, reason
+                    )
+        return changed
 
     def _dir(self, job_id: str) -> Path:
         # Ids come from admins over the network: only our own id shape may touch the disk.
@@ -262,6 +363,8 @@ class JobStore:
 
 def _relative(exc: ConfigError, job_dir: Path) -> str:
     """The ConfigError text with the server's staging path cut to a path inside the package."""
+    if isinstance(exc, ConfigErrors):
+        return "\n".join(_relative(one, job_dir) for one in exc.errors)
     try:
         rel = Path(exc.source).relative_to(job_dir).as_posix()
     except ValueError:
