@@ -146,15 +146,15 @@ def _containers(mode: str):  # type: ignore[no-untyped-def]
 def _job_check(args: argparse.Namespace, out: TextIO) -> int:
     from fl_core.config import load_job
     from fl_core.config._checks import ConfigErrors
-    from fl_core.containers.check import check_job
+    from fl_core.containers.check import JobCheckErrors, check_job
 
     try:
         job = load_job(args.job)
-    except ConfigErrors as exc:
+        check_job(job, args.mode)
+    except (ConfigErrors, JobCheckErrors) as exc:
         for error in exc.errors:  # every problem, each naming its file and key
             print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
-    check_job(job, args.mode)
     out.write(
         f"{args.job}: ok (job {job.name!r}, {job.rounds} rounds, min_clients {job.min_clients}, "
         f"workflow {job.workflow.name}, script {job.executor.script.name})\n"
