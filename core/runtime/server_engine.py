@@ -311,7 +311,10 @@ class ServerEngine:
                 if not full:
                     chosen = chosen or record.job_id
                     continue  # starts now, or at the next pass (one job per pass)
-                reason = f"waiting for a free slot: {len(self._running)} jobs running (max_jobs)"
+                reason = (
+                    f"waiting for a free slot: {len(self._running)} of "
+                    f"{self.settings.max_jobs} jobs running (max_jobs)"
+                )
             if record.reason != reason:
                 self._set_reason(record, reason)
         for job_id in set(self._waiting) - queued:

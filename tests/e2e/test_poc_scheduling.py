@@ -72,9 +72,13 @@ def test_a_job_lacking_sites_says_why_and_does_not_block_the_queue(
     doomed = fed.admin.submit(
         _with_option(make_job(tmp_path, "doomed", rounds=1, min_clients=3), "schedule_timeout: 2")
     )
-    small = fed.admin.submit(make_job(tmp_path, "small", rounds=2, min_clients=2))
-    # The job behind the two that lack a site runs and finishes.
+    small = fed.admin.submit(make_job(tmp_path, "small", rounds=5, min_clients=2, sleep=0.3))
+    queued = fed.admin.submit(make_job(tmp_path, "queued", rounds=1, min_clients=2))
+    # The jobs behind the two that lack a site run; the second waits for the only slot.
+    slot = "waiting for a free slot: 1 of 1 jobs running (max_jobs)"
+    wait_for("the queued job's reason", lambda: fed.admin.status(queued)["reason"] == slot)
     assert fed.wait_state(small)["state"] == "finished"
+    assert fed.wait_state(queued)["state"] == "finished"
     waiting = "waiting for 3 sites; 2 alive: site-1, site-2"
     wait_for("the big job's reason", lambda: fed.admin.status(big)["reason"] == waiting)
     listed = {r["job_id"]: r for r in fed.admin.list()}
@@ -223,5 +227,39 @@ def test_an_end_the_full_disk_refused_is_written_once_there_is_room(
         assert on_disk["ended"] is not None and on_disk["reason"] == shown["reason"]
         fed.run_ok("after")
         assert not fed.shutdown()  # before the unmount: nothing may keep the mount busy
+    finally:
+        subprocess.run(["umount", "-l", str(jobs)], check=False)
+
+
+def test_a_running_record_whose_processes_are_gone_is_failed_at_the_next_status(
+    poc: Callable[..., Any], tmp_path: Path
+) -> None:
+    jobs = tmp_path / "server" / "jobs"
+    _mount_tmpfs(jobs, "8m")
+    try:
+        fed = poc(sites=2)
+        job = make_job(tmp_path, "cut", rounds=50, sleep=0.2)
+        job_id = fed.admin.submit(job)
+        harness.wait_mark(job, "site-1-r1")
+        filler = _fill(jobs)
+        assert fed.server is not None
+        fed.server.kill()  # the server parent dies; its jobs die with it
+        fed.server.wait(30)
+        fed.drop_admin()
+        wait_for("the job's processes gone", lambda: not fed.job_processes(job_id))
+        fed.start_server()  # its recovery cannot write to the full disk, and it starts anyway
+        record_file = jobs / job_id / "job.json"
+        assert json.loads(record_file.read_text())["state"] == "running"
+        shown = fed.admin.status(job_id)
+        assert shown["state"] == "failed", shown
+        assert "not written yet: No space left on device" in shown["reason"], shown
+        assert [r["state"] for r in fed.admin.list()] == ["failed"]
+        filler.unlink()
+        shown = fed.admin.status(job_id)  # this status query writes it
+        on_disk = json.loads(record_file.read_text())
+        assert on_disk["state"] == "failed" and on_disk["ended"] is not None, on_disk
+        assert on_disk["reason"] == shown["reason"]
+        assert "its processes ended while it was running" in on_disk["reason"]
+        assert not fed.shutdown()
     finally:
         subprocess.run(["umount", "-l", str(jobs)], check=False)
