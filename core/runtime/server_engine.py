@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fl_core.cell.cell import Cell
@@ -345,7 +345,8 @@ class ServerEngine:
             if isinstance(entry, JobRecord) and entry.state in _ACTIVE:
                 job = running.get(entry.job_id)
                 if job is None:
-                    entry = self._settle(entry)
+                    why = f"its processes ended while it was {entry.state}, and its end was lost"
+                    entry = self.store.settle(entry, why)
                 elif job.ending is not None:
                     ending = {
                         k: str(v) if isinstance(v, JobState) else v for k, v in job.ending.items()
@@ -354,45 +355,6 @@ class ServerEngine:
                     continue
             shown.append(entry.to_json())
         return shown
-
-    def _settle(self, record: JobRecord) -> JobRecord:
-        """Fail a deploying/running record whose job no longer runs here."""
-        reason = f"its processes ended while it was {record.state}, and its end was not recorded"
-        try:
-            # only_if: its end may have been written since the record was read.
-            return self.store.update_if(
-                record.job_id,
-                _ACTIVE,
-                state=JobState.FAILED,
-                reason=reason,
-                ended=time.time(),
-            )
-        except OSError as exc:
-            return replace(
-                record,
-                state=JobState.FAILED,
-                reason=f"{reason} (not written yet: {exc.strerror or exc})",
-            )
-
-    def _record_end(self, job: _Running, changes: dict[str, object]) -> None:
-        """Write a job's end; retried with backoff while the disk refuses, until the SP stops."""
-        job.ending = changes
-        delay = 0.5
-        while True:
-            try:
-                self.store.update(job.job_id, **changes)
-                return
-            except OSError as exc:
-                log.warning(
-                    "job %s: could not record its end (%s); retrying in %g s",
-                    job.job_id,
-                    exc,
-                    delay,
-                )
-            if self._stopping.wait(delay):
-                log.error("job %s: its end was never recorded: %s", job.job_id, changes)
-                return
-            delay = min(delay * 2, 30.0)
 
     def _run_job(self, job: _Running) -> None:
         state, reason = JobState.FAILED, ""
@@ -416,7 +378,8 @@ class ServerEngine:
                 }
                 if isinstance(round_done, int):
                     changes["round"] = round_done
-                self._record_end(job, changes)
+                job.ending = changes  # shown while a full disk refuses it
+                self.store.write_end(job.job_id, changes, self._stopping)
                 log.info("job %s %s%s", job.job_id, state, f": {reason}" if reason else "")
             except Exception:
                 # The slot must come free whatever failed here, or no job runs again.
