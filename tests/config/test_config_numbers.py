@@ -165,3 +165,13 @@ def test_every_problem_of_a_job_file_is_listed(tmp_path: Path) -> None:
     err = _error(load_job, folder)
     keys = [line.split(": ")[1] for line in str(err).splitlines()]
     assert keys == ["round", "min_clients", "rounds", "executor.script", "executor.task_timeout"]
+
+
+def test_every_problem_of_a_federation_file_is_listed(tmp_path: Path) -> None:
+    path = tmp_path / "federation.yaml"
+    path.write_text(
+        "name: poc\nsites: [site-1, server]\nserver:\n  max_jobs: .inf\n  heartbeat_interval: no\n"
+    )
+    err = _error(load_federation, path)
+    keys = [line.split(": ")[1] for line in str(err).splitlines()]
+    assert keys == ["server.heartbeat_interval", "server.max_jobs", "sites.1"], str(err)
