@@ -172,6 +172,7 @@ class JobStore:
         # The problem last logged per corrupt record: the scheduler lists every second,
         # and a warning is worth one line per record (again only if the problem changes).
         self._warned: dict[str, str] = {}
+        self._warn_lock = threading.Lock()
         # A submit interrupted by a crash leaves only its staging folder; no job refers to it.
         for stale in self.root.glob(_STAGING + "*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -249,15 +250,19 @@ class JobStore:
                         str(folder / _RECORD), f"its job_id {record.job_id!r} is not its folder's"
                     )
                 found.append(record)
-                self._warned.pop(folder.name, None)
+                with self._warn_lock:
+                    self._warned.pop(folder.name, None)
             except CorruptJobRecordError as exc:
                 try:
                     changed = folder.stat().st_mtime
                 except OSError:
                     changed = 0.0
                 found.append(CorruptJob(folder.name, str(exc), changed))
-                if self._warned.get(folder.name) != str(exc):
+                # The scheduler and admins list at once: one of them warns.
+                with self._warn_lock:
+                    first = self._warned.get(folder.name) != str(exc)
                     self._warned[folder.name] = str(exc)
+                if first:
                     log.warning("job %s is listed as corrupt: %s", folder.name, exc)
         return sorted(found, key=lambda r: (r.submitted, r.job_id))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -113,6 +114,12 @@ def test_a_job_that_can_never_run_is_refused_at_submit(
     fed.run_ok("after")
 
 
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".test")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def test_a_corrupt_record_is_listed_once_and_the_others_work(
     poc: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -124,8 +131,9 @@ def test_a_corrupt_record_is_listed_once_and_the_others_work(
         assert fed.wait_state(job_id)["state"] == "finished"
     jobs = fed.config.server_dir / "jobs"
     record = json.loads((jobs / other / "job.json").read_text())
-    (jobs / bad / "job.json").write_text('{"job_id": "' + bad + '", "name": "b')  # truncated
-    (jobs / other / "job.json").write_text(json.dumps({**record, "job_id": ok}))
+    # Swapped in whole: the server must not catch a file half written by the test.
+    _replace(jobs / bad / "job.json", '{"job_id": "' + bad + '", "name": "b')  # truncated
+    _replace(jobs / other / "job.json", json.dumps({**record, "job_id": ok}))
     listed = {r["job_id"]: r for r in fed.admin.list()}
     assert [listed[j]["state"] for j in (ok, bad, other)] == ["finished", "corrupt", "corrupt"]
     assert "corrupt job record" in listed[bad]["reason"]
