@@ -145,19 +145,16 @@ def _containers(mode: str):  # type: ignore[no-untyped-def]
 
 def _job_check(args: argparse.Namespace, out: TextIO) -> int:
     from fl_core.config import load_job
+    from fl_core.config._checks import ConfigErrors
+    from fl_core.containers.check import JobCheckErrors, check_job
 
-    job = load_job(args.job)
-    container = _containers(args.mode)(job)
-    if args.mode == "production":
-        container.runner()  # refuses clearly until the mode is built
-    registry = container.registry()
-    for kind, choice in sorted(container.config.components().items()):
-        registry.check_available(kind, choice["name"])
-    registry.check_available("workflow", job.workflow.name)
-    container.workflow()  # the workflow validates its own options
-    from fl_core.runtime.executors import check_executor
-
-    check_executor(job, registry)  # a pipe's and a launcher's options
+    try:
+        job = load_job(args.job)
+        check_job(job, args.mode)
+    except (ConfigErrors, JobCheckErrors) as exc:
+        for error in exc.errors:  # every problem, each naming its file and key
+            print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     out.write(
         f"{args.job}: ok (job {job.name!r}, {job.rounds} rounds, min_clients {job.min_clients}, "
         f"workflow {job.workflow.name}, script {job.executor.script.name})\n"

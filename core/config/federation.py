@@ -30,12 +30,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
-from fl_core.config._checks import Checker, describe, join
+from fl_core.config._checks import Checker, describe, join, load_yaml
 from fl_core.config.job import ComponentChoice
 from fl_core.errors import ConfigError
 
@@ -117,7 +118,7 @@ def load_federation(path: str | Path) -> FederationConfig:
     if not source.is_file():
         raise ConfigError(str(source), "", "federation file not found (run `fl-core poc prepare`)")
     try:
-        data = yaml.safe_load(source.read_bytes())
+        data = load_yaml(source.read_bytes())
     except OSError as exc:
         raise ConfigError(str(source), "", f"cannot read the file: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
@@ -134,11 +135,28 @@ def parse_federation(data: object, source: Path) -> FederationConfig:
         _TOP_KEYS,
         {"name": "the federation's name", "sites": "a list of site names"},
         what="a federation mapping",
+        collect=True,
     )
-    name = check.string(top["name"], "name")
-    transport = _transport(check, top.get("transport", "tcp"))
-    server = _server(check, top.get("server") or {})
-    raw_sites = top["sites"]
+    # Each key on its own, so one run reports every problem of the file.
+    name = check.attempt(lambda: check.string(top["name"], "name"), "") if "name" in top else ""
+    transport = check.attempt(
+        lambda: _transport(check, top.get("transport", "tcp")), ComponentChoice("tcp", {})
+    )
+    server = check.attempt(lambda: _server(check, top.get("server") or {}), ServerSettings())
+    none: tuple[str, ...] = ()
+    sites = check.attempt(lambda: _sites(check, top["sites"]), none) if "sites" in top else none
+    check.raise_errors()
+    return FederationConfig(
+        source=source,
+        root=source.parent,
+        name=name,
+        transport=transport,
+        server=server,
+        sites=sites,
+    )
+
+
+def _sites(check: Checker, raw_sites: object) -> tuple[str, ...]:
     if not isinstance(raw_sites, list) or not raw_sites:
         raise check.error("sites", f"expected a list of site names, got {describe(raw_sites)}")
     sites: list[str] = []
@@ -154,14 +172,7 @@ def parse_federation(data: object, source: Path) -> FederationConfig:
         if site in sites or site.startswith("admin-"):
             raise check.error(key, f"site {site!r} is named twice or is reserved")
         sites.append(site)
-    return FederationConfig(
-        source=source,
-        root=source.parent,
-        name=name,
-        transport=transport,
-        server=server,
-        sites=tuple(sites),
-    )
+    return tuple(sites)
 
 
 def _transport(check: Checker, value: object) -> ComponentChoice:
@@ -178,16 +189,21 @@ def _server(check: Checker, value: object) -> ServerSettings:
     settings = check.mapping(value, "server", _SERVER_KEYS)
     defaults = ServerSettings()
     found: dict[str, Any] = {}
+    inner = Checker(check.source)  # every bad setting is reported, not only the first
     if "listen" in settings:
-        found["listen"] = check.string(settings["listen"], "server.listen")
+        found["listen"] = inner.attempt(
+            lambda: check.string(settings["listen"], "server.listen"), defaults.listen
+        )
     for key in ("heartbeat_interval", "heartbeat_timeout", "job_start_timeout"):
         if key in settings:
-            seconds = check.positive_seconds(settings[key], f"server.{key}")
-            if seconds is None:
-                raise check.error(f"server.{key}", "expected a number of seconds, got null")
-            found[key] = seconds
+            found[key] = inner.attempt(
+                partial(_seconds, check, settings[key], f"server.{key}"), getattr(defaults, key)
+            )
     if "max_jobs" in settings:
-        found["max_jobs"] = check.integer(settings["max_jobs"], "server.max_jobs", 1)
+        found["max_jobs"] = inner.attempt(
+            lambda: check.integer(settings["max_jobs"], "server.max_jobs", 1), defaults.max_jobs
+        )
+    inner.raise_errors()
     result = ServerSettings(**{**_as_dict(defaults), **found})
     if result.heartbeat_timeout <= result.heartbeat_interval:
         raise check.error(
@@ -196,6 +212,12 @@ def _server(check: Checker, value: object) -> ServerSettings:
             f"got {result.heartbeat_timeout:g} s",
         )
     return result
+
+
+def _seconds(check: Checker, value: object, key: str) -> float:
+    seconds = check.positive_seconds(value, key, allow_null=False)
+    assert seconds is not None
+    return seconds
 
 
 def _as_dict(settings: ServerSettings) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 A job folder holds `job.yaml` and the user's code. `load_job` reads the file
 with `yaml.safe_load` and hands the result to `parse_job`, which checks every
-key and raises `ConfigError` on the first problem it finds. Paths in the file
+key and raises `ConfigError` naming the file and the key (`ConfigErrors`, listing
+each, when it finds several). Paths in the file
 are relative to the job folder and must stay inside it; the config holds them
 resolved.
 """
@@ -11,17 +12,17 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import yaml
 
 from fl_core.errors import ConfigError
 from fl_core.spec import ComponentKind
 
-from ._checks import Checker, describe, did_you_mean, join, quote_hint
+from ._checks import Checker, describe, did_you_mean, join, load_yaml, quote_hint
 
 JOB_FILE: Final = "job.yaml"
 """The name of the config file at the top of a job folder."""
@@ -39,6 +40,7 @@ _JOB_NAME_TEXT: Final = (
     "a job name of 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
 )
 _INT_TEXT: Final = "an integer >= 1"
+_T = TypeVar("_T")
 
 # Required keys map to what they hold, so "missing" errors say what to write.
 _TOP_REQUIRED: Final = {
@@ -47,7 +49,16 @@ _TOP_REQUIRED: Final = {
     "rounds": _INT_TEXT,
     "executor": "a mapping with at least 'script'",
 }
-_TOP_KEYS: Final = (*_TOP_REQUIRED, "workflow", "initial_model", "components")
+_TOP_KEYS: Final = (
+    *_TOP_REQUIRED,
+    "workflow",
+    "initial_model",
+    "components",
+    "schedule_timeout",
+)
+
+DEFAULT_SCHEDULE_TIMEOUT: Final = 600.0
+"""Seconds a submitted job may wait for its sites (POC, production) before it fails."""
 _EXECUTOR_REQUIRED: Final = {"script": "the path of a .py file, relative to the job folder"}
 _EXECUTOR_KEYS: Final = (*_EXECUTOR_REQUIRED, "args", "launch", "task_timeout")
 _CHOICE_REQUIRED: Final = {"name": "a component name"}
@@ -111,6 +122,8 @@ class JobConfig:
     """A `.npz` file inside the job folder with the starting weights, resolved; or None."""
     components: dict[str, ComponentChoice] = field(default_factory=dict)
     """Only the kinds the file names (among `COMPONENT_KINDS`); the rest use site defaults."""
+    schedule_timeout: float = DEFAULT_SCHEDULE_TIMEOUT
+    """Seconds a submitted job may wait to start (enough sites, a free slot) before it fails."""
 
 
 def load_job(job_dir: str | Path) -> JobConfig:
@@ -138,7 +151,7 @@ def load_job(job_dir: str | Path) -> JobConfig:
     except OSError as exc:
         raise ConfigError(str(source), "", f"cannot read the file: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(raw)
+        data = load_yaml(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(str(source), "", _yaml_problem(exc)) from exc
     return parse_job(data, folder, source)
@@ -148,7 +161,8 @@ def parse_job(data: object, job_dir: Path, source: Path) -> JobConfig:
     """Validate an already-loaded `job.yaml` mapping into a `JobConfig`.
 
     `job_dir` is the job folder that relative paths are resolved against;
-    `source` names the file in errors. Raises `ConfigError` on the first problem.
+    `source` names the file in errors. Every key is checked: one problem is
+    raised as a `ConfigError`, several as a `ConfigErrors` listing each.
     """
     check = Checker(str(source))
     job_dir = job_dir.resolve()
@@ -157,26 +171,56 @@ def parse_job(data: object, job_dir: Path, source: Path) -> JobConfig:
             "", f"the file is empty; expected a mapping with the keys {', '.join(_TOP_REQUIRED)}"
         )
     top = check.mapping(
-        data, "", _TOP_KEYS, _TOP_REQUIRED, what="a mapping of job settings at the top level"
+        data,
+        "",
+        _TOP_KEYS,
+        _TOP_REQUIRED,
+        what="a mapping of job settings at the top level",
+        collect=True,
     )
-    name = check.string(top["name"], "name", _JOB_NAME_TEXT)
+
+    def take(key: str, parse: Callable[[object], _T], default: _T) -> _T:
+        # A missing key was reported by `mapping`; a present one is checked on its own,
+        # so one run of `job check` shows every problem of the file.
+        if key not in top:
+            return default
+        return check.attempt(lambda: parse(top[key]), default)
+
+    placeholder = ExecutorConfig(script=job_dir)
+    config = JobConfig(
+        source=source,
+        job_dir=job_dir,
+        name=take("name", lambda v: _name(check, v), ""),
+        min_clients=take("min_clients", lambda v: check.integer(v, "min_clients", 1), 1),
+        rounds=take("rounds", lambda v: check.integer(v, "rounds", 1), 1),
+        workflow=take("workflow", lambda v: _workflow(check, v), _default_workflow()),
+        executor=take("executor", lambda v: _executor(check, v, job_dir), placeholder),
+        initial_model=take("initial_model", lambda v: _initial_model(check, v, job_dir), None),
+        components=take("components", lambda v: _components(check, v), {}),
+        schedule_timeout=take(
+            "schedule_timeout", lambda v: _schedule_timeout(check, v), DEFAULT_SCHEDULE_TIMEOUT
+        ),
+    )
+    check.raise_errors()
+    return config
+
+
+def _name(check: Checker, value: object) -> str:
+    name = check.string(value, "name", _JOB_NAME_TEXT)
     if not _JOB_NAME.fullmatch(name):
         length = f"; it has {len(name)} characters" if len(name) > 64 else ""
         raise check.error("name", f"expected {_JOB_NAME_TEXT}, got {describe(name)}{length}")
-    min_clients = check.integer(top["min_clients"], "min_clients", 1)
-    rounds = check.integer(top["rounds"], "rounds", 1)
-    workflow = top.get("workflow")
-    return JobConfig(
-        source=source,
-        job_dir=job_dir,
-        name=name,
-        min_clients=min_clients,
-        rounds=rounds,
-        workflow=_default_workflow() if workflow is None else _choice(check, workflow, "workflow"),
-        executor=_executor(check, top["executor"], job_dir),
-        initial_model=_initial_model(check, top.get("initial_model"), job_dir),
-        components=_components(check, top.get("components")),
-    )
+    return name
+
+
+def _workflow(check: Checker, value: object) -> ComponentChoice:
+    return _default_workflow() if value is None else _choice(check, value, "workflow")
+
+
+def _schedule_timeout(check: Checker, value: object) -> float:
+    seconds = check.positive_seconds(value, "schedule_timeout", allow_null=False)
+    assert seconds is not None
+    return seconds
 
 
 def _choice(check: Checker, value: object, key: str) -> ComponentChoice:
@@ -197,19 +241,34 @@ def _choice(check: Checker, value: object, key: str) -> ComponentChoice:
 
 
 def _executor(check: Checker, value: object, job_dir: Path) -> ExecutorConfig:
-    executor = check.mapping(
+    # Each key on its own, so a bad script path does not hide a bad timeout.
+    inner = Checker(check.source)
+    executor = inner.mapping(
         value,
         "executor",
         _EXECUTOR_KEYS,
         _EXECUTOR_REQUIRED,
         what="a mapping with at least 'script'",
+        collect=True,
     )
-    return ExecutorConfig(
-        script=check.job_file(executor["script"], "executor.script", job_dir, ".py"),
-        args=_args(check, executor.get("args"), "executor.args"),
-        launch=_launch(check, executor.get("launch"), "executor.launch"),
-        task_timeout=check.positive_seconds(executor.get("task_timeout"), "executor.task_timeout"),
+    script = job_dir
+    if "script" in executor:
+        script = inner.attempt(
+            lambda: check.job_file(executor["script"], "executor.script", job_dir, ".py"), job_dir
+        )
+    config = ExecutorConfig(
+        script=script,
+        args=inner.attempt(lambda: _args(check, executor.get("args"), "executor.args"), ()),
+        launch=inner.attempt(
+            lambda: _launch(check, executor.get("launch"), "executor.launch"), LaunchMode.PER_TASK
+        ),
+        task_timeout=inner.attempt(
+            lambda: check.positive_seconds(executor.get("task_timeout"), "executor.task_timeout"),
+            None,
+        ),
     )
+    inner.raise_errors()
+    return config
 
 
 def _args(check: Checker, value: object, key: str) -> tuple[str, ...]:

@@ -8,18 +8,30 @@ non-positive number, an empty string), each naming the dotted key.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
+from fl_core.config._checks import describe, is_int
 from fl_core.errors import ConfigError
 from fl_core.spec.security import Credentials
 
 __all__ = ["check_options", "take_credentials"]
+
+MAX_OPTION_INT = 2**63 - 1
+"""The largest integer option (sizes in bytes can be large; a C int64 holds it)."""
 
 
 def _type_ok(value: object, expected: type) -> bool:
     if expected is bool or isinstance(value, bool):
         return expected is bool and isinstance(value, bool)
     return isinstance(value, int | float if expected is float else expected)
+
+
+def _number_ok(value: object) -> bool:
+    """Positive and usable: no inf or nan, no int beyond `MAX_OPTION_INT` (float() of it fails)."""
+    if isinstance(value, float):
+        return math.isfinite(value) and value > 0
+    return is_int(value) and 0 < value <= MAX_OPTION_INT  # type: ignore[operator]
 
 
 def check_options(
@@ -33,7 +45,8 @@ def check_options(
     """Raise `ConfigError` unless every option is in `accepted` with its YAML type.
 
     `accepted` maps option names to `bool`, `int`, `float` (an int is
-    accepted too) or `str`. Numbers must be positive and strings non-empty.
+    accepted too) or `str`. Numbers must be positive and finite (ints at most
+    `MAX_OPTION_INT`), strings non-empty.
     """
     for option, value in options.items():
         expected = accepted.get(option)
@@ -42,9 +55,13 @@ def check_options(
             known = ", ".join(sorted(accepted))
             raise ConfigError(source, key, f"`{name}` has no such option; known: {known}")
         if not _type_ok(value, expected):
-            raise ConfigError(source, key, f"expected {expected.__name__}, got {value!r}")
-        if expected in (int, float) and value <= 0:  # type: ignore[operator]
-            raise ConfigError(source, key, f"must be positive, got {value!r}")
+            raise ConfigError(source, key, f"expected {expected.__name__}, got {describe(value)}")
+        # No inf, nan or number too big to use (YAML gives all three).
+        if expected in (int, float) and not _number_ok(value):
+            bound = "" if isinstance(value, int | float) and value <= 0 else " and finite"
+            if is_int(value):
+                bound = f" and <= {MAX_OPTION_INT}" if bound else ""
+            raise ConfigError(source, key, f"must be positive{bound}, got {describe(value)}")
         if expected is str and not value:
             raise ConfigError(source, key, "must not be empty")
 

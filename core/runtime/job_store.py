@@ -7,33 +7,31 @@ Every submitted job lives in its own folder under `<server workspace>/jobs`:
     <job_id>/workspace/    where the server job writes its results
     <job_id>/job.json      the `JobRecord`, rewritten atomically on every change
 
-A package is a zip that a remote admin sent, so `unpack_job` trusts nothing
-in it: not its names, not its declared sizes, not its entry types.
+Packages are packed and unpacked safely by `fl_core.runtime.job_package`
+(its names are re-exported here).
 """
 
 from __future__ import annotations
 
 import builtins
-import io
 import json
 import logging
 import os
 import re
 import shutil
-import stat
 import threading
 import time
 import uuid
-import zipfile
-import zlib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Final
 
-from fl_core.config.job import load_job
+from fl_core.config._checks import ConfigErrors, is_seconds
+from fl_core.config.job import DEFAULT_SCHEDULE_TIMEOUT, JobConfig, load_job
 from fl_core.errors import ConfigError, FlCoreError
-from fl_core.runtime.parents import MAX_JOB_FILES, MAX_JOB_PACKAGE, JobState
+from fl_core.runtime.job_package import JobPackageError, pack_job, unpack_job
+from fl_core.runtime.parents import JobState
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +39,8 @@ _RECORD = "job.json"
 _PACKAGE = "package.zip"
 _STAGING = ".incoming-"
 _JOB_ID = re.compile(r"[0-9a-f]{12}")
-_DRIVE = re.compile(r"[A-Za-z]:")
-_CHUNK = 1024 * 1024
-# Fixed timestamps make a package's bytes depend only on the folder's content.
-_EPOCH = (1980, 1, 1, 0, 0, 0)
 _ACTIVE = (JobState.DEPLOYING, JobState.RUNNING)
-
-
-class JobPackageError(FlCoreError):
-    """A package that is not a valid job; the message says what and where."""
+_MAX_RETRY = 30.0  # seconds between two tries to write a job's end, at most
 
 
 class UnknownJobError(FlCoreError):
@@ -90,7 +81,11 @@ _CHECKS: Final[dict[str, _Check]] = {
     "rounds": _COUNT,
     "sites": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "site names"),
     "round": (lambda v: _number(v) and isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "schedule_timeout": (is_seconds, "a number of seconds > 0"),
 }
+
+CORRUPT: Final = "corrupt"
+"""The state `job list` shows for a job whose record cannot be read."""
 
 
 @dataclass
@@ -108,6 +103,8 @@ class JobRecord:
     rounds: int = 1
     sites: list[str] = field(default_factory=list)
     round: int = 0
+    schedule_timeout: float = DEFAULT_SCHEDULE_TIMEOUT
+    """Seconds the job may wait for its sites before it fails (the job config's option)."""
 
     def to_json(self) -> dict[str, object]:
         """The record as plain JSON types; `state` as its string value."""
@@ -139,6 +136,30 @@ class JobRecord:
         return cls(**values)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class CorruptJob:
+    """A job folder whose `job.json` cannot be read: listed, so the job does not vanish."""
+
+    job_id: str
+    reason: str
+    submitted: float
+    """When the folder last changed; only to sort it among the others."""
+
+    def to_json(self) -> dict[str, object]:
+        """The shape of a record's JSON, with state `corrupt` and the problem as reason."""
+        return {
+            "job_id": self.job_id,
+            "name": "?",
+            "state": CORRUPT,
+            "submitted": self.submitted,
+            "reason": self.reason,
+        }
+
+
+JobCheck = Callable[[JobConfig], None]
+"""What a store runs on a job's config before it accepts the job; raises to refuse it."""
+
+
 class JobStore:
     """Every submitted job, on disk under `root`, so a restarted server knows them all."""
 
@@ -148,15 +169,21 @@ class JobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         # One lock serialises every read-modify-write of a record.
         self._lock = threading.Lock()
+        # The problem last logged per corrupt record: the scheduler lists every second,
+        # and a warning is worth one line per record (again only if the problem changes).
+        self._warned: dict[str, str] = {}
+        self._warn_lock = threading.Lock()
         # A submit interrupted by a crash leaves only its staging folder; no job refers to it.
         for stale in self.root.glob(_STAGING + "*"):
             shutil.rmtree(stale, ignore_errors=True)
 
-    def submit(self, package: bytes) -> JobRecord:
+    def submit(self, package: bytes, check: JobCheck | None = None) -> JobRecord:
         """Validate, unpack and store a job package; return its record (SUBMITTED).
 
-        Raises `JobPackageError` ("job package: <problem>") and leaves nothing on
-        disk if the package is unsafe or its `job.yaml` is invalid.
+        `check` runs on the job's config (the checks of `fl-core job check`
+        against what the server has installed). Raises `JobPackageError`
+        ("job package: <problem>") and leaves nothing on disk if the package is
+        unsafe, its `job.yaml` is invalid or `check` refuses it.
         """
         job_id = uuid.uuid4().hex[:12]
         # Built in a hidden staging folder and renamed into place in one step, so a
@@ -167,8 +194,12 @@ class JobStore:
             job_dir = (staging / "job").resolve()
             try:
                 config = load_job(job_dir)
+                if check is not None:
+                    check(config)
             except ConfigError as exc:
                 raise JobPackageError(f"job package: {_relative(exc, job_dir)}") from exc
+            except FlCoreError as exc:
+                raise JobPackageError(f"job package: {exc}") from exc
             (staging / "workspace").mkdir()
             (staging / _PACKAGE).write_bytes(package)
             record = JobRecord(
@@ -178,6 +209,7 @@ class JobStore:
                 submitted=time.time(),
                 min_clients=config.min_clients,
                 rounds=config.rounds,
+                schedule_timeout=config.schedule_timeout,
             )
             _write_record(staging / _RECORD, record)
             os.replace(staging, self.root / job_id)
@@ -187,25 +219,73 @@ class JobStore:
         return record
 
     def get(self, job_id: str) -> JobRecord:
-        """The record of `job_id`; `UnknownJobError` if there is none."""
-        return _read_record(self._dir(job_id) / _RECORD)
+        """The record of `job_id`; `UnknownJobError` if there is none.
+
+        A record that cannot be read, or that names another job, is a
+        `CorruptJobRecordError`.
+        """
+        path = self._dir(job_id) / _RECORD
+        record = _read_record(path)
+        if record.job_id != job_id:
+            raise CorruptJobRecordError(
+                str(path), f"its job_id {record.job_id!r} is not its folder's"
+            )
+        return record
 
     def list(self) -> list[JobRecord]:
-        """Every readable record, oldest submitted first; corrupt ones are logged and skipped."""
-        records = []
+        """Every readable record, oldest submitted first; corrupt ones are skipped."""
+        return [r for r in self.entries() if isinstance(r, JobRecord)]
+
+    def entries(self) -> builtins.list[JobRecord | CorruptJob]:
+        """Every job folder's record, or a `CorruptJob` saying why it cannot be read.
+
+        Oldest first. Each corrupt record is logged once (again if its problem changes).
+        """
+        found: builtins.list[JobRecord | CorruptJob] = []
         for folder in self._job_dirs():
             try:
-                records.append(_read_record(folder / _RECORD))
+                record = _read_record(folder / _RECORD)
+                if record.job_id != folder.name:
+                    raise CorruptJobRecordError(
+                        str(folder / _RECORD), f"its job_id {record.job_id!r} is not its folder's"
+                    )
+                found.append(record)
+                with self._warn_lock:
+                    self._warned.pop(folder.name, None)
             except CorruptJobRecordError as exc:
-                log.warning("skipping job %s: %s", folder.name, exc)
-        return sorted(records, key=lambda r: (r.submitted, r.job_id))
+                try:
+                    changed = folder.stat().st_mtime
+                except OSError:
+                    changed = 0.0
+                found.append(CorruptJob(folder.name, str(exc), changed))
+                # The scheduler and admins list at once: one of them warns.
+                with self._warn_lock:
+                    first = self._warned.get(folder.name) != str(exc)
+                    self._warned[folder.name] = str(exc)
+                if first:
+                    log.warning("job %s is listed as corrupt: %s", folder.name, exc)
+        return sorted(found, key=lambda r: (r.submitted, r.job_id))
 
-    def update(self, job_id: str, **changes: object) -> JobRecord:
+    def update(self, job_id: str, /, **changes: object) -> JobRecord:
         """Change fields of a record, atomically and under the store's lock; return it.
 
-        `job_id` cannot change; an unknown field name is a `TypeError`, a bad
-        value a `CorruptJobRecordError` (and nothing is written).
+        `job_id` cannot change; an unknown field name is a `TypeError`, a bad value a
+        `CorruptJobRecordError` (and nothing is written).
         """
+        return self._update(job_id, None, changes)
+
+    def update_if(
+        self, job_id: str, states: Collection[JobState], /, **changes: object
+    ) -> JobRecord:
+        """`update`, but only while the record's state is in `states` (checked under the lock).
+
+        Otherwise the record is returned as it is: its job moved on meanwhile.
+        """
+        return self._update(job_id, states, changes)
+
+    def _update(
+        self, job_id: str, only_if: Collection[JobState] | None, changes: Mapping[str, object]
+    ) -> JobRecord:
         allowed = {f.name for f in fields(JobRecord)} - {"job_id"}
         unknown = sorted(set(changes) - allowed)
         if unknown:
@@ -213,11 +293,51 @@ class JobStore:
         path = self._dir(job_id) / _RECORD
         with self._lock:
             current = _read_record(path)
+            if only_if is not None and current.state not in only_if:
+                return current
             # Through JSON and back, so an update is validated exactly like a stored record.
             data = {**current.to_json(), **changes}
             record = JobRecord.from_json(data, source=f"update of job {job_id}")
             _write_record(path, record)
         return record
+
+    def write_end(self, job_id: str, changes: Mapping[str, object], stop: threading.Event) -> bool:
+        """Write a job's end; while the disk refuses (ENOSPC...), retry with backoff.
+
+        Gives up only when `stop` is set (the server parent stops; at its next
+        start `recover` fails the job). True once written.
+        """
+        delay = 0.5
+        while True:
+            try:
+                self._update(job_id, None, changes)
+                return True
+            except OSError as exc:
+                log.warning(
+                    "job %s: could not record its end (%s); retrying in %g s", job_id, exc, delay
+                )
+            if stop.wait(delay):
+                log.error("job %s: its end was never recorded: %s", job_id, dict(changes))
+                return False
+            delay = min(delay * 2, _MAX_RETRY)
+
+    def settle(self, record: JobRecord, reason: str) -> JobRecord:
+        """Fail a deploying/running `record` whose processes are gone, with `reason`.
+
+        Only if it is still active on disk (its end may have been written since
+        it was read). If the disk refuses, the failed record is returned
+        anyway, saying so, so that nothing is shown as running that is not.
+        """
+        try:
+            return self.update_if(
+                record.job_id, _ACTIVE, state=JobState.FAILED, reason=reason, ended=time.time()
+            )
+        except OSError as exc:
+            return replace(
+                record,
+                state=JobState.FAILED,
+                reason=f"{reason} (not written yet: {exc.strerror or exc})",
+            )
 
     def job_dir(self, job_id: str) -> Path:
         """The unpacked job folder of `job_id`."""
@@ -239,13 +359,27 @@ class JobStore:
         records it changed.
         """
         why = "the server parent stopped while the job was {}"
-        return [
-            self.update(
-                r.job_id, state=JobState.FAILED, reason=why.format(r.state), ended=time.time()
-            )
-            for r in self.list()
-            if r.state in _ACTIVE
-        ]
+        changed = []
+        for r in self.list():
+            if r.state in _ACTIVE:
+                reason = why.format(r.state)
+                try:
+                    changed.append(
+                        self.update_if(
+                            r.job_id,
+                            _ACTIVE,
+                            state=JobState.FAILED,
+                            reason=reason,
+                            ended=time.time(),
+                        )
+                    )
+                except OSError as exc:
+                    # A full disk must not keep the server from starting; the record
+                    # is shown as failed anyway and written at its next status query.
+                    log.warning(
+                        "job %s: could not record its failure (%s): %s", r.job_id, exc, reason
+                    )
+        return changed
 
     def _dir(self, job_id: str) -> Path:
         # Ids come from admins over the network: only our own id shape may touch the disk.
@@ -262,6 +396,8 @@ class JobStore:
 
 def _relative(exc: ConfigError, job_dir: Path) -> str:
     """The ConfigError text with the server's staging path cut to a path inside the package."""
+    if isinstance(exc, ConfigErrors):
+        return "\n".join(_relative(one, job_dir) for one in exc.errors)
     try:
         rel = Path(exc.source).relative_to(job_dir).as_posix()
     except ValueError:
@@ -290,181 +426,13 @@ def _write_record(path: Path, record: JobRecord) -> None:
     os.replace(tmp, path)
 
 
-# --- packages ----------------------------------------------------------------
-
-
-def pack_job(job_dir: Path) -> bytes:
-    """Zip a job folder for submission.
-
-    Skips `__pycache__`, `.pyc` files and hidden folders such as `.git`.
-    Symlinks inside the folder are stored as the files they point to. Raises
-    `JobPackageError` for a folder without `job.yaml`, a symlink that points
-    outside the folder (or nowhere, or round in a loop), or a package over
-    `MAX_JOB_PACKAGE` bytes or `MAX_JOB_FILES` files.
-    """
-    top = Path(job_dir).resolve()
-    if not (top / "job.yaml").is_file():
-        raise JobPackageError(f"job package: no job.yaml in {top}")
-    entries: list[tuple[str, Path]] = []
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        here = Path(dirpath)
-        for name in list(dirnames):
-            link = here / name
-            if name == "__pycache__" or name.startswith("."):
-                dirnames.remove(name)
-            elif link.is_symlink():
-                target = _inside(top, link)
-                # A link back to a folder already on the walk's path would go round forever.
-                rel = here.relative_to(top).parts
-                if target in {top.joinpath(*rel[:i]).resolve() for i in range(len(rel) + 1)}:
-                    raise JobPackageError(f"job package: symlink {link} makes a loop")
-        for name in sorted(filenames):
-            path = here / name
-            if name.endswith(".pyc"):
-                continue
-            target = _inside(top, path) if path.is_symlink() else path
-            if not target.is_file():
-                raise JobPackageError(f"job package: {path} is not a regular file")
-            entries.append((path.relative_to(top).as_posix(), target))
-            total += target.stat().st_size
-            if len(entries) > MAX_JOB_FILES:
-                raise JobPackageError(f"job package: more than {MAX_JOB_FILES} files in {top}")
-            if total > MAX_JOB_PACKAGE:
-                raise JobPackageError(
-                    f"job package: the files in {top} exceed {MAX_JOB_PACKAGE} bytes"
-                )
-    package = _zip(sorted(entries))
-    if len(package) > MAX_JOB_PACKAGE:
-        raise JobPackageError(f"job package: the zip exceeds {MAX_JOB_PACKAGE} bytes")
-    return package
-
-
-def _inside(top: Path, link: Path) -> Path:
-    target = link.resolve()
-    if not target.is_relative_to(top):
-        raise JobPackageError(f"job package: symlink {link} points outside {top}, to {target}")
-    if not target.exists():
-        raise JobPackageError(f"job package: symlink {link} points to nothing")
-    return target
-
-
-def _zip(entries: list[tuple[str, Path]]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, path in entries:
-            info = zipfile.ZipInfo(name, _EPOCH)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = (stat.S_IFREG | 0o644) << 16
-            # Streamed, so a large file is never held twice in memory.
-            with open(path, "rb") as src, archive.open(info, "w", force_zip64=True) as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)
-    return buffer.getvalue()
-
-
-def unpack_job(package: bytes, dest: Path) -> None:
-    """Unzip a job package into `dest`, which must not exist yet, refusing anything unsafe.
-
-    Refused with `JobPackageError` (naming the problem and the entry): a
-    package or content over `MAX_JOB_PACKAGE` bytes (by the declared sizes
-    and by the bytes actually inflated), over `MAX_JOB_FILES` entries,
-    absolute or drive-letter paths, `..` components, backslashes or NULs in
-    names, symlink entries, duplicate names, encrypted entries, and anything
-    that is not a zip. On failure `dest` is removed. An existing `dest` is a
-    `FileExistsError` (and is left alone).
-    """
-    dest = Path(dest)
-    if len(package) > MAX_JOB_PACKAGE:
-        raise JobPackageError(
-            f"job package: {len(package)} bytes, over the limit of {MAX_JOB_PACKAGE}"
-        )
-    dest.mkdir(parents=True)
-    try:
-        _extract(package, dest)
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-
-
-def _extract(package: bytes, dest: Path) -> None:
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(package))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise JobPackageError(f"job package: not a zip file ({exc})") from None
-    with archive:
-        infos = archive.infolist()
-        if len(infos) > MAX_JOB_FILES:
-            raise JobPackageError(
-                f"job package: {len(infos)} entries, over the limit of {MAX_JOB_FILES}"
-            )
-        members = _check_entries(infos)
-        declared = sum(info.file_size for info, _ in members)
-        if declared > MAX_JOB_PACKAGE:
-            raise JobPackageError(
-                f"job package: {declared} bytes unpacked, over the limit of {MAX_JOB_PACKAGE}"
-            )
-        inflated = 0
-        for info, parts in members:
-            target = dest.joinpath(*parts)
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            written = 0
-            try:
-                # "xb": dest is fresh and holds only what we made, so nothing may pre-exist.
-                with archive.open(info) as src, open(target, "xb") as out:
-                    # Count what actually inflates: the declared sizes are the attacker's word.
-                    while chunk := src.read(_CHUNK):
-                        written += len(chunk)
-                        inflated += len(chunk)
-                        if written > info.file_size or inflated > MAX_JOB_PACKAGE:
-                            raise JobPackageError(
-                                f"job package: entry {info.filename!r} inflates past its "
-                                f"declared {info.file_size} bytes or the {MAX_JOB_PACKAGE} limit"
-                            )
-                        out.write(chunk)
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as exc:
-                raise JobPackageError(
-                    f"job package: entry {info.filename!r} cannot be unpacked: {exc}"
-                ) from None
-
-
-def _check_entries(infos: list[zipfile.ZipInfo]) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
-    """Each entry with its safe relative path parts; the first unsafe entry raises."""
-    members = []
-    seen: set[tuple[str, ...]] = set()
-    files: set[tuple[str, ...]] = set()
-    dirs: set[tuple[str, ...]] = set()
-    for info in infos:
-        name = info.filename
-
-        def bad(problem: str, name: str = info.orig_filename) -> JobPackageError:
-            return JobPackageError(f"job package: entry {name!r}: {problem}")
-
-        # zipfile cuts names at a NUL; orig_filename still has it.
-        if "\x00" in info.orig_filename or "\\" in name:
-            raise bad("NUL or backslash in the name")
-        if name.startswith("/") or _DRIVE.match(name):
-            raise bad("absolute path")
-        raw = PurePosixPath(name).parts
-        if ".." in raw:
-            raise bad("'..' in the path")
-        parts = tuple(p for p in raw if p != ".")
-        if not parts:
-            raise bad("empty name")
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise bad("symlink entries are not allowed")
-        if info.flag_bits & 0x1:
-            raise bad("encrypted entries are not allowed")
-        if parts in seen:
-            raise bad("duplicate name")
-        seen.add(parts)
-        if any(parts[:i] in files for i in range(1, len(parts))) or (
-            parts in dirs and not info.is_dir()
-        ):
-            raise bad("a file of the package is also used as a folder")
-        (dirs if info.is_dir() else files).add(parts)
-        dirs.update(parts[:i] for i in range(1, len(parts)))
-        members.append((info, parts))
-    return members
+__all__ = [
+    "CorruptJob",
+    "CorruptJobRecordError",
+    "JobPackageError",
+    "JobRecord",
+    "JobStore",
+    "UnknownJobError",
+    "pack_job",
+    "unpack_job",
+]

@@ -119,7 +119,14 @@ def server_parent(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _on_signals(stop)
     pid_file = _write_pid(config.server_dir)
-    engine = ServerEngine(config, transport, launcher)
+    from fl_core.containers.check import check_job
+    from fl_core.plugins import make_plugin_manager
+
+    # Submit runs `fl-core job check`'s checks against the plugins installed here.
+    registry = make_plugin_manager().registry()
+    engine = ServerEngine(
+        config, transport, launcher, check_job=lambda job: check_job(job, "poc", registry)
+    )
     try:
         engine.start()
         while not stop.is_set() and not engine.wait(0.2):

@@ -409,6 +409,11 @@ def status(config: FederationConfig) -> dict[str, Any]:
                 jobs = admin.list()
         except FlCoreError as exc:
             error = str(exc)
+    elif (config.server_dir / "jobs").is_dir():
+        # The server parent is down, but its job store on disk still knows every job.
+        from fl_core.runtime.job_store import JobStore
+
+        jobs = [entry.to_json() for entry in JobStore(config.server_dir / "jobs").entries()]
     running = server["alive"] and all(s["alive"] and s["registered"] for s in sites.values())
     return {
         "root": str(config.root),

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from fl_core.cell.cell import DEFERRED
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
-from fl_core.errors import CellError, FlCoreError
+from fl_core.errors import CellError, ConfigError, FlCoreError
 from fl_core.runtime.job_store import JobRecord
 from fl_core.runtime.parents import (
     ABORT_GRACE,
@@ -33,6 +33,7 @@ from fl_core.runtime.parents import (
 )
 
 if TYPE_CHECKING:
+    from fl_core.config.job import JobConfig
     from fl_core.runtime.server_engine import ServerEngine, _Running
 
 log = logging.getLogger("fl_core.runtime.server_engine")
@@ -73,26 +74,41 @@ class AdminService:
     def _on_submit(self, message: Message) -> object:
         if not isinstance(message.payload, bytes | bytearray | memoryview):
             raise FlCoreError("a job package must be sent as bytes (a zip of the job folder)")
-        record = self.engine.store.submit(bytes(message.payload))
+        record = self.engine.store.submit(bytes(message.payload), self._check)
         log.info("job %s (%s) submitted", record.job_id, record.name)
         with self.engine._wake:
             self.engine._wake.notify_all()
         return {Field.JOB_ID: record.job_id}
 
+    def _check(self, job: JobConfig) -> None:
+        """Refuse at submit what could never run here: too many sites, unknown plugins."""
+        sites = self.engine.config.sites
+        if job.min_clients > len(sites):
+            raise ConfigError(
+                str(job.source),
+                "min_clients",
+                f"the job needs {job.min_clients} sites, but federation "
+                f"{self.engine.config.name} has only {len(sites)} ({', '.join(sites)})",
+            )
+        if self.engine.check_job is not None:
+            self.engine.check_job(job)
+
     def _on_list(self, message: Message) -> object:
-        return {Field.JOBS: [r.to_json() for r in self.engine.store.list()]}
+        # Corrupt records are listed too, so that no job silently vanishes.
+        return {Field.JOBS: self.engine.shown(self.engine.store.entries())}
 
     def _record(self, message: Message) -> JobRecord:
         data = json_object(message.payload, "admin request")
         return self.engine.store.get(str(data.get(Field.JOB_ID, "")))
 
     def _on_status(self, message: Message) -> object:
-        return self._record(message).to_json()
+        return self.engine.shown([self._record(message)])[0]
 
     def _on_abort(self, message: Message) -> object:
         record = self._record(message)
         if record.state.final:
-            return record.to_json()
+            why = f" ({record.reason})" if record.reason else ""
+            raise FlCoreError(f"job {record.job_id} has already ended: {record.state}{why}")
         # The scheduler picks jobs under this lock: it cannot start this one now.
         with self.engine._lock:
             job = self.engine._running.get(record.job_id)

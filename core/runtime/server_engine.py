@@ -23,7 +23,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from fl_core.cell.proof import AdmissionRefused
 from fl_core.config.federation import FederationConfig
 from fl_core.errors import CellError, FlCoreError
 from fl_core.runtime.credentials import read_secret
-from fl_core.runtime.job_store import JobStore, UnknownJobError
+from fl_core.runtime.job_store import CorruptJob, JobCheck, JobRecord, JobStore, UnknownJobError
 from fl_core.runtime.parents import (
     ABORT_GRACE,
     ADMIN_PREFIX,
@@ -54,6 +54,7 @@ from fl_core.spec.transport import Transport
 log = logging.getLogger(__name__)
 
 _Handler = Callable[[Message], object]
+_ACTIVE = (JobState.DEPLOYING, JobState.RUNNING)
 
 DEPLOY_TIMEOUT = 120.0
 """Seconds a site may take to unpack a job package."""
@@ -86,6 +87,8 @@ class _Running:
     """How the job is recorded once stopped: an admin's abort, or a failure (SP stopping)."""
     reported: dict[str, object] = field(default_factory=dict)  # the SJ's last job_status
     done: threading.Event = field(default_factory=threading.Event)
+    ending: dict[str, object] | None = None
+    """The end being written (retried while the disk refuses it); shown meanwhile."""
 
 
 class ServerEngine:
@@ -98,8 +101,11 @@ class ServerEngine:
         launcher: Launcher,
         *,
         python: str = sys.executable,
+        check_job: JobCheck | None = None,
     ) -> None:
         self.config = config
+        self.check_job = check_job
+        """What `fl-core job check` runs, against this server's plugins; run at submit."""
         self.transport = transport
         self.launcher = launcher
         self.python = python
@@ -117,6 +123,7 @@ class ServerEngine:
         self._wake = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._waiting: dict[str, float] = {}  # job id -> since when it has lacked sites
         handlers = {
             (Channel.SERVER_MAIN, ParentTopic.HEARTBEAT): self._on_heartbeat,
             (Channel.SERVER_MAIN, ParentTopic.REGISTER): self._on_heartbeat,
@@ -135,6 +142,7 @@ class ServerEngine:
         """Listen, recover the job store, start the scheduler; returns the URL."""
         for record in self.store.recover():
             log.warning("job %s marked failed: %s", record.job_id, record.reason)
+        self.store.entries()  # logs each corrupt record once, now rather than at a list
         self.url = self.cell.listen(self.settings.listen)
         self.config.server_dir.mkdir(parents=True, exist_ok=True)
         url_file = self.config.url_file
@@ -281,7 +289,7 @@ class ServerEngine:
                 self._running[job_id] = running
             try:
                 self.store.update(
-                    job_id, state=JobState.DEPLOYING, sites=sites, started=time.time()
+                    job_id, state=JobState.DEPLOYING, sites=sites, started=time.time(), reason=""
                 )
             except Exception:
                 log.exception("job %s: could not be started", job_id)
@@ -291,15 +299,88 @@ class ServerEngine:
             thread.start()
 
     def _next_job(self) -> str | None:
-        """The oldest submitted job that can start now; under the lock."""
-        if len(self._running) >= self.settings.max_jobs:
-            return None
+        """The oldest submitted job that can start now; under the lock.
+
+        A job that lacks sites does not hold up younger jobs that have enough;
+        jobs that can start go oldest first, so a younger job never takes a
+        slot that an older one could use (a big job is not starved by a stream
+        of small ones: once its sites are there it is first in line). A job
+        lacking sites for its `schedule_timeout` fails. Each waiting job's
+        reason says what it waits for, written only when that changes.
+        """
+        alive = sorted(self._sites)
+        full = len(self._running) >= self.settings.max_jobs
+        now = time.monotonic()
+        chosen: str | None = None
+        queued: set[str] = set()
         for record in self.store.list():
-            if record.state is JobState.SUBMITTED and record.job_id not in self._running:
-                if len(self._sites) >= record.min_clients:
-                    return record.job_id
-                return None  # jobs start in order: a later one does not jump the queue
-        return None
+            if record.state is not JobState.SUBMITTED or record.job_id in self._running:
+                continue
+            queued.add(record.job_id)
+            if len(alive) < record.min_clients:
+                # Counted from when this server saw it lacking sites: after a restart
+                # the sites need a heartbeat to be known again.
+                since = self._waiting.setdefault(record.job_id, now)
+                names = f": {', '.join(alive)}" if alive else ""
+                reason = f"waiting for {record.min_clients} sites; {len(alive)} alive{names}"
+                if now - since >= record.schedule_timeout:
+                    self._set_reason(
+                        record,
+                        f"not started within its schedule_timeout of "
+                        f"{record.schedule_timeout:g} s: {reason}",
+                        state=JobState.FAILED,
+                        ended=time.time(),
+                    )
+                    continue
+            else:
+                self._waiting.pop(record.job_id, None)
+                if not full:
+                    chosen = chosen or record.job_id
+                    continue  # starts now, or at the next pass (one job per pass)
+                reason = (
+                    f"waiting for a free slot: {len(self._running)} of "
+                    f"{self.settings.max_jobs} jobs running (max_jobs)"
+                )
+            if record.reason != reason:
+                self._set_reason(record, reason)
+        for job_id in set(self._waiting) - queued:
+            del self._waiting[job_id]
+        return chosen
+
+    def _set_reason(self, record: JobRecord, reason: str, **changes: object) -> None:
+        """Write why a queued job waits (or failed); a full disk leaves it for the next pass."""
+        try:
+            self.store.update_if(record.job_id, (JobState.SUBMITTED,), reason=reason, **changes)
+        except OSError as exc:
+            log.warning("job %s: could not record %r: %s", record.job_id, reason, exc)
+            return
+        if changes:
+            log.warning("job %s failed: %s", record.job_id, reason)
+
+    def shown(self, entries: Sequence[JobRecord | CorruptJob]) -> list[dict[str, object]]:
+        """What admins see of `entries`: nothing shows as running whose processes are gone.
+
+        A deploying or running record of a job this server does not run (its end
+        was lost) becomes failed, on disk if the disk allows; a job whose end is
+        still being written shows that end.
+        """
+        with self._lock:  # after the records were read: see `_settle`
+            running = dict(self._running)
+        shown: list[dict[str, object]] = []
+        for entry in entries:
+            if isinstance(entry, JobRecord) and entry.state in _ACTIVE:
+                job = running.get(entry.job_id)
+                if job is None:
+                    why = f"its processes ended while it was {entry.state}, and its end was lost"
+                    entry = self.store.settle(entry, why)
+                elif job.ending is not None:
+                    ending = {
+                        k: str(v) if isinstance(v, JobState) else v for k, v in job.ending.items()
+                    }
+                    shown.append({**entry.to_json(), **ending})
+                    continue
+            shown.append(entry.to_json())
+        return shown
 
     def _run_job(self, job: _Running) -> None:
         state, reason = JobState.FAILED, ""
@@ -323,7 +404,8 @@ class ServerEngine:
                 }
                 if isinstance(round_done, int):
                     changes["round"] = round_done
-                self.store.update(job.job_id, **changes)
+                job.ending = changes  # shown while a full disk refuses it
+                self.store.write_end(job.job_id, changes, self._stopping)
                 log.info("job %s %s%s", job.job_id, state, f": {reason}" if reason else "")
             except Exception:
                 # The slot must come free whatever failed here, or no job runs again.

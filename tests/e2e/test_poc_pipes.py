@@ -210,12 +210,12 @@ def test_a_killed_client_job_takes_its_training_process_with_it(tmp_path: Path) 
 def test_a_client_job_that_cannot_start_fails_the_job_at_once_with_its_reason(
     tmp_path: Path,
 ) -> None:
-    # Sites check a job's pipe when their client job starts: a bad option there
-    # is the reason the job fails, not a wait for sites that never join.
+    # A bad pipe option is the reason the job fails, not a wait for sites that never
+    # join: the server refuses it at submit, with the checks of `fl-core job check`.
     job, _ = _job(tmp_path, {"name": "file", "options": {"colour": "red"}})
     proc = run_cli("run", "--mode", "poc", str(job), "--workspace", str(tmp_path / "ws"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "could not join" in proc.stderr and "exited with code 1" in proc.stderr, proc.stderr
+    assert "error: submit: JobPackageError" in proc.stderr, proc.stderr
     assert "components.pipe.options.colour: `file` has no such option" in proc.stderr
     assert "joined within" not in proc.stderr
     assert wait_gone(poc_root(proc.stdout)) == []

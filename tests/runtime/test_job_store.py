@@ -16,7 +16,7 @@ import pytest
 
 from fl_core.config.job import load_job
 from fl_core.errors import ConfigError, FlCoreError
-from fl_core.runtime import job_store
+from fl_core.runtime import job_package
 from fl_core.runtime.job_store import (
     CorruptJobRecordError,
     JobPackageError,
@@ -327,10 +327,10 @@ def test_limits_on_package_size_and_entry_count(
     store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     package = make_zip(*valid_entries())
-    monkeypatch.setattr(job_store, "MAX_JOB_FILES", 2)
+    monkeypatch.setattr(job_package, "MAX_JOB_FILES", 2)
     with pytest.raises(JobPackageError, match="3 entries, over the limit of 2"):
         store.submit(package)
-    monkeypatch.setattr(job_store, "MAX_JOB_PACKAGE", 100)
+    monkeypatch.setattr(job_package, "MAX_JOB_PACKAGE", 100)
     with pytest.raises(JobPackageError, match=f"{len(package)} bytes, over the limit of 100"):
         store.submit(package)
     assert contents(store.root) == []
@@ -391,7 +391,7 @@ def test_pack_refuses(tmp_path: Path, make: Callable[[Path, Path], None], proble
 
 
 def test_pack_refuses_too_many_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(job_store, "MAX_JOB_FILES", 3)
+    monkeypatch.setattr(job_package, "MAX_JOB_FILES", 3)
     with pytest.raises(JobPackageError, match="more than 3 files"):
         pack_job(job_folder(tmp_path))
 
