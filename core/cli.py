@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from fl_core import __version__
+from fl_core import __version__, cli_signals
 from fl_core.cli_poc import add_job_parsers, add_poc_parser, job_command, poc_command, run_poc
 from fl_core.errors import FlCoreError
 
@@ -87,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.setLevel(level)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(console)
+    # Ctrl-C, SIGTERM and SIGHUP all unwind through the same teardown (exit 130, 143, 129).
+    with cli_signals.handled():
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             return _run(args, sys.stdout)
@@ -106,9 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FlCoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        stopped = exc if isinstance(exc, cli_signals.Interrupted) else None
+        try:
+            print(stopped.reason if stopped else "interrupted", file=sys.stderr)
+        except (OSError, ValueError):
+            pass  # after SIGHUP the terminal may be gone; the exit code still says why
+        return stopped.exit_code if stopped else EXIT_INTERRUPTED
 
 
 def _plugins(out: TextIO) -> int:
@@ -210,7 +220,10 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             err.write(failure.detail.rstrip() + "\n")
     err.write(f"\nerror: job {job.name} {result.status}: {result.reason}\n")
     err.write(f"logs: {workspace / 'log.txt'}\n")
-    return EXIT_INTERRUPTED if result.status == JobStatus.ABORTED else EXIT_FAILED
+    if result.status == JobStatus.ABORTED:
+        signum = cli_signals.received()
+        return 128 + signum if signum is not None else EXIT_INTERRUPTED
+    return EXIT_FAILED
 
 
 class _Progress:

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
+import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from fl_core.errors import FlCoreError
+from fl_core import cli_signals
+from fl_core.errors import ConfigError, FlCoreError
 
 __all__ = ["add_job_parsers", "add_poc_parser", "job_command", "poc_command", "run_poc"]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
-EXIT_INTERRUPTED: Final = 130
 DEFAULT_POC: Final = Path("fl-poc")
 TRANSPORTS: Final = ("tcp", "grpc")
 STATUS_POLL: Final = 0.25
@@ -183,18 +181,29 @@ def job_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Run one job in an ephemeral POC: prepare, start, submit, follow, download, stop."""
+    """Run one job in an ephemeral POC: prepare, start, submit, follow, download, stop.
+
+    Nothing of the POC outlives the command, however it ends: Ctrl-C, SIGTERM
+    or SIGHUP (see `fl_core.cli_signals`) abort the job, stop the POC and
+    remove its temporary folder, and a second signal does not cut that short.
+    """
     from fl_core.config import load_job
     from fl_core.runtime import poc
-    from fl_core.runtime.admin_client import AdminClient
 
     job = load_job(args.job)
     clients = args.clients if args.clients is not None else job.min_clients
+    if clients < job.min_clients:
+        # The server would wait for sites that never come: refuse, as the simulator does.
+        raise ConfigError(
+            "--clients", "", f"{clients} sites is fewer than min_clients {job.min_clients}"
+        )
     transport = args.transport or "tcp"
     output = args.workspace or Path("fl-workspace") / job.name
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="fl-poc-") as tmp:
-        config = poc.prepare(Path(tmp) / "poc", clients, transport)
+    cli_signals.teardown_only()
+    tmp = Path(tempfile.mkdtemp(prefix="fl-poc-"))
+    try:
+        config = poc.prepare(tmp / "poc", clients, transport)
         try:
             out.write(
                 f"fl-core poc: job {job.name}, {clients} sites, {job.rounds} rounds, "
@@ -202,24 +211,16 @@ def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             )
             out.flush()
             poc.start(config, on_progress=None if args.quiet else lambda s: _line(out, s))
-            with AdminClient(config) as admin:
-                job_id = admin.submit(job.job_dir)
-                _line(out, f"submitted job {job.name} (id {job_id})")
-                try:
-                    record = _follow(admin, job_id, out, quiet=args.quiet)
-                except KeyboardInterrupt:
-                    with _no_interrupts():
-                        _line(err, f"interrupted: aborting job {job.name} and stopping the POC")
-                        try:
-                            admin.abort(job_id)
-                        except FlCoreError as exc:
-                            # Stopping the POC below ends the job's processes anyway.
-                            _line(err, f"the abort failed ({exc}); stopping the POC")
-                    raise
-                missing = _download(admin, job_id, output, record)
+            record, missing = _submit_and_follow(config, job, output, out, err, quiet=args.quiet)
         finally:
-            with _no_interrupts():
+            with cli_signals.held():
                 poc.stop(config)
+    finally:
+        with cli_signals.held():
+            # Whatever a signal cut short (a process spawned but not yet recorded), none of
+            # it may outlive the run: every process of this POC names its private folder.
+            poc.sweep(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
     state = record.get("state")
     if state == "finished":
         out.write(
@@ -233,6 +234,36 @@ def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         err.write(f"logs: {output / 'log.txt'}\n")
     return EXIT_FAILED
+
+
+def _submit_and_follow(
+    config: Any, job: Any, output: Path, out: TextIO, err: TextIO, *, quiet: bool
+) -> tuple[dict[str, Any], str]:
+    """Submit the job, follow it to its end and download it; returns (record, why not)."""
+    from fl_core.runtime.admin_client import AdminClient
+
+    with AdminClient(config) as admin:
+        job_id = admin.submit(job.job_dir)
+        _line(out, f"submitted job {job.name} (id {job_id})")
+        try:
+            record = _follow(admin, job_id, out, quiet=quiet)
+        except cli_signals.Interrupted as exc:
+            _say(err, f"{exc.reason}: aborting job {job.name} and stopping the POC")
+            try:
+                admin.abort(job_id)
+            except FlCoreError as abort_error:
+                # Stopping the POC next ends the job's processes anyway.
+                _say(err, f"the abort failed ({abort_error}); stopping the POC")
+            raise
+        return record, _download(admin, job_id, output, record)
+
+
+def _say(err: TextIO, text: str) -> None:
+    """Best effort: after SIGHUP the terminal may be gone, and teardown must go on."""
+    try:
+        _line(err, text)
+    except (OSError, ValueError):
+        pass
 
 
 def _download(admin: Any, job_id: str, output: Path, record: dict[str, Any]) -> str:
@@ -272,17 +303,3 @@ def _follow(admin: Any, job_id: str, out: TextIO, *, quiet: bool) -> dict[str, A
         if JobState(state).final:
             return record
         time.sleep(STATUS_POLL)
-
-
-@contextmanager
-def _no_interrupts() -> Iterator[None]:
-    """Hold off Ctrl-C while the POC is taken down, so no process is left behind."""
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: signals cannot be masked here
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -202,37 +201,6 @@ def test_poc_start_status_stop_leaves_no_process(tmp_path: Path) -> None:
     after = run_cli("poc", "status", "--workspace", str(ws))
     assert after.returncode == 1
     assert "is not running" in after.stdout
-
-
-def test_ctrl_c_aborts_the_job_and_stops_the_poc(tmp_path: Path) -> None:
-    script = (
-        "import time\n"
-        "import fl_core.client as flare\n"
-        "flare.init()\n"
-        "while flare.is_running():\n"
-        "    m = flare.receive()\n"
-        "    if m is None:\n"
-        "        break\n"
-        "    time.sleep(0.5)\n"
-        "    flare.send(flare.FLModel(params=m.params))\n"
-    )
-    job = write_job(tmp_path / "job", script=script, rounds=50, initial_params={"w": np.zeros(1)})
-    proc = subprocess.Popen(
-        [*FL_CORE, "run", "--mode", "poc", str(job), "--workspace", str(tmp_path / "ws")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    seen = []
-    while not (line := proc.stdout.readline()).startswith("round 1/50"):
-        assert line, "".join(seen)  # the run ended before its first round
-        seen.append(line)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted: aborting job test-job and stopping the POC" in err
-    assert wait_gone(poc_root("".join(seen))) == []
 
 
 def test_a_server_that_cannot_start_fails_start_with_its_log(tmp_path: Path) -> None:
