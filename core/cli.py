@@ -234,6 +234,9 @@ class _Progress:
         self.rounds = rounds
         self.quiet = quiet
         self.live = out.isatty()
+        # Only a terminal redraws the live count in place; in a log, `\r` would hide
+        # each line from `grep '^round'`.
+        self.cr = "\r" if self.live else ""
         self.started = time.monotonic()
         self.received = 0
         self.failed = 0
@@ -253,7 +256,9 @@ class _Progress:
                 self.received += 1
             else:
                 self.failed += 1
-                self.out.write(f"\r{label}: {data.get('site')} failed: {data.get('reason')}\n")
+                self.out.write(
+                    f"{self.cr}{label}: {data.get('site')} failed: {data.get('reason')}\n"
+                )
             if self.live:
                 self.out.write(f"\r{label}: {self.received}/{self.sites} results")
                 self.out.flush()
@@ -266,7 +271,8 @@ class _Progress:
                 )
             elapsed = time.monotonic() - self.started
             self.out.write(
-                f"\r{label}: {self.received}/{self.sites} results  {shown}  ({elapsed:.2f} s)\n"
+                f"{self.cr}{label}: {self.received}/{self.sites} results  {shown}  "
+                f"({elapsed:.2f} s)\n"
             )
             self.out.flush()
 

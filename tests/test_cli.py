@@ -119,3 +119,18 @@ def test_job_check_checks_the_pipes_options(tmp_path: Path) -> None:
     assert "components.pipe.options.colour: `file` has no such option" in proc.stderr
     good = _job(tmp_path / "good", components={"pipe": {"name": "cell"}})
     assert fl_core("job", "check", str(good)).returncode == 0
+
+
+def test_simulator_progress_in_a_log_is_plain_lines(tmp_path: Path) -> None:
+    # Output to a pipe or file is not a terminal: no `\r`, so `grep '^round'` finds each round.
+    # Bytes, not text: text mode would turn each `\r` into a line break.
+    proc = subprocess.run(
+        [sys.executable, "-m", "fl_core.cli", "run", str(HELLO), "--workspace", str(tmp_path)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert b"\r" not in proc.stdout
+    lines = proc.stdout.decode().split("\n")
+    rounds = [line.split(":")[0] for line in lines if line.startswith("round ")]
+    assert rounds == [f"round {n}/5" for n in range(1, 6)]
