@@ -38,11 +38,19 @@ class UsageError(FlCoreError):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fl-core", description="Federated learning runtime.")
+    parser.add_argument(
+        "--version", action="version", version=f"fl-core {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a job (simulator by default)")
     run.add_argument("job", type=Path, help="the job folder (holds job.yaml)")
-    run.add_argument("--mode", choices=("simulator", "poc", "production"), default="simulator")
+    run.add_argument(
+        "--mode",
+        choices=("simulator", "poc", "production"),
+        default="simulator",
+        help="simulator: one process (default); poc: real processes on this machine",
+    )
     run.add_argument("--clients", type=int, help="number of sites (default: min_clients)")
     run.add_argument(
         "--threads",
@@ -60,8 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     job = sub.add_parser("job", help="job commands")
     job_sub = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
     check = job_sub.add_parser("check", help="validate a job folder without running it")
-    check.add_argument("job", type=Path)
-    check.add_argument("--mode", choices=("simulator", "poc", "production"), default="simulator")
+    check.add_argument("job", type=Path, help="the job folder (holds job.yaml)")
+    check.add_argument(
+        "--mode",
+        choices=("simulator", "poc", "production"),
+        default="simulator",
+        help="check against this mode's plugins (default: simulator)",
+    )
     add_job_parsers(job_sub)
     add_poc_parser(sub)
 

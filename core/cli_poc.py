@@ -44,8 +44,17 @@ def add_poc_parser(sub: Any) -> None:
         _workspace_option(action)
         if name == "prepare":
             action.add_argument("--clients", type=_positive, default=2, help="sites (default: 2)")
-            action.add_argument("--transport", choices=TRANSPORTS, default="tcp")
-            action.add_argument("--force", action="store_true", help="overwrite a non-empty DIR")
+            action.add_argument(
+                "--transport",
+                choices=TRANSPORTS,
+                default="tcp",
+                help="the federation's transport (default: tcp)",
+            )
+            action.add_argument(
+                "--force",
+                action="store_true",
+                help="empty a --workspace that already holds something (refused if it runs)",
+            )
         if name in ("start", "stop"):
             action.add_argument(
                 "--timeout", type=float, default=60.0, help="seconds to wait (default: 60)"
@@ -55,15 +64,15 @@ def add_poc_parser(sub: Any) -> None:
 def add_job_parsers(job_sub: Any) -> None:
     """Add the admin actions to `fl-core job ...` (beside `check`)."""
     submit = job_sub.add_parser("submit", help="submit a job folder to a running POC")
-    submit.add_argument("job", type=Path)
+    submit.add_argument("job", type=Path, help="the job folder (holds job.yaml)")
     job_sub.add_parser("list", help="list the jobs")
     for name, text in (("status", "show a job's record"), ("abort", "abort a job")):
-        job_sub.add_parser(name, help=text).add_argument("job_id")
+        job_sub.add_parser(name, help=text).add_argument("job_id", help="the job's id")
     logs = job_sub.add_parser("logs", help="print the tail of a job's log")
-    logs.add_argument("job_id")
+    logs.add_argument("job_id", help="the job's id")
     logs.add_argument("--site", help="a site's client job log (default: the server job's)")
     download = job_sub.add_parser("download", help="download a job's server workspace")
-    download.add_argument("job_id")
+    download.add_argument("job_id", help="the job's id")
     download.add_argument(
         "--output", type=Path, help="where to unpack it (default: ./fl-workspace/<job name>)"
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,3 +137,39 @@ def test_simulator_progress_in_a_log_is_plain_lines(tmp_path: Path) -> None:
     lines = proc.stdout.decode().split("\n")
     rounds = [line.split(":")[0] for line in lines if line.startswith("round ")]
     assert rounds == [f"round {n}/5" for n in range(1, 6)]
+
+
+def test_version_prints_the_version_and_exits_0() -> None:
+    proc = fl_core("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"fl-core {__version__}"
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, Any]]:
+    """(command path, parser) for `parser` and every sub-command under it."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_every_command_argument_and_option_has_help() -> None:
+    from fl_core.cli import _parser
+
+    missing = []
+    for path, parser in _parsers(_parser(), "fl-core"):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helped = {choice.dest for choice in action._choices_actions if choice.help}
+                missing += [f"{path} {name}" for name in action.choices if name not in helped]
+            elif not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
+
+
+def test_help_names_only_arguments_that_exist() -> None:
+    # `poc prepare --force` once spoke of a DIR argument there is none of.
+    proc = fl_core("poc", "prepare", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "DIR" not in proc.stdout
