@@ -287,28 +287,39 @@ def _download(admin: Any, job_id: str, output: Path, record: dict[str, Any]) -> 
 
 
 def _follow(admin: Any, job_id: str, out: TextIO, *, quiet: bool) -> dict[str, Any]:
-    """Poll the job until it is final, printing its state changes and rounds as they pass."""
+    """Poll the job until it is final, printing its state changes and rounds as they pass.
+
+    Each round's line carries how long that round took, as the server job
+    measured it (the record keeps the last rounds' durations), since several
+    rounds may pass between two polls.
+    """
     from fl_core.runtime.parents import JobState
 
     state = ""
     shown = 0
-    started = time.monotonic()
     while True:
         record: dict[str, Any] = admin.status(job_id)
         rounds = int(record.get("rounds") or 0)
-        if record.get("state") != state:
-            state = str(record.get("state"))
+        new_state = str(record.get("state"))
+        final = JobState(new_state).final
+        if new_state != state and not final:
+            state = new_state
             if not quiet:
                 _line(out, f"job {job_id}: {state}")
         # `round` counts up as rounds pass; a line per round done, as the simulator prints.
-        done = int(record.get("round") or 0)
-        if state == JobState.FINISHED:
+        done = min(int(record.get("round") or 0), rounds)
+        if new_state == JobState.FINISHED:
             done = rounds
-        while shown < min(done, rounds):
+        times = [float(t) for t in record.get("round_seconds") or []]
+        while shown < done:
             shown += 1
             if not quiet:
-                # Time since submission: rounds that pass between two polls share a stamp.
-                _line(out, f"round {shown}/{rounds}: done  ({time.monotonic() - started:.2f} s)")
-        if JobState(state).final:
+                index = shown - (done - len(times)) - 1
+                took = f"  ({times[index]:.2f} s)" if 0 <= index < len(times) else ""
+                _line(out, f"round {shown}/{rounds}: done{took}")
+        if final:
+            # After the rounds' lines, so the end is the last thing said.
+            if not quiet:
+                _line(out, f"job {job_id}: {new_state}")
             return record
         time.sleep(STATUS_POLL)

@@ -32,7 +32,7 @@ from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
 from fl_core.config.federation import FederationConfig
 from fl_core.errors import CellError, FlCoreError
-from fl_core.runtime.job_store import JobStore, UnknownJobError
+from fl_core.runtime.job_store import KEPT_ROUND_TIMES, JobStore, UnknownJobError
 from fl_core.runtime.parents import (
     ABORT_GRACE,
     JOB_SECRET_ENV,
@@ -439,7 +439,10 @@ class ServerEngine:
         job.reported = dict(data)
         round_done = data.get(Field.ROUND)
         if isinstance(round_done, int) and data.get(Field.STATE) == JobState.RUNNING:
-            self.store.update(job_id, round=round_done)
+            seconds = data.get(Field.ROUND_SECONDS)
+            # The job's own timings, so a follower can say how long each round took.
+            times = seconds[-KEPT_ROUND_TIMES:] if isinstance(seconds, list) else []
+            self.store.update(job_id, round=round_done, round_seconds=times)
         return None
 
 

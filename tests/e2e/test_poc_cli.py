@@ -218,3 +218,35 @@ def test_a_server_that_cannot_start_fails_start_with_its_log(tmp_path: Path) -> 
     assert "carrier-pigeon" in text  # the tail of the log says why
     assert wait_gone(config.root) == []
     assert not (config.server_dir / "pid").exists()
+
+
+def test_each_round_line_says_how_long_that_round_took(tmp_path: Path) -> None:
+    # Round 2 is slow, round 3 fast: lines stamped with one poll's time could not show that.
+    script = (
+        "import time\n"
+        "import fl_core.client as flare\n"
+        "flare.init()\n"
+        "while flare.is_running():\n"
+        "    m = flare.receive()\n"
+        "    if m is None:\n"
+        "        break\n"
+        "    if m.current_round == 1:\n"
+        "        time.sleep(2.0)\n"
+        "    flare.send(flare.FLModel(params=m.params, meta={'num_samples': 1}))\n"
+    )
+    job = write_job(tmp_path / "job", script=script, rounds=3, initial_params={"w": np.zeros(1)})
+
+    proc = run_cli("run", "--mode", "poc", str(job), "--workspace", str(tmp_path / "ws"))
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    took = {}
+    for line in lines:
+        if match := re.fullmatch(r"round (\d)/3: done  \((\d+\.\d+) s\)", line):
+            took[int(match.group(1))] = float(match.group(2))
+    assert sorted(took) == [1, 2, 3], proc.stdout
+    assert took[2] >= 2.0  # it slept that long
+    assert took[3] < took[2], proc.stdout
+    # The end is said after the last round, not before it.
+    finished = next(i for i, line in enumerate(lines) if re.fullmatch(r"job \w+: finished", line))
+    assert finished > lines.index(f"round 3/3: done  ({took[3]:.2f} s)")
