@@ -213,6 +213,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     container = factory(job, clients=clients, threads=threads, workspace=workspace)
     container.on_event.override(progress)
     simulator = container.simulator()
+    _start_clean(workspace, out)
     out.write(
         f"fl-core simulator: job {job.name} (id {simulator.job_id}), {clients} sites, "
         f"{job.rounds} rounds, {threads} threads\n"
@@ -237,6 +238,15 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         signum = cli_signals.received()
         return 128 + signum if signum is not None else EXIT_INTERRUPTED
     return EXIT_FAILED
+
+
+def _start_clean(workspace: Path, out: TextIO) -> None:
+    """Give the run an empty workspace; an earlier run there is moved aside, and said so."""
+    from fl_core.cli_workspace import fresh_workspace
+
+    aside = fresh_workspace(workspace)
+    if aside is not None:
+        out.write(f"moved the earlier run in {workspace} to {aside}\n")
 
 
 class _Progress:

@@ -196,6 +196,7 @@ def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     or SIGHUP (see `fl_core.cli_signals`) abort the job, stop the POC and
     remove its temporary folder, and a second signal does not cut that short.
     """
+    from fl_core.cli_workspace import fresh_workspace
     from fl_core.config import load_job
     from fl_core.runtime import poc
 
@@ -208,6 +209,9 @@ def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
     transport = args.transport or "tcp"
     output = args.workspace or Path("fl-workspace") / job.name
+    aside = fresh_workspace(output)
+    if aside is not None:
+        _line(out, f"moved the earlier run in {output} to {aside}")
     started = time.monotonic()
     cli_signals.teardown_only()
     tmp = Path(tempfile.mkdtemp(prefix="fl-poc-"))

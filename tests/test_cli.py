@@ -173,3 +173,37 @@ def test_help_names_only_arguments_that_exist() -> None:
     proc = fl_core("poc", "prepare", "--help")
     assert proc.returncode == 0, proc.stderr
     assert "DIR" not in proc.stdout
+
+
+def _earlier_run(ws: Path) -> None:
+    (ws / "trainers" / "site-1").mkdir(parents=True)
+    (ws / "trainers" / "site-1" / "stderr.log").write_text("earlier\n")
+    (ws / "log.txt").write_text("the earlier run\n")
+    (ws / "site_metrics.jsonl").write_text('{"earlier": true}\n')
+
+
+def test_a_reused_workspace_starts_clean_and_the_earlier_run_is_moved_aside(
+    tmp_path: Path,
+) -> None:
+    ws = tmp_path / "ws"
+    _earlier_run(ws)
+    (tmp_path / "ws.1").mkdir()  # taken: the next free name is used
+
+    proc = fl_core("run", str(HELLO), "--workspace", str(ws))
+
+    assert proc.returncode == 0, proc.stderr
+    assert f"moved the earlier run in {ws} to {tmp_path / 'ws.2'}" in proc.stdout
+    assert "the earlier run" not in (ws / "log.txt").read_text()
+    assert "earlier" not in (ws / "site_metrics.jsonl").read_text()
+    assert not (ws / "trainers" / "site-1" / "stderr.log").exists()
+    assert (tmp_path / "ws.2" / "log.txt").read_text() == "the earlier run\n"
+
+
+def test_a_workspace_holding_other_files_is_refused_and_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine\n")
+
+    proc = fl_core("run", str(HELLO), "--workspace", str(tmp_path))
+
+    assert proc.returncode == 1
+    assert f"--workspace {tmp_path} is not empty and holds no earlier fl-core run" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

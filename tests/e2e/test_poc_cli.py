@@ -250,3 +250,19 @@ def test_each_round_line_says_how_long_that_round_took(tmp_path: Path) -> None:
     # The end is said after the last round, not before it.
     finished = next(i for i, line in enumerate(lines) if re.fullmatch(r"job \w+: finished", line))
     assert finished > lines.index(f"round 3/3: done  ({took[3]:.2f} s)")
+
+
+def test_run_mode_poc_in_a_reused_workspace_moves_the_earlier_run_aside(tmp_path: Path) -> None:
+    job = hello_job(tmp_path / "job", rounds=1)
+    ws = tmp_path / "ws"
+    (ws / "trainers").mkdir(parents=True)
+    (ws / "log.txt").write_text("the earlier run\n")
+
+    proc = run_cli("run", "--mode", "poc", str(job), "--workspace", str(ws))
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"moved the earlier run in {ws} to {tmp_path / 'ws.1'}" in proc.stdout
+    assert "the earlier run" not in (ws / "log.txt").read_text()
+    assert not (ws / "trainers").exists()
+    assert (tmp_path / "ws.1" / "log.txt").read_text() == "the earlier run\n"
+    assert_exact(ws, rounds=1, clients=2)
