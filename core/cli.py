@@ -226,6 +226,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             f"finished in {result.elapsed:.2f} s: final model {workspace / 'final_model.npz'}, "
             f"metrics {workspace / 'metrics.json'}\n"
         )
+        _warn_if_empty(workspace / "final_model.npz")
         return EXIT_OK
     err = sys.stderr
     for site, failure in sorted(result.failures.items()):
@@ -238,6 +239,13 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         signum = cli_signals.received()
         return 128 + signum if signum is not None else EXIT_INTERRUPTED
     return EXIT_FAILED
+
+
+def _warn_if_empty(final_model: Path) -> None:
+    from fl_core.cli_workspace import empty_model_warning
+
+    if warning := empty_model_warning(final_model):
+        print(warning, file=sys.stderr)
 
 
 def _start_clean(workspace: Path, out: TextIO) -> None:

@@ -196,7 +196,7 @@ def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     or SIGHUP (see `fl_core.cli_signals`) abort the job, stop the POC and
     remove its temporary folder, and a second signal does not cut that short.
     """
-    from fl_core.cli_workspace import fresh_workspace
+    from fl_core.cli_workspace import empty_model_warning, fresh_workspace
     from fl_core.config import load_job
     from fl_core.runtime import poc
 
@@ -240,6 +240,8 @@ def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             f"finished in {time.monotonic() - started:.2f} s: final model "
             f"{output / 'final_model.npz'}, metrics {output / 'metrics.json'}\n"
         )
+        if warning := empty_model_warning(output / "final_model.npz"):
+            _line(err, warning)
         return EXIT_OK
     err.write(f"\nerror: job {job.name} {state}: {record.get('reason') or 'no reason given'}\n")
     if missing:

@@ -10,12 +10,13 @@ worse than stopping.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Final
 
 from fl_core.errors import FlCoreError
 
-__all__ = ["RUN_FILES", "WorkspaceInUseError", "fresh_workspace"]
+__all__ = ["RUN_FILES", "WorkspaceInUseError", "empty_model_warning", "fresh_workspace"]
 
 RUN_FILES: Final = frozenset(
     {"log.txt", "summary.json", "metrics.json", "final_model.npz", "site_metrics.jsonl", "trainers"}
@@ -49,3 +50,25 @@ def fresh_workspace(workspace: Path) -> Path | None:
         number += 1
     workspace.rename(aside)
     return aside
+
+
+def empty_model_warning(final_model: Path) -> str:
+    """A warning for the run's output if `final_model` holds no arrays, else ''.
+
+    A job without `initial_model` sends its sites an empty model; a script that
+    only updates what it receives sends nothing back, and the job "finishes"
+    with nothing learned. That must not pass silently.
+    """
+    from fl_core.model import load_params
+
+    try:
+        params = load_params(final_model)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return ""  # no model, or not ours to judge: the run reports its own errors
+    if params:
+        return ""
+    return (
+        f"warning: the final model {final_model} is empty: no site sent any parameters. "
+        "A job without initial_model starts from an empty model, so its training script "
+        "must send weights of its own"
+    )

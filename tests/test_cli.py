@@ -207,3 +207,24 @@ def test_a_workspace_holding_other_files_is_refused_and_left_alone(tmp_path: Pat
     assert proc.returncode == 1
     assert f"--workspace {tmp_path} is not empty and holds no earlier fl-core run" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def _job_without_initial_model(tmp_path: Path) -> Path:
+    # Updates what it receives, as hello-numpy does: with no initial model, nothing.
+    script = (HELLO / "train.py").read_text()
+    return write_job(tmp_path / "job", script=script)
+
+
+def test_a_job_ending_with_an_empty_model_is_warned_about(tmp_path: Path) -> None:
+    proc = fl_core(
+        "run", str(_job_without_initial_model(tmp_path)), "--workspace", str(tmp_path / "ws")
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: the final model {tmp_path / 'ws' / 'final_model.npz'} is empty" in proc.stderr
+    assert "without initial_model" in proc.stderr
+
+
+def test_a_job_with_a_model_gets_no_such_warning(tmp_path: Path) -> None:
+    proc = fl_core("run", str(HELLO), "--workspace", str(tmp_path / "ws"))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr

@@ -266,3 +266,11 @@ def test_run_mode_poc_in_a_reused_workspace_moves_the_earlier_run_aside(tmp_path
     assert not (ws / "trainers").exists()
     assert (tmp_path / "ws.1" / "log.txt").read_text() == "the earlier run\n"
     assert_exact(ws, rounds=1, clients=2)
+
+
+def test_run_mode_poc_warns_when_the_final_model_is_empty(tmp_path: Path) -> None:
+    job = write_job(tmp_path / "job", script=(HELLO / "train.py").read_text(), rounds=1)
+    ws = tmp_path / "ws"
+    proc = run_cli("run", "--mode", "poc", str(job), "--workspace", str(ws))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"warning: the final model {ws / 'final_model.npz'} is empty" in proc.stderr
