@@ -1,13 +1,15 @@
-"""`fl-core run --mode poc` stopped by a signal leaves nothing behind.
+"""`fl-core run` stopped by a signal leaves nothing behind.
 
 Ctrl-C, SIGTERM (`kill`, `timeout`) and SIGHUP (a closed terminal) each abort
-the job, stop the whole POC (server parent, client parents, job processes,
-their supervisors and the training processes) and remove its temporary
-folder, then exit 130, 143 or 129. Checked in /proc, as a user would.
+the job and exit 130, 143 or 129. In POC mode they also stop the whole POC
+(server parent, client parents, job processes, their supervisors and the
+training processes) and remove its temporary folder. Checked in /proc, as a
+user would.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -40,9 +42,9 @@ while flare.is_running():
 
 
 class Run:
-    """`fl-core run --mode poc` as a real subprocess, its output in files to poll."""
+    """`fl-core run --mode MODE` as a real subprocess, its output in files to poll."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, mode: str = "poc") -> None:
         job = write_job(
             tmp_path / "job",
             script=SCRIPT,
@@ -55,7 +57,7 @@ class Run:
         self.err = tmp_path / "stderr.txt"
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(
-                [*FL_CORE, "run", "--mode", "poc", str(job), "--workspace", str(tmp_path / "ws")],
+                [*FL_CORE, "run", "--mode", mode, str(job), "--workspace", str(tmp_path / "ws")],
                 stdout=out,
                 stderr=err,
             )
@@ -93,7 +95,7 @@ class Run:
                 self.proc.kill()
 
 
-@pytest.mark.parametrize(
+STOPS = pytest.mark.parametrize(
     ("sig", "code", "reason"),
     [
         (signal.SIGINT, 130, "interrupted"),
@@ -101,6 +103,9 @@ class Run:
         (signal.SIGHUP, 129, "hung up (SIGHUP)"),
     ],
 )
+
+
+@STOPS
 def test_a_stop_signal_aborts_the_job_and_leaves_nothing_running(
     tmp_path: Path, sig: signal.Signals, code: int, reason: str
 ) -> None:
@@ -129,3 +134,39 @@ def test_more_signals_during_the_teardown_do_not_cut_it_short(tmp_path: Path) ->
     assert run.finish() == 143, run.stderr()
     assert wait_gone(root) == []
     assert not root.parent.exists()
+
+
+def test_a_signal_while_the_poc_starts_leaves_nothing_running(tmp_path: Path) -> None:
+    run = Run(tmp_path)
+    wait_until(
+        lambda: "registered" in run.stdout() or run.proc.poll() is not None,
+        WAIT,
+        "a site to register",
+    )
+    root = poc_root(run.stdout())
+
+    run.proc.send_signal(signal.SIGTERM)
+
+    assert run.finish() == 143, run.stderr()
+    assert wait_gone(root) == []
+    assert not root.parent.exists()
+
+
+@STOPS
+def test_a_stop_signal_aborts_a_simulator_run_and_its_training_processes(
+    tmp_path: Path, sig: signal.Signals, code: int, reason: str
+) -> None:
+    run = Run(tmp_path, mode="simulator")
+    wait_until(
+        lambda: "round 1/500" in run.stdout() or run.proc.poll() is not None,
+        WAIT,
+        "the first round",
+    )
+    assert run.proc.poll() is None, run.stdout() + run.stderr()
+
+    run.proc.send_signal(sig)
+
+    assert run.finish() == code, run.stderr()
+    summary = json.loads((tmp_path / "ws" / "summary.json").read_text())
+    assert summary["status"] == "aborted"
+    assert wait_gone(tmp_path) == []  # the training processes of the run
