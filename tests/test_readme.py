@@ -23,7 +23,8 @@ def test_the_readme_says_how_to_reach_fl_core_before_using_it_bare() -> None:
     commands = _commands((REPO / "README.md").read_text())
     activate = commands.index(". .venv/bin/activate      # then: fl-core --version")
     # `fl-core run ...` is a command; `fl-core simulator: job ...` is printed output.
-    first_bare = next(i for i, c in enumerate(commands) if re.match(r"fl-core [a-z-]+( |$)", c))
+    command = re.compile(r"fl-core (run|poc|job|plugins|version|--version)( |$)")
+    first_bare = next(i for i, c in enumerate(commands) if command.match(c))
     assert activate < first_bare
 
 
