@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -152,6 +153,12 @@ def _job_row(job: dict[str, Any]) -> str:
     )
 
 
+def _record_json(record: dict[str, Any]) -> str:
+    """The record as indented JSON, a list of numbers (the round times) on one line."""
+    text = json.dumps(record, indent=2)
+    return re.sub(r"\[([-+\d.eE,\s]*)\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+
+
 def _line(out: TextIO, text: str) -> None:
     out.write(text + "\n")
     out.flush()
@@ -174,7 +181,7 @@ def job_command(args: argparse.Namespace, out: TextIO) -> int:
             for job in admin.list():
                 out.write(_job_row(job) + "\n")
         elif action == "status":
-            out.write(json.dumps(admin.status(args.job_id), indent=2) + "\n")
+            out.write(_record_json(admin.status(args.job_id)) + "\n")
         elif action == "abort":
             record = admin.abort(args.job_id)
             out.write(f"{args.job_id}: {record.get('state')}\n")

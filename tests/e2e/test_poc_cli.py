@@ -150,6 +150,10 @@ def test_two_pocs_run_at_once(tmp_path: Path) -> None:
             record = wait_final(ws, ids[clients])
             assert record["state"] == "finished", record
             assert record["sites"] == [f"site-{i}" for i in range(1, clients + 1)]
+            # The server job's own time for each round, shown on one line by `job status`.
+            assert len(record["round_seconds"]) == 2, record
+            shown = run_cli("job", "status", ids[clients], "--workspace", str(ws)).stdout
+            assert re.search(r'"round_seconds": \[[\d.e-]+, [\d.e-]+\]', shown), shown
             out = tmp_path / f"out-{clients}"
             got = run_cli(
                 "job", "download", ids[clients], "--output", str(out), "--workspace", str(ws)
