@@ -10,6 +10,7 @@ user would.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from fl_core.testing import write_job
 from fl_core.testing.stream_contract import wait_until
 
-from .test_poc_cli import FL_CORE, poc_root, processes_under, wait_gone
+from .test_poc_cli import FL_CORE, poc_root, processes_under, run_cli, wait_gone
 
 pytestmark = pytest.mark.e2e
 
@@ -170,3 +171,30 @@ def test_a_stop_signal_aborts_a_simulator_run_and_its_training_processes(
     summary = json.loads((tmp_path / "ws" / "summary.json").read_text())
     assert summary["status"] == "aborted"
     assert wait_gone(tmp_path) == []  # the training processes of the run
+
+
+def test_a_started_poc_outlives_the_terminal_that_started_it(tmp_path: Path) -> None:
+    # `poc start` is meant to leave a federation running: the hang-up of its terminal
+    # (SIGHUP to the terminal's process group) must not reach the POC's processes.
+    ws = tmp_path / "poc"
+    assert run_cli("poc", "prepare", "--workspace", str(ws)).returncode == 0
+    start = subprocess.Popen(
+        [*FL_CORE, "poc", "start", "--workspace", str(ws)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # stands for the terminal's session and process group
+    )
+    try:
+        out, _ = start.communicate(timeout=WAIT)
+        assert start.returncode == 0, out
+        try:
+            os.killpg(start.pid, signal.SIGHUP)
+        except ProcessLookupError:
+            pass  # nothing of the POC is in that group: the expected case
+        status = run_cli("poc", "status", "--workspace", str(ws))
+        assert status.returncode == 0, status.stdout + status.stderr
+    finally:
+        stopped = run_cli("poc", "stop", "--workspace", str(ws))
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert wait_gone(ws) == []
