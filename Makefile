@@ -17,6 +17,7 @@ demo: $(PY)
 	$(PIP) install --quiet -e .
 	$(VENV)/bin/fl-core run examples/hello-numpy --clients 3 --workspace fl-workspace/hello-numpy
 	$(PY) -c "import numpy as np; m = np.load('fl-workspace/hello-numpy/final_model.npz'); print('final model:', {k: m[k].ravel()[:3].tolist() for k in m.files})"
+	@echo "fl-core is installed in $(VENV): '. $(VENV)/bin/activate' puts it on your PATH (or run $(VENV)/bin/fl-core)"
 
 ## make test: install fl-core with [dev,torch,examples] and the test plugin package, lint, type-check, run the suite
 # The strict editable install links real files under fl_core/fl_plugins, which mypy needs.

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from fl_core import __version__
+from fl_core import __version__, cli_signals
 from fl_core.cli_poc import add_job_parsers, add_poc_parser, job_command, poc_command, run_poc
 from fl_core.errors import FlCoreError
 
@@ -38,11 +38,19 @@ class UsageError(FlCoreError):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fl-core", description="Federated learning runtime.")
+    parser.add_argument(
+        "--version", action="version", version=f"fl-core {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a job (simulator by default)")
     run.add_argument("job", type=Path, help="the job folder (holds job.yaml)")
-    run.add_argument("--mode", choices=("simulator", "poc", "production"), default="simulator")
+    run.add_argument(
+        "--mode",
+        choices=("simulator", "poc", "production"),
+        default="simulator",
+        help="simulator: one process (default); poc: real processes on this machine",
+    )
     run.add_argument("--clients", type=int, help="number of sites (default: min_clients)")
     run.add_argument(
         "--threads",
@@ -60,8 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     job = sub.add_parser("job", help="job commands")
     job_sub = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
     check = job_sub.add_parser("check", help="validate a job folder without running it")
-    check.add_argument("job", type=Path)
-    check.add_argument("--mode", choices=("simulator", "poc", "production"), default="simulator")
+    check.add_argument("job", type=Path, help="the job folder (holds job.yaml)")
+    check.add_argument(
+        "--mode",
+        choices=("simulator", "poc", "production"),
+        default="simulator",
+        help="check against this mode's plugins (default: simulator)",
+    )
     add_job_parsers(job_sub)
     add_poc_parser(sub)
 
@@ -87,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.setLevel(level)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(console)
+    # Ctrl-C, SIGTERM and SIGHUP all unwind through the same teardown (exit 130, 143, 129).
+    with cli_signals.handled():
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             return _run(args, sys.stdout)
@@ -106,9 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FlCoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        stopped = exc if isinstance(exc, cli_signals.Interrupted) else None
+        try:
+            print(stopped.reason if stopped else "interrupted", file=sys.stderr)
+        except (OSError, ValueError):
+            pass  # after SIGHUP the terminal may be gone; the exit code still says why
+        return stopped.exit_code if stopped else EXIT_INTERRUPTED
 
 
 def _plugins(out: TextIO) -> int:
@@ -187,6 +210,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     container = factory(job, clients=clients, threads=threads, workspace=workspace)
     container.on_event.override(progress)
     simulator = container.simulator()
+    _start_clean(workspace, out)
     out.write(
         f"fl-core simulator: job {job.name} (id {simulator.job_id}), {clients} sites, "
         f"{job.rounds} rounds, {threads} threads\n"
@@ -199,6 +223,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             f"finished in {result.elapsed:.2f} s: final model {workspace / 'final_model.npz'}, "
             f"metrics {workspace / 'metrics.json'}\n"
         )
+        _warn_if_empty(workspace / "final_model.npz")
         return EXIT_OK
     err = sys.stderr
     for site, failure in sorted(result.failures.items()):
@@ -207,7 +232,26 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             err.write(failure.detail.rstrip() + "\n")
     err.write(f"\nerror: job {job.name} {result.status}: {result.reason}\n")
     err.write(f"logs: {workspace / 'log.txt'}\n")
-    return EXIT_INTERRUPTED if result.status == JobStatus.ABORTED else EXIT_FAILED
+    if result.status == JobStatus.ABORTED:
+        signum = cli_signals.received()
+        return 128 + signum if signum is not None else EXIT_INTERRUPTED
+    return EXIT_FAILED
+
+
+def _warn_if_empty(final_model: Path) -> None:
+    from fl_core.cli_workspace import empty_model_warning
+
+    if warning := empty_model_warning(final_model):
+        print(warning, file=sys.stderr)
+
+
+def _start_clean(workspace: Path, out: TextIO) -> None:
+    """Give the run an empty workspace; an earlier run there is moved aside, and said so."""
+    from fl_core.cli_workspace import fresh_workspace
+
+    aside = fresh_workspace(workspace)
+    if aside is not None:
+        out.write(f"moved the earlier run in {workspace} to {aside}\n")
 
 
 class _Progress:
@@ -218,6 +262,9 @@ class _Progress:
         self.rounds = rounds
         self.quiet = quiet
         self.live = out.isatty()
+        # Only a terminal redraws the live count in place; in a log, `\r` would hide
+        # each line from `grep '^round'`.
+        self.cr = "\r" if self.live else ""
         self.started = time.monotonic()
         self.received = 0
         self.failed = 0
@@ -237,7 +284,9 @@ class _Progress:
                 self.received += 1
             else:
                 self.failed += 1
-                self.out.write(f"\r{label}: {data.get('site')} failed: {data.get('reason')}\n")
+                self.out.write(
+                    f"{self.cr}{label}: {data.get('site')} failed: {data.get('reason')}\n"
+                )
             if self.live:
                 self.out.write(f"\r{label}: {self.received}/{self.sites} results")
                 self.out.flush()
@@ -250,7 +299,8 @@ class _Progress:
                 )
             elapsed = time.monotonic() - self.started
             self.out.write(
-                f"\r{label}: {self.received}/{self.sites} results  {shown}  ({elapsed:.2f} s)\n"
+                f"{self.cr}{label}: {self.received}/{self.sites} results  {shown}  "
+                f"({elapsed:.2f} s)\n"
             )
             self.out.flush()
 

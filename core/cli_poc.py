@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
+import re
+import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from fl_core.errors import FlCoreError
+from fl_core import cli_signals
+from fl_core.errors import ConfigError, FlCoreError
 
 __all__ = ["add_job_parsers", "add_poc_parser", "job_command", "poc_command", "run_poc"]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
-EXIT_INTERRUPTED: Final = 130
 DEFAULT_POC: Final = Path("fl-poc")
 TRANSPORTS: Final = ("tcp", "grpc")
 STATUS_POLL: Final = 0.25
@@ -46,8 +45,17 @@ def add_poc_parser(sub: Any) -> None:
         _workspace_option(action)
         if name == "prepare":
             action.add_argument("--clients", type=_positive, default=2, help="sites (default: 2)")
-            action.add_argument("--transport", choices=TRANSPORTS, default="tcp")
-            action.add_argument("--force", action="store_true", help="overwrite a non-empty DIR")
+            action.add_argument(
+                "--transport",
+                choices=TRANSPORTS,
+                default="tcp",
+                help="the federation's transport (default: tcp)",
+            )
+            action.add_argument(
+                "--force",
+                action="store_true",
+                help="empty a --workspace that already holds something (refused if it runs)",
+            )
         if name in ("start", "stop"):
             action.add_argument(
                 "--timeout", type=float, default=60.0, help="seconds to wait (default: 60)"
@@ -57,15 +65,15 @@ def add_poc_parser(sub: Any) -> None:
 def add_job_parsers(job_sub: Any) -> None:
     """Add the admin actions to `fl-core job ...` (beside `check`)."""
     submit = job_sub.add_parser("submit", help="submit a job folder to a running POC")
-    submit.add_argument("job", type=Path)
+    submit.add_argument("job", type=Path, help="the job folder (holds job.yaml)")
     job_sub.add_parser("list", help="list the jobs")
     for name, text in (("status", "show a job's record"), ("abort", "abort a job")):
-        job_sub.add_parser(name, help=text).add_argument("job_id")
+        job_sub.add_parser(name, help=text).add_argument("job_id", help="the job's id")
     logs = job_sub.add_parser("logs", help="print the tail of a job's log")
-    logs.add_argument("job_id")
+    logs.add_argument("job_id", help="the job's id")
     logs.add_argument("--site", help="a site's client job log (default: the server job's)")
     download = job_sub.add_parser("download", help="download a job's server workspace")
-    download.add_argument("job_id")
+    download.add_argument("job_id", help="the job's id")
     download.add_argument(
         "--output", type=Path, help="where to unpack it (default: ./fl-workspace/<job name>)"
     )
@@ -145,6 +153,12 @@ def _job_row(job: dict[str, Any]) -> str:
     )
 
 
+def _record_json(record: dict[str, Any]) -> str:
+    """The record as indented JSON, a list of numbers (the round times) on one line."""
+    text = json.dumps(record, indent=2)
+    return re.sub(r"\[([-+\d.eE,\s]*)\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+
+
 def _line(out: TextIO, text: str) -> None:
     out.write(text + "\n")
     out.flush()
@@ -167,7 +181,7 @@ def job_command(args: argparse.Namespace, out: TextIO) -> int:
             for job in admin.list():
                 out.write(_job_row(job) + "\n")
         elif action == "status":
-            out.write(json.dumps(admin.status(args.job_id), indent=2) + "\n")
+            out.write(_record_json(admin.status(args.job_id)) + "\n")
         elif action == "abort":
             record = admin.abort(args.job_id)
             out.write(f"{args.job_id}: {record.get('state')}\n")
@@ -183,18 +197,33 @@ def job_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Run one job in an ephemeral POC: prepare, start, submit, follow, download, stop."""
+    """Run one job in an ephemeral POC: prepare, start, submit, follow, download, stop.
+
+    Nothing of the POC outlives the command, however it ends: Ctrl-C, SIGTERM
+    or SIGHUP (see `fl_core.cli_signals`) abort the job, stop the POC and
+    remove its temporary folder, and a second signal does not cut that short.
+    """
+    from fl_core.cli_workspace import empty_model_warning, fresh_workspace
     from fl_core.config import load_job
     from fl_core.runtime import poc
-    from fl_core.runtime.admin_client import AdminClient
 
     job = load_job(args.job)
     clients = args.clients if args.clients is not None else job.min_clients
+    if clients < job.min_clients:
+        # The server would wait for sites that never come: refuse, as the simulator does.
+        raise ConfigError(
+            "--clients", "", f"{clients} sites is fewer than min_clients {job.min_clients}"
+        )
     transport = args.transport or "tcp"
     output = args.workspace or Path("fl-workspace") / job.name
+    aside = fresh_workspace(output)
+    if aside is not None:
+        _line(out, f"moved the earlier run in {output} to {aside}")
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="fl-poc-") as tmp:
-        config = poc.prepare(Path(tmp) / "poc", clients, transport)
+    cli_signals.teardown_only()
+    tmp = Path(tempfile.mkdtemp(prefix="fl-poc-"))
+    try:
+        config = poc.prepare(tmp / "poc", clients, transport)
         try:
             out.write(
                 f"fl-core poc: job {job.name}, {clients} sites, {job.rounds} rounds, "
@@ -202,30 +231,24 @@ def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             )
             out.flush()
             poc.start(config, on_progress=None if args.quiet else lambda s: _line(out, s))
-            with AdminClient(config) as admin:
-                job_id = admin.submit(job.job_dir)
-                _line(out, f"submitted job {job.name} (id {job_id})")
-                try:
-                    record = _follow(admin, job_id, out, quiet=args.quiet)
-                except KeyboardInterrupt:
-                    with _no_interrupts():
-                        _line(err, f"interrupted: aborting job {job.name} and stopping the POC")
-                        try:
-                            admin.abort(job_id)
-                        except FlCoreError as exc:
-                            # Stopping the POC below ends the job's processes anyway.
-                            _line(err, f"the abort failed ({exc}); stopping the POC")
-                    raise
-                missing = _download(admin, job_id, output, record)
+            record, missing = _submit_and_follow(config, job, output, out, err, quiet=args.quiet)
         finally:
-            with _no_interrupts():
+            with cli_signals.held():
                 poc.stop(config)
+    finally:
+        with cli_signals.held():
+            # Whatever a signal cut short (a process spawned but not yet recorded), none of
+            # it may outlive the run: every process of this POC names its private folder.
+            poc.sweep(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
     state = record.get("state")
     if state == "finished":
         out.write(
             f"finished in {time.monotonic() - started:.2f} s: final model "
             f"{output / 'final_model.npz'}, metrics {output / 'metrics.json'}\n"
         )
+        if warning := empty_model_warning(output / "final_model.npz"):
+            _line(err, warning)
         return EXIT_OK
     err.write(f"\nerror: job {job.name} {state}: {record.get('reason') or 'no reason given'}\n")
     if missing:
@@ -233,6 +256,36 @@ def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         err.write(f"logs: {output / 'log.txt'}\n")
     return EXIT_FAILED
+
+
+def _submit_and_follow(
+    config: Any, job: Any, output: Path, out: TextIO, err: TextIO, *, quiet: bool
+) -> tuple[dict[str, Any], str]:
+    """Submit the job, follow it to its end and download it; returns (record, why not)."""
+    from fl_core.runtime.admin_client import AdminClient
+
+    with AdminClient(config) as admin:
+        job_id = admin.submit(job.job_dir)
+        _line(out, f"submitted job {job.name} (id {job_id})")
+        try:
+            record = _follow(admin, job_id, out, quiet=quiet)
+        except cli_signals.Interrupted as exc:
+            _say(err, f"{exc.reason}: aborting job {job.name} and stopping the POC")
+            try:
+                admin.abort(job_id)
+            except FlCoreError as abort_error:
+                # Stopping the POC next ends the job's processes anyway.
+                _say(err, f"the abort failed ({abort_error}); stopping the POC")
+            raise
+        return record, _download(admin, job_id, output, record)
+
+
+def _say(err: TextIO, text: str) -> None:
+    """Best effort: after SIGHUP the terminal may be gone, and teardown must go on."""
+    try:
+        _line(err, text)
+    except (OSError, ValueError):
+        pass
 
 
 def _download(admin: Any, job_id: str, output: Path, record: dict[str, Any]) -> str:
@@ -247,42 +300,39 @@ def _download(admin: Any, job_id: str, output: Path, record: dict[str, Any]) -> 
 
 
 def _follow(admin: Any, job_id: str, out: TextIO, *, quiet: bool) -> dict[str, Any]:
-    """Poll the job until it is final, printing its state changes and rounds as they pass."""
+    """Poll the job until it is final, printing its state changes and rounds as they pass.
+
+    Each round's line carries how long that round took, as the server job
+    measured it (the record keeps the last rounds' durations), since several
+    rounds may pass between two polls.
+    """
     from fl_core.runtime.parents import JobState
 
     state = ""
     shown = 0
-    started = time.monotonic()
     while True:
         record: dict[str, Any] = admin.status(job_id)
         rounds = int(record.get("rounds") or 0)
-        if record.get("state") != state:
-            state = str(record.get("state"))
+        new_state = str(record.get("state"))
+        final = JobState(new_state).final
+        if new_state != state and not final:
+            state = new_state
             if not quiet:
                 _line(out, f"job {job_id}: {state}")
         # `round` counts up as rounds pass; a line per round done, as the simulator prints.
-        done = int(record.get("round") or 0)
-        if state == JobState.FINISHED:
+        done = min(int(record.get("round") or 0), rounds)
+        if new_state == JobState.FINISHED:
             done = rounds
-        while shown < min(done, rounds):
+        times = [float(t) for t in record.get("round_seconds") or []]
+        while shown < done:
             shown += 1
             if not quiet:
-                # Time since submission: rounds that pass between two polls share a stamp.
-                _line(out, f"round {shown}/{rounds}: done  ({time.monotonic() - started:.2f} s)")
-        if JobState(state).final:
+                index = shown - (done - len(times)) - 1
+                took = f"  ({times[index]:.2f} s)" if 0 <= index < len(times) else ""
+                _line(out, f"round {shown}/{rounds}: done{took}")
+        if final:
+            # After the rounds' lines, so the end is the last thing said.
+            if not quiet:
+                _line(out, f"job {job_id}: {new_state}")
             return record
         time.sleep(STATUS_POLL)
-
-
-@contextmanager
-def _no_interrupts() -> Iterator[None]:
-    """Hold off Ctrl-C while the POC is taken down, so no process is left behind."""
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: signals cannot be masked here
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,3 +122,109 @@ def test_job_check_checks_the_pipes_options(tmp_path: Path) -> None:
     assert "components.pipe.options.colour: `file` has no such option" in proc.stderr
     good = _job(tmp_path / "good", components={"pipe": {"name": "cell"}})
     assert fl_core("job", "check", str(good)).returncode == 0
+
+
+def test_simulator_progress_in_a_log_is_plain_lines(tmp_path: Path) -> None:
+    # Output to a pipe or file is not a terminal: no `\r`, so `grep '^round'` finds each round.
+    # Bytes, not text: text mode would turn each `\r` into a line break.
+    proc = subprocess.run(
+        [sys.executable, "-m", "fl_core.cli", "run", str(HELLO), "--workspace", str(tmp_path)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert b"\r" not in proc.stdout
+    lines = proc.stdout.decode().split("\n")
+    rounds = [line.split(":")[0] for line in lines if line.startswith("round ")]
+    assert rounds == [f"round {n}/5" for n in range(1, 6)]
+
+
+def test_version_prints_the_version_and_exits_0() -> None:
+    proc = fl_core("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"fl-core {__version__}"
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, Any]]:
+    """(command path, parser) for `parser` and every sub-command under it."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_every_command_argument_and_option_has_help() -> None:
+    from fl_core.cli import _parser
+
+    missing = []
+    for path, parser in _parsers(_parser(), "fl-core"):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helped = {choice.dest for choice in action._choices_actions if choice.help}
+                missing += [f"{path} {name}" for name in action.choices if name not in helped]
+            elif not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
+
+
+def test_help_names_only_arguments_that_exist() -> None:
+    # `poc prepare --force` once spoke of a DIR argument there is none of.
+    proc = fl_core("poc", "prepare", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "DIR" not in proc.stdout
+
+
+def _earlier_run(ws: Path) -> None:
+    (ws / "trainers" / "site-1").mkdir(parents=True)
+    (ws / "trainers" / "site-1" / "stderr.log").write_text("earlier\n")
+    (ws / "log.txt").write_text("the earlier run\n")
+    (ws / "site_metrics.jsonl").write_text('{"earlier": true}\n')
+
+
+def test_a_reused_workspace_starts_clean_and_the_earlier_run_is_moved_aside(
+    tmp_path: Path,
+) -> None:
+    ws = tmp_path / "ws"
+    _earlier_run(ws)
+    (tmp_path / "ws.1").mkdir()  # taken: the next free name is used
+
+    proc = fl_core("run", str(HELLO), "--workspace", str(ws))
+
+    assert proc.returncode == 0, proc.stderr
+    assert f"moved the earlier run in {ws} to {tmp_path / 'ws.2'}" in proc.stdout
+    assert "the earlier run" not in (ws / "log.txt").read_text()
+    assert "earlier" not in (ws / "site_metrics.jsonl").read_text()
+    assert not (ws / "trainers" / "site-1" / "stderr.log").exists()
+    assert (tmp_path / "ws.2" / "log.txt").read_text() == "the earlier run\n"
+
+
+def test_a_workspace_holding_other_files_is_refused_and_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine\n")
+
+    proc = fl_core("run", str(HELLO), "--workspace", str(tmp_path))
+
+    assert proc.returncode == 1
+    assert f"--workspace {tmp_path} is not empty and holds no earlier fl-core run" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def _job_without_initial_model(tmp_path: Path) -> Path:
+    # Updates what it receives, as hello-numpy does: with no initial model, nothing.
+    script = (HELLO / "train.py").read_text()
+    return write_job(tmp_path / "job", script=script)
+
+
+def test_a_job_ending_with_an_empty_model_is_warned_about(tmp_path: Path) -> None:
+    proc = fl_core(
+        "run", str(_job_without_initial_model(tmp_path)), "--workspace", str(tmp_path / "ws")
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: the final model {tmp_path / 'ws' / 'final_model.npz'} is empty" in proc.stderr
+    assert "without initial_model" in proc.stderr
+
+
+def test_a_job_with_a_model_gets_no_such_warning(tmp_path: Path) -> None:
+    proc = fl_core("run", str(HELLO), "--workspace", str(tmp_path / "ws"))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr

@@ -98,3 +98,16 @@ def test_job_check_in_poc_mode_accepts_hello_numpy() -> None:
     proc = fl_core("job", "check", "--mode", "poc", str(HELLO))
     assert proc.returncode == 0, proc.stderr
     assert "ok (job 'hello-numpy'" in proc.stdout
+
+
+@pytest.mark.parametrize("mode", ["simulator", "poc"])
+def test_run_refuses_fewer_clients_than_min_clients_in_either_mode(
+    tmp_path: Path, mode: str
+) -> None:
+    # Before, POC started a federation that waited at `submitted` for a site that never came.
+    proc = fl_core(
+        "run", "--mode", mode, str(HELLO), "--clients", "1", "--workspace", str(tmp_path / "ws")
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "error: --clients: 1 sites is fewer than min_clients 2" in proc.stderr
+    assert "registered" not in proc.stdout  # refused before any process started

@@ -65,6 +65,8 @@ def _number(v: object) -> bool:
 
 
 _Check = tuple[Callable[[object], bool], str]
+KEPT_ROUND_TIMES: Final = 256
+"""Round durations a record keeps: enough for a follower that polls a few times a second."""
 _STR: Final[_Check] = (lambda v: isinstance(v, str), "a string")
 _TIME: Final[_Check] = (lambda v: v is None or _number(v), "a time in seconds or null")
 _COUNT: Final[_Check] = (lambda v: _number(v) and isinstance(v, int) and v >= 1, "an integer >= 1")
@@ -82,6 +84,10 @@ _CHECKS: Final[dict[str, _Check]] = {
     "sites": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "site names"),
     "round": (lambda v: _number(v) and isinstance(v, int) and v >= 0, "an integer >= 0"),
     "schedule_timeout": (is_seconds, "a number of seconds > 0"),
+    "round_seconds": (
+        lambda v: isinstance(v, list) and len(v) <= KEPT_ROUND_TIMES and all(map(_number, v)),
+        f"a list of at most {KEPT_ROUND_TIMES} durations in seconds",
+    ),
 }
 
 CORRUPT: Final = "corrupt"
@@ -105,6 +111,8 @@ class JobRecord:
     round: int = 0
     schedule_timeout: float = DEFAULT_SCHEDULE_TIMEOUT
     """Seconds the job may wait for its sites before it fails (the job config's option)."""
+    round_seconds: list[float] = field(default_factory=list)
+    """How long each of the last rounds took, oldest first; the last is round `round`."""
 
     def to_json(self) -> dict[str, object]:
         """The record as plain JSON types; `state` as its string value."""

@@ -15,6 +15,7 @@ sends to the process's log file.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import os
@@ -213,6 +214,7 @@ def server_job(args: argparse.Namespace) -> int:
     from fl_core.errors import CellError, JobFailedError
     from fl_core.model import FLModel, load_params, save_params
     from fl_core.plugins import make_plugin_manager
+    from fl_core.runtime.job_store import KEPT_ROUND_TIMES
     from fl_core.runtime.parents import JOB_SECRET_ENV, Field, JobState, ParentTopic, job_key
     from fl_core.runtime.protocol import Topic
     from fl_core.runtime.server_runner import ServerRunner
@@ -236,6 +238,8 @@ def server_job(args: argparse.Namespace) -> int:
     cell = Cell(f"server.{args.job_id}", transport)
     start = time.monotonic()
     progress: dict[str, object] = {"round": 0}
+    round_started = [start]
+    round_seconds: collections.deque[float] = collections.deque(maxlen=KEPT_ROUND_TIMES)
 
     def report(state: JobState, reason: str = "", *, final: bool = False) -> None:
         payload = {
@@ -244,6 +248,7 @@ def server_job(args: argparse.Namespace) -> int:
             Field.ROUND: progress["round"],
             Field.TOTAL_ROUNDS: job.rounds,
             Field.REASON: reason,
+            Field.ROUND_SECONDS: list(round_seconds),
         }
         try:
             if final:  # answered, so it is in before this process exits
@@ -256,8 +261,11 @@ def server_job(args: argparse.Namespace) -> int:
             log.warning("could not report %s to the server parent: %s", state, exc)
 
     def on_event(event: WorkflowEvent, round_number: int, data: dict[str, object]) -> None:
+        if event == WorkflowEvent.ROUND_STARTED:
+            round_started[0] = time.monotonic()
         if event == WorkflowEvent.ROUND_FINISHED:
             progress["round"] = round_number + 1
+            round_seconds.append(round(time.monotonic() - round_started[0], 4))
             report(JobState.RUNNING)
         log.info("round %d: %s %s", round_number + 1, event, json.dumps(data, default=str))
 

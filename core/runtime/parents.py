@@ -163,6 +163,7 @@ class Field(enum.StrEnum):
     STATE = "state"
     ROUND = "round"
     TOTAL_ROUNDS = "total_rounds"
+    ROUND_SECONDS = "round_seconds"
     SERVER_JOB = "server_job"
     HEARTBEAT_INTERVAL = "heartbeat_interval"
     WHICH = "which"

@@ -41,6 +41,7 @@ __all__ = [
     "start",
     "status",
     "stop",
+    "sweep",
 ]
 
 PID_FILE: Final = "pid"
@@ -238,6 +239,50 @@ def _terminate(pids: list[int], grace: float = KILL_WAIT) -> list[int]:
         if not pids:
             break
     return pids
+
+
+def _naming(root: Path) -> list[int]:
+    """Live processes (not this one) whose command line names a path under `root`."""
+    needle = (str(root).rstrip("/") + "/").encode()
+    found: list[int] = []
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return found  # no /proc: the pid files are all there is
+    for entry in entries:
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if needle in cmdline and pid_running(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def sweep(root: Path, grace: float = KILL_WAIT) -> list[int]:
+    """End every process whose command line names a path under `root`; return their pids.
+
+    For a POC folder that nothing else refers to, such as the temporary one of
+    `fl-core run --mode poc`: every process of a POC names its folder (server
+    and client parents their `federation.yaml`, job processes and their
+    supervisors their job folders, training processes their script). After a
+    clean `stop` there is nothing to find; this catches what an interrupted
+    `start` spawned but did not get to record. SIGTERM, then SIGKILL after `grace`.
+    """
+    root = Path(root).resolve()
+    ended: list[int] = []
+    # Again after each round: a parent ended in one round may have spawned a child just before.
+    for _ in range(3):
+        found = _naming(root)
+        if not found:
+            break
+        survivors = _terminate(found, grace)
+        if survivors:
+            raise PocError(f"could not stop processes {survivors} of the POC in {root}")
+        ended += found
+    return ended
 
 
 # --- start / stop / status ------------------------------------------------------

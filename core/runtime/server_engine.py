@@ -34,7 +34,14 @@ from fl_core.cell.proof import AdmissionRefused
 from fl_core.config.federation import FederationConfig
 from fl_core.errors import CellError, FlCoreError
 from fl_core.runtime.credentials import read_secret
-from fl_core.runtime.job_store import CorruptJob, JobCheck, JobRecord, JobStore, UnknownJobError
+from fl_core.runtime.job_store import (
+    KEPT_ROUND_TIMES,
+    CorruptJob,
+    JobCheck,
+    JobRecord,
+    JobStore,
+    UnknownJobError,
+)
 from fl_core.runtime.parents import (
     ABORT_GRACE,
     ADMIN_PREFIX,
@@ -547,7 +554,10 @@ class ServerEngine:
         job.reported = dict(data)
         round_done = data.get(Field.ROUND)
         if isinstance(round_done, int) and data.get(Field.STATE) == JobState.RUNNING:
-            self.store.update(job_id, round=round_done)
+            seconds = data.get(Field.ROUND_SECONDS)
+            # The job's own timings, so a follower can say how long each round took.
+            times = seconds[-KEPT_ROUND_TIMES:] if isinstance(seconds, list) else []
+            self.store.update(job_id, round=round_done, round_seconds=times)
         return None
 
 
