@@ -34,6 +34,7 @@ import queue
 import secrets
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -269,11 +270,13 @@ class ProcessExecutor:
             self._launches += 1
             number = self._launches
         home = self.workspace / "trainers" / site
-        folder = home / f"pipe-{number}"
         try:
-            folder.mkdir(parents=True)
+            home.mkdir(parents=True, exist_ok=True)
+            # A name no other executor can hold: a job restarted in the same workspace
+            # (or an earlier one still tearing down) has its own `pipe-<n>-...` folders.
+            folder = Path(tempfile.mkdtemp(prefix=f"pipe-{number}-", dir=home))
         except OSError as exc:
-            raise _Failed(f"cannot create the pipe folder {folder}: {exc}") from exc
+            raise _Failed(f"cannot create a pipe folder in {home}: {exc}") from exc
         # Unique across jobs and restarts: a pipe root the job config names is shared.
         name = f"{site}-{number}-{secrets.token_hex(4)}"
         pipe = self.make_pipe()
@@ -412,7 +415,7 @@ class ProcessExecutor:
                 isinstance(body, dict)
                 and isinstance(body.get("key"), str)
                 and isinstance(body.get("value"), int | float)
-                and (body.get("step") is None or isinstance(body.get("step"), int))
+                and (body.get("step") is None or type(body.get("step")) is int)
             ):
                 self._logs(site, body["key"], float(body["value"]), body.get("step"))
             else:

@@ -398,7 +398,8 @@ def test_jobs_sharing_a_pipe_root_never_see_each_others_messages(
         "flare.init()\ntime.sleep(600)\n", pipe_options={"root": str(root)}, task_timeout=1.0
     )
     assert "did not send a result" in _run(first, _task(1)).reason
-    first.stop("done", 1.0)
+    # The outcome comes before the process is ended: stop returns once it is.
+    assert first.stop("done", 10.0) == []
     left = set(root.iterdir())  # the killed script's pipe: its messages stay unread
     assert len(left) == 1
     second = make_executor(ECHO, pipe_options={"root": str(root)})
@@ -407,6 +408,18 @@ def test_jobs_sharing_a_pipe_root_never_see_each_others_messages(
     np.testing.assert_array_equal(outcome.result.params["w"], np.full(2, 6.0))
     second.stop("done", 5.0)
     assert set(root.iterdir()) == left  # the pipe whose script closed its end went
+
+
+def test_two_executors_in_one_workspace_get_separate_pipe_folders(
+    make_executor: Callable[..., ProcessExecutor],
+) -> None:
+    # A job restarted in the same workspace while the old one's process still runs.
+    first = make_executor(ECHO)
+    assert _run(first, _task(1)).result is not None
+    second = make_executor(ECHO)
+    outcome = _run(second, _task(2))
+    assert outcome.result is not None, outcome.reason
+    assert first.stop("done", 10.0) == [] and second.stop("done", 10.0) == []
 
 
 def test_threads_bounds_how_many_sites_run_at_once(
