@@ -148,11 +148,24 @@ class _OnceSession(_Session):
     def __init__(self, site: str, job_id: str, logs: LogSink, torch_sites: set[str]) -> None:
         super().__init__(site, job_id, logs, torch_sites)
         self.inbox: queue.Queue[tuple[Assignment, Done] | None] = queue.Queue()
+        self._pending: tuple[Assignment, Done] | None = None
+        """A task `is_running` took from the inbox, for the next `receive`."""
         self._ended = False
         self.finished: Outcome | None = None
         """How the script thread ended, once it has."""
 
     def receive(self, timeout: float | None) -> FLModel | None:
+        with self._lock:
+            item, self._pending = self._pending, None
+        if item is None:
+            item = self._next(timeout)
+        if item is None:
+            return None
+        with self._lock:
+            self._current = item
+        return _read_only(item[0].model)
+
+    def _next(self, timeout: float | None) -> tuple[Assignment, Done] | None:
         if self._ended:
             return None
         try:
@@ -161,13 +174,26 @@ class _OnceSession(_Session):
             return None
         if item is None:
             self._ended = True
-            return None
-        with self._lock:
-            self._current = item
-        return _read_only(item[0].model)
+        return item
 
     def is_running(self) -> bool:
-        return not self._ended
+        """Waits for the next task (kept for `receive`) or the end, as FLARE's does."""
+        with self._lock:
+            if self._current is not None or self._pending is not None:
+                return True
+        item = self._next(None)
+        if item is None:
+            return False
+        with self._lock:
+            self._pending = item
+        return True
+
+    def _take_current(self) -> tuple[Assignment, Done] | None:
+        with self._lock:
+            current, self._current = self._current, None
+            if current is None:
+                current, self._pending = self._pending, None
+            return current
 
 
 def _script_traceback(exc: BaseException, script: Path) -> str:
