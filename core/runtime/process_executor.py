@@ -46,6 +46,7 @@ from fl_core.config import LaunchMode
 from fl_core.model import FLModel
 from fl_core.runtime.executor import Assignment, Done, LogSink, Outcome
 from fl_core.runtime.pids import describe_exit, read_tail
+from fl_core.runtime.script_errors import ScriptError, ScriptErrorSink, last_line
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
 from fl_core.spec.pipe import PeerGoneError, Pipe, PipeContext, PipeError, PipeMessage, PipeSide
 
@@ -77,6 +78,12 @@ class _Trainer:
     stderr_file: Path
     stderr_offset: int
     number: int
+    last_round: int | None = None
+    """The round of the last result it sent."""
+
+
+_Item = tuple[Assignment, Done] | Callable[[], None] | None
+"""A site worker's inbox: a task, a `finish` callback, or None to stop."""
 
 
 class ProcessExecutor:
@@ -107,6 +114,8 @@ class ProcessExecutor:
         python: str | None = None,
         send_timeout: float = 3600.0,
         threads: int | None = None,
+        on_script_error: ScriptErrorSink | None = None,
+        fail_on_script_error: bool = False,
     ) -> None:
         self.script = script
         self.launch = launch
@@ -121,9 +130,13 @@ class ProcessExecutor:
         self.send_timeout = send_timeout
         """Seconds a hand-over may take when the task has no `task_timeout`."""
         self.python = python or sys.executable
+        self.on_script_error = on_script_error
+        """Hears of a script that ends badly after its result (else a WARNING is logged)."""
+        self.fail_on_script_error = fail_on_script_error
+        """per_task: a script that ends badly after its result fails that task."""
         self._logs = logs
         self._lock = threading.Lock()
-        self._inboxes: dict[str, queue.SimpleQueue[tuple[Assignment, Done] | None]] = {}
+        self._inboxes: dict[str, queue.SimpleQueue[_Item]] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._trainers: dict[str, _Trainer] = {}
         self._torch_sites: set[str] = set()
@@ -157,6 +170,18 @@ class ProcessExecutor:
                 return
         done(Outcome(reason=stopped))
 
+    def finish(self, site: str, then: Callable[[], None]) -> None:
+        """No more work for `site`: its process is told `end`, then `then()` is called.
+
+        A bad end (non-zero, killed, stopped) is reported to `on_script_error` first.
+        """
+        with self._lock:
+            inbox = self._inboxes.get(site) if self._stopped is None else None
+            if inbox is not None:
+                inbox.put(then)  # after any task still in hand
+                return
+        then()
+
     def stop(self, reason: str, grace: float = 5.0) -> list[str]:
         """End every training process; returns the sites whose process outlived `grace` s.
 
@@ -188,9 +213,13 @@ class ProcessExecutor:
 
     # --- one site's worker --------------------------------------------------------
 
-    def _serve(self, site: str, inbox: queue.SimpleQueue[tuple[Assignment, Done] | None]) -> None:
+    def _serve(self, site: str, inbox: queue.SimpleQueue[_Item]) -> None:
         try:
             while (item := inbox.get()) is not None:
+                if callable(item):
+                    self._end(site, report=True)
+                    self._call(site, item)
+                    continue
                 task, done = item
                 del item
                 if self._stopped is not None:
@@ -210,14 +239,29 @@ class ProcessExecutor:
                         outcome = Outcome(reason=f"the process executor failed: {exc}")
                     if outcome.result is None and self._stopped is not None:
                         outcome = Outcome(reason=self._stopped, detail=outcome.detail)
-                    # The result first: ending a per_task process may take up to grace.
+                    if end and outcome.result is not None and self.fail_on_script_error:
+                        # Its exit decides whether the result counts.
+                        error, end = self._end(site, patient=True), False
+                        if error is not None:
+                            outcome = Outcome(reason=error.describe())
+                    # Else the result first: ending a per_task process may take up to grace.
                     self._report(site, done, outcome)
                     if end:
-                        self._end(site)
+                        self._end(site, report=outcome.result is not None)
         finally:
             self._end(site)
             while (item := self._take_left(inbox)) is not None:
-                self._report(site, item[1], Outcome(reason=self._stopped or "the job ended"))
+                if callable(item):
+                    self._call(site, item)
+                else:
+                    self._report(site, item[1], Outcome(reason=self._stopped or "the job ended"))
+
+    @staticmethod
+    def _call(site: str, then: Callable[[], None]) -> None:
+        try:
+            then()
+        except Exception:
+            log.exception("%s: a finish callback failed", site)
 
     @staticmethod
     def _report(site: str, done: Done, outcome: Outcome) -> None:
@@ -229,9 +273,7 @@ class ProcessExecutor:
             log.exception("%s: handing over a task's outcome failed", site)
 
     @staticmethod
-    def _take_left(
-        inbox: queue.SimpleQueue[tuple[Assignment, Done] | None],
-    ) -> tuple[Assignment, Done] | None:
+    def _take_left(inbox: queue.SimpleQueue[_Item]) -> _Item:
         while True:
             try:
                 item = inbox.get_nowait()
@@ -248,7 +290,7 @@ class ProcessExecutor:
         deadline = math.inf if self.task_timeout is None else began + self.task_timeout
         trainer = self._trainers.get(site)
         if trainer is not None and trainer.handle.poll() is not None:
-            self._end(site)
+            self._end(site, report=True)  # it died between tasks, after its last result
             trainer = None
         if trainer is None:
             trainer = self._start(site, deadline)
@@ -259,10 +301,15 @@ class ProcessExecutor:
         }
         if site in self._torch_sites:
             headers[PARAMS_FORMAT] = TORCH  # it sent tensors last time
+        log.debug("%s: handing task %s to training process %d", site, task.task_id, trainer.number)
         self._hand_over(trainer, PipeMessage(Topic.TASK, headers, task.model), deadline)
         task_id = task.task_id
+        round_number = task.round_number
         del task  # the script has the model now; this process need not keep it
-        return self._wait_result(site, trainer, task_id, deadline)
+        outcome = self._wait_result(site, trainer, task_id, deadline)
+        if outcome.result is not None:
+            trainer.last_round = round_number
+        return outcome
 
     def _start(self, site: str, deadline: float) -> _Trainer:
         """Launch the site's script and wait for it to open its end of the pipe."""
@@ -449,28 +496,67 @@ class ProcessExecutor:
         """Give a script that closed its pipe a moment to exit, so its exit code is known."""
         trainer.handle.wait(min(self._grace, 5.0))
 
-    def _end(self, site: str) -> None:
-        """Tell the site's process `end`, let it exit within grace, then stop it; close the pipe."""
+    def _end(
+        self, site: str, *, report: bool = False, patient: bool | None = None
+    ) -> ScriptError | None:
+        """Tell the site's process `end`, let it exit within grace, then stop it; close the pipe.
+
+        Returns how it ended if that was bad (non-zero, killed, or it had to be
+        stopped); with `report`, also hands that to `on_script_error` unless
+        the executor is stopping. `patient` (default: `report`): the script
+        is expected to end by itself, so it gets the grace period even if it
+        cannot be told `end` (it may be closing already); otherwise such a
+        script (one that never opened its end, or failed) is stopped at once.
+        """
+        patient = report if patient is None else patient
         trainer = self._trainers.pop(site, None)
         if trainer is None:
-            return
+            return None
         number = trainer.number
-        if trainer.handle.poll() is None and self._tell_end(trainer):
-            if trainer.handle.wait(self._grace) is None:
-                log.warning("%s: training process %d did not exit; stopping it", site, number)
+        stopped = False
+        if trainer.handle.poll() is None:
+            # One grace period for `end` to be taken and for the exit.
+            deadline = time.monotonic() + self._grace
+            if self._tell_end(trainer, deadline) or patient:
+                # In slices: a `stop` meanwhile (an abort) ends the wait.
+                while trainer.handle.wait(_SLICE) is None:
+                    if time.monotonic() >= deadline or self._stopping.is_set():
+                        break
+            stopped = trainer.handle.poll() is None
         trainer.handle.terminate(self._grace)
         self._close_pipe(site, trainer.pipe, trainer.number)
         shutil.rmtree(trainer.folder, ignore_errors=True)
         code = trainer.handle.poll()
         ended = "exit code unknown" if code is None else describe_exit(code)
-        log.info("%s: training process %d ended (%s)", site, trainer.number, ended)
+        if not stopped and code == 0:
+            log.info("%s: training process %d ended (%s)", site, number, ended)
+            return None
+        what = ended
+        if stopped:
+            what = f"did not exit within {self._grace:g} s of end and was stopped ({ended})"
+        tail = read_tail(trainer.stderr_file, STDERR_TAIL, trainer.stderr_offset)
+        error = ScriptError(site, trainer.last_round, code, last_line(tail), what)
+        if not report or self._stopping.is_set():
+            log.info("%s: training process %d ended (%s)", site, number, what)
+        elif self.on_script_error is None:
+            log.warning("%s", error.describe())
+        else:
+            self.on_script_error(error)
+        return error
 
-    def _tell_end(self, trainer: _Trainer) -> bool:
-        """Send `end` to a script whose end of the pipe is open; whether it was sent."""
+    def _tell_end(self, trainer: _Trainer, deadline: float) -> bool:
+        """Send `end` to a script whose end of the pipe is open; whether it was taken."""
         if not trainer.pipe.peer_alive():
             return False  # not up (yet) or gone: nobody to tell, terminate at once
         try:
-            return trainer.pipe.send(PipeMessage(Topic.END), min(1.0, self._grace))
+            # Over a cell pipe, a send waits for the script's receive: one try per slice,
+            # so a `stop` meanwhile ends the wait (a send not taken is dropped by the peer).
+            while not trainer.pipe.send(PipeMessage(Topic.END), _SLICE * 4):
+                if time.monotonic() >= deadline or self._stopping.is_set():
+                    return False
+                if trainer.handle.poll() is not None:
+                    return False
+            return True
         except PipeError:
             return False  # it went meanwhile: terminate below ends what is left
 
