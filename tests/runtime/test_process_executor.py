@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -292,10 +292,7 @@ def test_stop_fails_the_running_task_and_ends_the_process_and_its_children(
     )
     got: list[Outcome] = []
     executor.execute("site-1", _task(1), got.append)
-    deadline = time.monotonic() + WAIT
-    while len(_pids(tmp_path)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(_pids(tmp_path)) == 2
+    wait_until(lambda: len(_pids(tmp_path)) == 2, WAIT, "the script and its child to start")
     assert executor.stop("the job was aborted", 1.0) == []
     assert [o.reason for o in got] == ["the job was aborted"]
     assert not any(pid_alive(p) for p in _pids(tmp_path))
@@ -359,17 +356,20 @@ def test_an_idle_process_is_told_end_and_exits_by_itself(
 
 
 def test_stop_ends_a_hand_over_to_a_script_that_never_receives(
-    make_executor: Callable[..., ProcessExecutor], tmp_path: Path
+    make_executor: Callable[..., ProcessExecutor],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # With the cell pipe the hand-over waits for the script's receive(), which never comes.
-    executor = make_executor("flare.init()\nPath('ready').touch()\ntime.sleep(600)\n")
+    executor = make_executor("flare.init()\ntime.sleep(600)\n")
     got: list[Outcome] = []
-    executor.execute("site-1", _task(1), got.append)
-    ready = tmp_path / "ws" / "trainers" / "site-1" / "ready"
-    deadline = time.monotonic() + WAIT
-    while not ready.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # the executor sees the script's end open and begins the hand-over
+    with caplog.at_level(logging.DEBUG, logger="fl_core.runtime.process_executor"):
+        executor.execute("site-1", _task(1), got.append)
+        wait_until(
+            lambda: "handing task task-1 to training process" in caplog.text,
+            WAIT,
+            "the executor to begin the hand-over",
+        )
     assert executor.stop("the job was aborted", 1.0) == []
     assert [o.reason for o in got] == ["the job was aborted"]
     assert not any(pid_alive(p) for p in _pids(tmp_path))
