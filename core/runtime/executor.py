@@ -370,7 +370,7 @@ class InProcessExecutor:
     def finish(self, site: str, then: Callable[[], None]) -> None:
         """No more work for `site`: a once script sees the end; `then()` once none runs."""
         with self._lock:
-            if self._busy.get(site, 0) > 0:
+            if self._busy.get(site, 0) > 0 and self._stopped is None:
                 self._finishing.setdefault(site, []).append(then)
                 once = self._once.get(site)
                 if once is not None:
@@ -477,4 +477,9 @@ class InProcessExecutor:
         deadline = time.monotonic() + grace
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:  # nothing more will end: whoever waits for a site, wait no longer
+            waiting = [then for callbacks in self._finishing.values() for then in callbacks]
+            self._finishing.clear()
+        for then in waiting:
+            then()
         return [t.name for t in threads if t.is_alive()]

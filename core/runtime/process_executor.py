@@ -38,24 +38,22 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from fl_core.client.pipe_session import ENV_VAR, PARAMS_FORMAT, TORCH, Topic
 from fl_core.config import LaunchMode
 from fl_core.model import FLModel
 from fl_core.runtime.executor import Assignment, Done, LogSink, Outcome
-from fl_core.runtime.pids import describe_exit, read_tail
+from fl_core.runtime.pids import describe_exit
 from fl_core.runtime.script_errors import ScriptError, ScriptErrorSink, last_line
-from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
+from fl_core.runtime.trainer_process import TrainerProcess, close_pipe
+from fl_core.spec.launcher import Launcher, LaunchSpec, ProcessType
 from fl_core.spec.pipe import PeerGoneError, Pipe, PipeContext, PipeError, PipeMessage, PipeSide
 
 __all__ = ["ProcessExecutor"]
 
 log = logging.getLogger(__name__)
 
-STDERR_TAIL = 4096
-"""Bytes of a failed script's stderr kept in the task's failure."""
 _SLICE = 0.25
 """Seconds per pipe wait, between checks of the process, the deadline and `stop`."""
 
@@ -66,20 +64,6 @@ class _Failed(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
         self.outcome = Outcome(reason=reason, detail=detail)
-
-
-@dataclass(slots=True)
-class _Trainer:
-    """One running training process and the ACTIVE end of its pipe."""
-
-    handle: JobHandle
-    pipe: Pipe
-    folder: Path
-    stderr_file: Path
-    stderr_offset: int
-    number: int
-    last_round: int | None = None
-    """The round of the last result it sent."""
 
 
 _Item = tuple[Assignment, Done] | Callable[[], None] | None
@@ -138,7 +122,7 @@ class ProcessExecutor:
         self._lock = threading.Lock()
         self._inboxes: dict[str, queue.SimpleQueue[_Item]] = {}
         self._threads: dict[str, threading.Thread] = {}
-        self._trainers: dict[str, _Trainer] = {}
+        self._trainers: dict[str, TrainerProcess] = {}
         self._torch_sites: set[str] = set()
         self._launches = 0
         self._stopped: str | None = None
@@ -311,7 +295,7 @@ class ProcessExecutor:
             trainer.last_round = round_number
         return outcome
 
-    def _start(self, site: str, deadline: float) -> _Trainer:
+    def _start(self, site: str, deadline: float) -> TrainerProcess:
         """Launch the site's script and wait for it to open its end of the pipe."""
         with self._lock:
             self._launches += 1
@@ -357,12 +341,12 @@ class ProcessExecutor:
             handle = self.launcher.launch(spec)
         except BaseException as exc:
             # Nothing runs yet: undo the pipe's end and folder whatever went wrong.
-            self._close_pipe(site, pipe, number)
+            close_pipe(site, pipe, number)
             shutil.rmtree(folder, ignore_errors=True)
             if isinstance(exc, Exception):
                 raise _Failed(f"{step}: {exc}") from exc
             raise
-        trainer = _Trainer(handle, pipe, folder, stderr_file, offset, number)
+        trainer = TrainerProcess(handle, pipe, folder, stderr_file, offset, number)
         self._trainers[site] = trainer
         log.info("%s: training process %d started (pipe %s)", site, number, self.pipe_name)
         limit = min(deadline, time.monotonic() + self.start_timeout)
@@ -387,11 +371,11 @@ class ProcessExecutor:
             "it was stopped"
         )
 
-    def _check_running(self, trainer: _Trainer, when: str) -> None:
+    def _check_running(self, trainer: TrainerProcess, when: str) -> None:
         """Raise `_Failed` (exit code, stderr tail) if the process has ended; or on `stop`."""
         code = trainer.handle.poll()
         if code is not None:
-            tail = read_tail(trainer.stderr_file, STDERR_TAIL, trainer.stderr_offset)
+            tail = trainer.stderr_tail()
             last = tail.strip().splitlines()[-1:] if tail.strip() else []
             reason = f"the training script {describe_exit(code)} {when}"
             if last:
@@ -400,7 +384,7 @@ class ProcessExecutor:
         if self._stopping.is_set():
             raise _Failed(self._stopped or "the job ended")
 
-    def _hand_over(self, trainer: _Trainer, message: PipeMessage, deadline: float) -> None:
+    def _hand_over(self, trainer: TrainerProcess, message: PipeMessage, deadline: float) -> None:
         """Send the task; its model may be big, so a send may take long: one try per gap."""
         limit = min(deadline, time.monotonic() + self.send_timeout)
         while True:
@@ -426,7 +410,9 @@ class ProcessExecutor:
                 raise _Failed(f"cannot hand the task to the training script: {exc}") from exc
             time.sleep(0.05)  # nobody took it yet (a cell pipe whose trainer is reconnecting)
 
-    def _wait_result(self, site: str, trainer: _Trainer, task_id: str, deadline: float) -> Outcome:
+    def _wait_result(
+        self, site: str, trainer: TrainerProcess, task_id: str, deadline: float
+    ) -> Outcome:
         silent = drained = False
         while True:
             try:
@@ -492,7 +478,7 @@ class ProcessExecutor:
         log.warning("%s: unexpected %r message from the training script", site, message.topic)
         return None
 
-    def _wait_exit(self, trainer: _Trainer) -> None:
+    def _wait_exit(self, trainer: TrainerProcess) -> None:
         """Give a script that closed its pipe a moment to exit, so its exit code is known."""
         trainer.handle.wait(min(self._grace, 5.0))
 
@@ -513,19 +499,10 @@ class ProcessExecutor:
         if trainer is None:
             return None
         number = trainer.number
-        stopped = False
-        if trainer.handle.poll() is None:
-            # One grace period for `end` to be taken and for the exit.
-            deadline = time.monotonic() + self._grace
-            if self._tell_end(trainer, deadline) or patient:
-                # In slices: a `stop` meanwhile (an abort) ends the wait.
-                while trainer.handle.wait(_SLICE) is None:
-                    if time.monotonic() >= deadline or self._stopping.is_set():
-                        break
-            stopped = trainer.handle.poll() is None
-        trainer.handle.terminate(self._grace)
-        self._close_pipe(site, trainer.pipe, trainer.number)
-        shutil.rmtree(trainer.folder, ignore_errors=True)
+        # A `stop` that comes while this end is under way cuts its wait short; the
+        # end that `stop` itself brings is told `end` and gets the grace period.
+        cut = threading.Event() if self._stopping.is_set() else self._stopping
+        stopped = trainer.end(site, self._grace, patient=patient, stopping=cut)
         code = trainer.handle.poll()
         ended = "exit code unknown" if code is None else describe_exit(code)
         if not stopped and code == 0:
@@ -534,8 +511,7 @@ class ProcessExecutor:
         what = ended
         if stopped:
             what = f"did not exit within {self._grace:g} s of end and was stopped ({ended})"
-        tail = read_tail(trainer.stderr_file, STDERR_TAIL, trainer.stderr_offset)
-        error = ScriptError(site, trainer.last_round, code, last_line(tail), what)
+        error = ScriptError(site, trainer.last_round, code, last_line(trainer.stderr_tail()), what)
         if not report or self._stopping.is_set():
             log.info("%s: training process %d ended (%s)", site, number, what)
         elif self.on_script_error is None:
@@ -543,28 +519,3 @@ class ProcessExecutor:
         else:
             self.on_script_error(error)
         return error
-
-    def _tell_end(self, trainer: _Trainer, deadline: float) -> bool:
-        """Send `end` to a script whose end of the pipe is open; whether it was taken."""
-        if not trainer.pipe.peer_alive():
-            return False  # not up (yet) or gone: nobody to tell, terminate at once
-        try:
-            # Over a cell pipe, a send waits for the script's receive: one try per slice,
-            # so a `stop` meanwhile ends the wait (a send not taken is dropped by the peer).
-            while not trainer.pipe.send(PipeMessage(Topic.END), _SLICE * 4):
-                if time.monotonic() >= deadline or self._stopping.is_set():
-                    return False
-                if trainer.handle.poll() is not None:
-                    return False
-            return True
-        except PipeError:
-            return False  # it went meanwhile: terminate below ends what is left
-
-    @staticmethod
-    def _close_pipe(site: str, pipe: Pipe, number: int) -> None:
-        try:
-            pipe.close()
-        except PipeError as exc:
-            # Its process is gone by now; a pipe that cannot close cleanly leaves only
-            # files or a cell behind, which the log names.
-            log.warning("%s: closing the pipe of training process %d: %s", site, number, exc)
