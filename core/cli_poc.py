@@ -241,6 +241,7 @@ def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             # it may outlive the run: every process of this POC names its private folder.
             poc.sweep(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
+    _warn_script_errors(output, err)
     state = record.get("state")
     if state == "finished":
         out.write(
@@ -286,6 +287,22 @@ def _say(err: TextIO, text: str) -> None:
         _line(err, text)
     except (OSError, ValueError):
         pass
+
+
+def _warn_script_errors(output: Path, err: TextIO) -> None:
+    """A WARNING per training script that ended badly after its result (summary.json)."""
+    try:
+        summary = json.loads((output / "summary.json").read_text())
+    except (OSError, ValueError):
+        return  # not downloaded: the job's own failure is reported instead
+    from fl_core.runtime.script_errors import ScriptError
+
+    for entry in summary.get("script_errors") or []:
+        try:
+            error = ScriptError.from_payload(str(entry.get("site")), entry)
+        except (AttributeError, FlCoreError):
+            continue  # a summary written by another version; the file is there to read
+        _line(err, f"WARNING: {error.describe()}")
 
 
 def _download(admin: Any, job_id: str, output: Path, record: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ import math
 import threading
 from contextlib import ExitStack
 from dataclasses import replace
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -152,10 +152,66 @@ def get_job_id() -> str:
     return _session().job_id
 
 
-def log(key: str, value: float, step: int | None = None) -> None:
-    """Record a metric (`loss`, `accuracy`) at `step`; kept in the job's workspace."""
+LOGGED_TYPES = ("SCALAR", "METRIC")
+"""The `data_type`s `log` records: fl-core keeps numbers, one per call."""
+
+
+def log(
+    key: str,
+    value: float,
+    data_type: object = "SCALAR",
+    global_step: int | None = None,
+    *,
+    step: int | None = None,
+    **kwargs: object,
+) -> None:
+    """Record a metric (`loss`, `accuracy`) at a step; kept in the job's workspace.
+
+    The signature is the FLARE Client API's, `log(key, value, data_type,
+    global_step=..., **kwargs)`: `data_type` is `"SCALAR"` or `"METRIC"`
+    (or an enum whose name or value is one of them); the step is
+    `global_step`, or `step` as earlier fl-core scripts wrote it. Other
+    keyword arguments (a FLARE writer name, for example) are accepted and
+    not recorded.
+    """
+    del kwargs  # accepted so FLARE-style calls work; nothing here uses them
     if not isinstance(key, str) or not key:
         raise TypeError("flare.log() needs a non-empty str key")
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
         raise TypeError(f"flare.log({key!r}): value must be a finite number, got {value!r}")
-    _session().log(key, float(value), step)
+    _check_data_type(key, data_type)
+    chosen = _step(key, "global_step", global_step)
+    given = _step(key, "step", step)
+    if chosen is not None and given is not None and chosen != given:
+        raise ValueError(
+            f"flare.log({key!r}): global_step={chosen} and step={given} disagree; pass one"
+        )
+    _session().log(key, float(value), given if chosen is None else chosen)
+
+
+def _check_data_type(key: str, data_type: object) -> None:
+    if isinstance(data_type, bool | Integral):
+        # log(key, value, 3) meant a step before data_type took this place, as in FLARE.
+        raise TypeError(
+            f"flare.log({key!r}): the third argument is data_type (e.g. 'SCALAR'), "
+            f"got {data_type!r}; pass a step as global_step= or step="
+        )
+    names = {str(data_type).upper()}
+    for attribute in ("name", "value"):  # an enum, such as FLARE's AnalyticsDataType
+        part = getattr(data_type, attribute, None)
+        if isinstance(part, str):
+            names.add(part.upper())
+    if not names & set(LOGGED_TYPES):
+        raise ValueError(
+            f"flare.log({key!r}): data_type {data_type!r} is not recorded by fl-core; "
+            f"use one of {', '.join(LOGGED_TYPES)} with a number"
+        )
+
+
+def _step(key: str, name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    # bool is an Integral, but `step=True` is a mistake, not step 1.
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"flare.log({key!r}): {name} must be an int, got {value!r}")
+    return int(value)

@@ -104,6 +104,8 @@ class PipeSession(ClientSession):
         self._job_id = job_id
         self._lock = threading.Lock()
         self._current: str | None = None
+        self._pending: FLModel | None = None
+        """A task `is_running` waited for, which the next `receive` returns."""
         self._ended = False
         self._torch = False
 
@@ -122,6 +124,13 @@ class PipeSession(ClientSession):
 
     def receive(self, timeout: float | None) -> FLModel | None:
         """The next task's model; None on `end`, when the client job is gone, or on timeout."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            return pending
+        return self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> FLModel | None:
         if self._ended:
             return None
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -176,8 +185,24 @@ class PipeSession(ClientSession):
         self._deliver(PipeMessage(Topic.RESULT, headers, model))
 
     def is_running(self) -> bool:
-        """False once the client job sent `end` or was found gone."""
-        return not self._ended
+        """Whether there is a task for the script: waits for the next one, or for `end`.
+
+        True while a task is unanswered or one is waiting for `receive`;
+        otherwise it blocks until the client job sends a task (kept for the
+        next `receive`) or `end` (False), as FLARE's Client API does, so a
+        `while is_running(): receive()` loop never receives None.
+        """
+        with self._lock:
+            if self._current is not None or self._pending is not None:
+                return True
+        if self._ended:
+            return False
+        model = self._wait(None)
+        if model is None:
+            return False
+        with self._lock:
+            self._pending = model
+        return True
 
     def log(self, key: str, value: float, step: int | None) -> None:
         """Send the metric to the client job."""

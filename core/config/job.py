@@ -60,7 +60,13 @@ _TOP_KEYS: Final = (
 DEFAULT_SCHEDULE_TIMEOUT: Final = 600.0
 """Seconds a submitted job may wait for its sites (POC, production) before it fails."""
 _EXECUTOR_REQUIRED: Final = {"script": "the path of a .py file, relative to the job folder"}
-_EXECUTOR_KEYS: Final = (*_EXECUTOR_REQUIRED, "args", "launch", "task_timeout")
+_EXECUTOR_KEYS: Final = (
+    *_EXECUTOR_REQUIRED,
+    "args",
+    "launch",
+    "task_timeout",
+    "fail_on_script_error",
+)
 _CHOICE_REQUIRED: Final = {"name": "a component name"}
 _CHOICE_KEYS: Final = (*_CHOICE_REQUIRED, "options")
 
@@ -94,6 +100,9 @@ class ExecutorConfig:
     """Whether the script runs once per job or once per task."""
     task_timeout: float | None = None
     """Seconds one task may run in the script; None for no limit."""
+    fail_on_script_error: bool = False
+    """Whether a script that exits non-zero or is killed after sending its result fails
+    (its task with `per_task`, else the job) instead of only being reported."""
 
 
 def _default_workflow() -> ComponentChoice:
@@ -266,9 +275,24 @@ def _executor(check: Checker, value: object, job_dir: Path) -> ExecutorConfig:
             lambda: check.positive_seconds(executor.get("task_timeout"), "executor.task_timeout"),
             None,
         ),
+        fail_on_script_error=inner.attempt(
+            lambda: _flag(
+                check, executor.get("fail_on_script_error"), "executor.fail_on_script_error"
+            ),
+            False,
+        ),
     )
     inner.raise_errors()
     return config
+
+
+def _flag(check: Checker, value: object, key: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        # `"false"` in quotes is a non-empty string: truthy, the opposite of what it says.
+        raise check.error(key, f"expected true or false, got {describe(value)}")
+    return value
 
 
 def _args(check: Checker, value: object, key: str) -> tuple[str, ...]:

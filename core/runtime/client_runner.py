@@ -23,6 +23,7 @@ from fl_core.model import FLModel, MetaKey
 from fl_core.runtime.executor import Assignment, Outcome
 from fl_core.runtime.protocol import Outcome as OutcomeKind
 from fl_core.runtime.protocol import TaskHeader, TaskKind, Topic
+from fl_core.runtime.script_errors import ScriptError
 
 if TYPE_CHECKING:
     from fl_core.runtime.executors import TaskExecutor
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 JOIN_RETRY = 0.05
 """Seconds between join attempts while the server job is not reachable yet."""
+REPORT_TIMEOUT = 10.0
+"""Seconds a script error report or the leave may take to be acknowledged."""
 
 
 class ClientRunner:
@@ -146,7 +149,9 @@ class ClientRunner:
         if kind == TaskKind.WAIT:
             self._poll()
         elif kind == TaskKind.END:
-            self._finish()
+            # Its scripts end first (a once script is told `end`), so a script that
+            # fails on the way out is reported before the server job writes its summary.
+            self.executor.finish(self.site, self._leave)
         elif kind == TaskKind.TASK and not isinstance(reply.payload, FLModel):
             got = type(reply.payload).__name__
             self._finish(f"the server job sent a task whose payload is a {got}, not a model")
@@ -221,6 +226,37 @@ class ClientRunner:
         else:
             log.debug("%s: result of task %s accepted", self.site, task.task_id)
         self._poll()
+
+    def _leave(self) -> None:
+        try:
+            future = self.cell.request_async(
+                self.server_job, Channel.SERVER_MAIN, Topic.LEAVE, None, REPORT_TIMEOUT
+            )
+        except CellError as exc:
+            log.warning("%s: could not tell the server job it is done: %s", self.site, exc)
+            self._finish()
+            return
+        future.add_done_callback(lambda _: self._finish())
+
+    def report_script_error(self, error: ScriptError) -> None:
+        """Tell the server job a script ended badly; waits for it to be recorded.
+
+        Called on an executor's thread, never a cell's: it blocks until the server
+        job answers (or `REPORT_TIMEOUT`), so the report lands before this site leaves.
+        """
+        try:
+            self.cell.request(
+                self.server_job,
+                Channel.SERVER_MAIN,
+                Topic.SCRIPT_ERROR,
+                error.payload(),
+                REPORT_TIMEOUT,
+            )
+        except CellError as exc:
+            log.warning("%s (not reported to the server job: %s)", error.describe(), exc)
+            return
+        # The server job prints the WARNING; in the simulator it is this process too.
+        log.info("%s (reported to the server job)", error.describe())
 
     def send_log(self, key: str, value: float, step: int | None) -> None:
         """Forward a metric the script logged to the server job."""

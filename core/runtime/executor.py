@@ -25,6 +25,7 @@ from fl_core.cell.timer import Timer, TimerHandle
 from fl_core.client.session import ClientSession, bound_session
 from fl_core.config import LaunchMode
 from fl_core.model import FLModel
+from fl_core.runtime.script_errors import ScriptError, ScriptErrorSink, last_line
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,11 @@ class _Session(ClientSession):
         self._lock = threading.Lock()
         self._current: tuple[Assignment, Done] | None = None
         self._sent = False
+        self.last_round: int | None = None
+        """The round of the last result the script sent."""
+        self.hold = False
+        """Keep the result until the script has ended (`fail_on_script_error`, per_task)."""
+        self.held: tuple[Done, Outcome] | None = None
 
     @property
     def site_name(self) -> str:
@@ -98,6 +104,7 @@ class _Session(ClientSession):
         if current is None:
             raise RuntimeError("flare.send() called with no task to answer: call receive() first")
         self._sent = True
+        self.last_round = current[0].round_number
         if sent_torch:
             self._torch_sites.add(self._site)
         else:
@@ -105,16 +112,18 @@ class _Session(ClientSession):
         _, done = current
         # The runtime gets its own dicts: arrays the script still reaches
         # through its FLModel then count as referenced (see the aggregator).
-        done(
-            Outcome(
-                result=replace(
-                    model,
-                    params=dict(model.params),
-                    metrics=dict(model.metrics),
-                    meta=dict(model.meta),
-                )
+        outcome = Outcome(
+            result=replace(
+                model,
+                params=dict(model.params),
+                metrics=dict(model.metrics),
+                meta=dict(model.meta),
             )
         )
+        if self.hold:
+            self.held = (done, outcome)
+        else:
+            done(outcome)
 
 
 class _PerTaskSession(_Session):
@@ -148,11 +157,24 @@ class _OnceSession(_Session):
     def __init__(self, site: str, job_id: str, logs: LogSink, torch_sites: set[str]) -> None:
         super().__init__(site, job_id, logs, torch_sites)
         self.inbox: queue.Queue[tuple[Assignment, Done] | None] = queue.Queue()
+        self._pending: tuple[Assignment, Done] | None = None
+        """A task `is_running` took from the inbox, for the next `receive`."""
         self._ended = False
-        self.finished: Outcome | None = None
+        self.finished: _Ending | None = None
         """How the script thread ended, once it has."""
 
     def receive(self, timeout: float | None) -> FLModel | None:
+        with self._lock:
+            item, self._pending = self._pending, None
+        if item is None:
+            item = self._next(timeout)
+        if item is None:
+            return None
+        with self._lock:
+            self._current = item
+        return _read_only(item[0].model)
+
+    def _next(self, timeout: float | None) -> tuple[Assignment, Done] | None:
         if self._ended:
             return None
         try:
@@ -161,13 +183,68 @@ class _OnceSession(_Session):
             return None
         if item is None:
             self._ended = True
-            return None
-        with self._lock:
-            self._current = item
-        return _read_only(item[0].model)
+        return item
 
     def is_running(self) -> bool:
-        return not self._ended
+        """Waits for the next task (kept for `receive`) or the end, as FLARE's does."""
+        with self._lock:
+            if self._current is not None or self._pending is not None:
+                return True
+        item = self._next(None)
+        if item is None:
+            return False
+        with self._lock:
+            self._pending = item
+        return True
+
+    def _take_current(self) -> tuple[Assignment, Done] | None:
+        with self._lock:
+            current, self._current = self._current, None
+            if current is None:
+                current, self._pending = self._pending, None
+            return current
+
+
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    """How a script's run ended: the exit code a process of its own would have."""
+
+    exit_code: int = 0
+    what: str = "returned"
+    last_line: str = ""
+    detail: str = ""
+    raised: bool = False
+    """It raised an exception (not `sys.exit`): `last_line` is that exception."""
+
+    def phrase(self, when: str) -> str:
+        """`the training script <what> <when>: <last line>`."""
+        text = f"the training script {self.what} {when}"
+        return f"{text}: {self.last_line}" if self.last_line else text
+
+
+def _when_gone(session: _Session) -> str:
+    """When a once script that a task found gone had ended."""
+    if session.last_round is None:
+        return "before it took its first task"
+    return f"after sending its result of round {session.last_round + 1}"
+
+
+def _ending_of(exc: BaseException, script: Path) -> _Ending | None:
+    """How `exc` ended the script; None for a clean `sys.exit(0)`."""
+    if isinstance(exc, SystemExit):
+        if exc.code in (None, 0):
+            return None
+        if isinstance(exc.code, int):
+            return _Ending(exc.code, f"exited with code {exc.code}")
+        # sys.exit("message") prints the message and exits with 1, as Python does.
+        return _Ending(1, "exited with code 1", last_line(str(exc.code)))
+    return _Ending(
+        1,
+        "raised an exception (exit code 1)",
+        last_line(f"{type(exc).__name__}: {exc}"),
+        _script_traceback(exc, script),
+        raised=True,
+    )
 
 
 def _script_traceback(exc: BaseException, script: Path) -> str:
@@ -215,8 +292,15 @@ class InProcessExecutor:
         logs: LogSink,
         timer: Timer,
         task_timeout: float | None = None,
+        on_script_error: ScriptErrorSink | None = None,
+        fail_on_script_error: bool = False,
     ) -> None:
         self.script = script
+        self._on_script_error = on_script_error
+        self._fail_on_script_error = fail_on_script_error
+        self._busy: dict[str, int] = {}
+        """Scripts of each site queued or running; `finish` waits for none."""
+        self._finishing: dict[str, list[Callable[[], None]]] = {}
         self.launch = launch
         self._job_id = job_id
         self._logs = logs
@@ -248,6 +332,8 @@ class InProcessExecutor:
                 session = _PerTaskSession(
                     site, self._job_id, self._logs, self._torch_sites, task, once_done
                 )
+                session.hold = self._fail_on_script_error
+                self._busy[site] = self._busy.get(site, 0) + 1
                 self._work.put((session, once_done))
                 return
             if stopped is None:
@@ -256,12 +342,13 @@ class InProcessExecutor:
                     once = self._once[site] = _OnceSession(
                         site, self._job_id, self._logs, self._torch_sites
                     )
+                    self._busy[site] = self._busy.get(site, 0) + 1
                     self._start_thread(self._run_script, f"fl-script-{site}", once)
                 if once.finished is None:
                     self._arm_timeout(once_done)
                     once.inbox.put((task, once_done))
                     return
-                stopped = f"the script of site {site} ended: {once.finished.reason}"
+                stopped = once.finished.phrase(_when_gone(once))
         once_done(Outcome(reason=stopped))
 
     def _arm_timeout(self, done: _Once) -> None:
@@ -275,12 +362,37 @@ class InProcessExecutor:
             session, done = item
             if self._stopped is not None:
                 done(Outcome(reason=self._stopped))
+                self._idle(session.site_name)
                 continue
             self._arm_timeout(done)
             self._run_script(session)
 
+    def finish(self, site: str, then: Callable[[], None]) -> None:
+        """No more work for `site`: a once script sees the end; `then()` once none runs."""
+        with self._lock:
+            if self._busy.get(site, 0) > 0 and self._stopped is None:
+                self._finishing.setdefault(site, []).append(then)
+                once = self._once.get(site)
+                if once is not None:
+                    once.inbox.put(None)
+                return
+        then()
+
+    def _idle(self, site: str) -> None:
+        with self._lock:
+            busy = self._busy[site] = self._busy.get(site, 1) - 1
+            waiting = self._finishing.pop(site, []) if busy <= 0 else []
+        for then in waiting:
+            then()
+
     def _run_script(self, session: _Session) -> None:
-        failure: Outcome | None = None
+        try:
+            self._run(session)
+        finally:
+            self._idle(session.site_name)
+
+    def _run(self, session: _Session) -> None:
+        ending: _Ending | None = None
         namespace = {
             "__name__": "__main__",
             "__file__": str(self.script),
@@ -289,43 +401,62 @@ class InProcessExecutor:
         with bound_session(session):
             try:
                 exec(self._code, namespace)
-            except SystemExit as exc:
-                if exc.code not in (None, 0):
-                    failure = Outcome(reason=f"the script exited with status {exc.code}")
             except BaseException as exc:
-                failure = Outcome(
-                    reason=f"{type(exc).__name__}: {exc}",
-                    detail=_script_traceback(exc, self.script),
-                )
+                ending = _ending_of(exc, self.script)
         namespace.clear()
         leftover = session._take_current()
+        held, session.held = session.held, None
         if leftover is not None:
             _, pending_done = leftover
-            pending_done(failure or Outcome(reason="the script ended without calling flare.send()"))
-        elif failure is not None:
-            # Nothing is waiting for this failure (the result was already sent),
-            # so the log is the only place it can be seen.
-            log.error(
-                "%s: the training script failed after sending its result: %s\n%s",
-                session.site_name,
-                failure.reason,
-                failure.detail,
-            )
+            if ending is None:
+                pending_done(Outcome(reason="the script ended without calling flare.send()"))
+            else:
+                # An exception while the task is in hand is the task's failure, as it reads.
+                reason = (
+                    ending.last_line if ending.raised else ending.phrase("before it sent a result")
+                )
+                pending_done(Outcome(reason=reason, detail=ending.detail))
+        elif held is not None:  # per_task with fail_on_script_error: its end decides
+            held_done, result = held
+            if ending is not None:
+                result = Outcome(
+                    reason=ending.phrase("after sending its result"), detail=ending.detail
+                )
+            held_done(result)
+            ending = None
+        failed_queued = False
         if isinstance(session, _OnceSession):
             with self._lock:
-                session.finished = failure or Outcome(reason="the script returned")
-            self._fail_queued(session)
+                session.finished = ending or _Ending()
+            failed_queued = self._fail_queued(session)
+        if ending is not None and leftover is None and not failed_queued:
+            # No task is waiting for this failure: the report is the only place it shows.
+            self._report(session, ending)
 
-    def _fail_queued(self, session: _OnceSession) -> None:
+    def _report(self, session: _Session, ending: _Ending) -> None:
+        error = ScriptError(
+            session.site_name, session.last_round, ending.exit_code, ending.last_line, ending.what
+        )
+        if self._stopped is not None:
+            log.info("%s (the job had ended)", error.describe())
+        elif self._on_script_error is None:
+            log.warning("%s", error.describe())
+        else:
+            self._on_script_error(error)
+
+    def _fail_queued(self, session: _OnceSession) -> bool:
+        """Fail the tasks the ended script never took; whether there were any."""
         ended = session.finished
         assert ended is not None
+        failed = False
         while True:
             try:
                 item = session.inbox.get_nowait()
             except queue.Empty:
-                return
+                return failed
             if item is not None:
-                reason = f"the script of site {session.site_name} ended: {ended.reason}"
+                failed = True
+                reason = ended.phrase(_when_gone(session))
                 item[1](Outcome(reason=reason, detail=ended.detail))
 
     def stop(self, reason: str, grace: float = 5.0) -> list[str]:
@@ -346,4 +477,9 @@ class InProcessExecutor:
         deadline = time.monotonic() + grace
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:  # nothing more will end: whoever waits for a site, wait no longer
+            waiting = [then for callbacks in self._finishing.values() for then in callbacks]
+            self._finishing.clear()
+        for then in waiting:
+            then()
         return [t.name for t in threads if t.is_alive()]

@@ -8,6 +8,8 @@ job (`InProcessExecutor`). Either way the script is the same.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -16,11 +18,14 @@ from fl_core.config import ComponentChoice, JobConfig
 from fl_core.plugins import Registry
 from fl_core.runtime.executor import Assignment, Done, InProcessExecutor, LogSink
 from fl_core.runtime.process_executor import ProcessExecutor
+from fl_core.runtime.script_errors import ScriptError, ScriptErrorSink
 from fl_core.spec import ComponentKind
 from fl_core.spec.launcher import Launcher
 from fl_core.spec.pipe import Pipe
 
 __all__ = ["TaskExecutor", "build_executor", "check_executor"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LAUNCHER = ComponentChoice("process", {})
 """What starts training processes when the job config names no launcher."""
@@ -31,6 +36,13 @@ class TaskExecutor(Protocol):
 
     def execute(self, site: str, task: Assignment, done: Done) -> None:
         """Run `task` for `site`; `done(outcome)` is called exactly once."""
+
+    def finish(self, site: str, then: Callable[[], None]) -> None:
+        """The job has no more work for `site`: end its script, then call `then()`.
+
+        A script that ends badly on the way out is reported (the executor's
+        script error sink) before `then` is called. Returns at once.
+        """
 
     def stop(self, reason: str, grace: float = 5.0) -> list[str]:
         """End all work; what is still running after `grace` s."""
@@ -64,12 +76,15 @@ def build_executor(
     logs: LogSink,
     timer: Timer,
     threads: int = 1,
+    on_script_error: ScriptErrorSink | None = None,
 ) -> TaskExecutor:
     """The executor `job` asks for; bad pipe or launcher options fail here, before any site runs.
 
+    `on_script_error` hears of scripts that end badly with no task to fail.
     Raises the component's `ConfigError` / `UnknownComponentError`.
     """
     settings = job.executor
+    errors = on_script_error or _log_only
     pipe = job.components.get(ComponentKind.PIPE)
     if pipe is None:
         return InProcessExecutor(
@@ -80,6 +95,8 @@ def build_executor(
             logs=logs,
             timer=timer,
             task_timeout=settings.task_timeout,
+            on_script_error=errors,
+            fail_on_script_error=settings.fail_on_script_error,
         )
 
     def make_pipe() -> Pipe:
@@ -101,4 +118,10 @@ def build_executor(
         args=settings.args,
         task_timeout=settings.task_timeout,
         threads=threads,
+        on_script_error=errors,
+        fail_on_script_error=settings.fail_on_script_error,
     )
+
+
+def _log_only(error: ScriptError) -> None:
+    log.warning("%s", error.describe())

@@ -269,7 +269,15 @@ def server_job(args: argparse.Namespace) -> int:
             report(JobState.RUNNING)
         log.info("round %d: %s %s", round_number + 1, event, json.dumps(data, default=str))
 
-    runner = ServerRunner(cell, args.job_id, workspace, workflow, sites, on_event=on_event)
+    runner = ServerRunner(
+        cell,
+        args.job_id,
+        workspace,
+        workflow,
+        sites,
+        on_event=on_event,
+        fail_on_script_error=job.executor.fail_on_script_error,
+    )
 
     def from_parent(message: Message) -> dict[str, object]:
         # Commands to a job process come from its parent, and from no one else.
@@ -331,6 +339,7 @@ def server_job(args: argparse.Namespace) -> int:
                 site: {"round": f.round_number, "reason": f.reason, "traceback": f.detail}
                 for site, f in runner.record.failures.items()
             },
+            "script_errors": [error.summary() for error in runner.record.script_errors],
         }
         (workspace / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         report(status, reason, final=True)
@@ -372,6 +381,7 @@ def client_job(args: argparse.Namespace) -> int:
         workspace=Path(args.workspace),
         logs=lambda site, key, value, step: runner.send_log(key, value, step) if runner else None,
         timer=cell.resources.timer,
+        on_script_error=lambda error: runner.report_script_error(error) if runner else None,
     )
     runner = ClientRunner(
         cell,

@@ -34,26 +34,26 @@ import queue
 import secrets
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from fl_core.client.pipe_session import ENV_VAR, PARAMS_FORMAT, TORCH, Topic
 from fl_core.config import LaunchMode
 from fl_core.model import FLModel
 from fl_core.runtime.executor import Assignment, Done, LogSink, Outcome
-from fl_core.runtime.pids import describe_exit, read_tail
-from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
+from fl_core.runtime.pids import describe_exit
+from fl_core.runtime.script_errors import ScriptError, ScriptErrorSink, last_line
+from fl_core.runtime.trainer_process import TrainerProcess, close_pipe
+from fl_core.spec.launcher import Launcher, LaunchSpec, ProcessType
 from fl_core.spec.pipe import PeerGoneError, Pipe, PipeContext, PipeError, PipeMessage, PipeSide
 
 __all__ = ["ProcessExecutor"]
 
 log = logging.getLogger(__name__)
 
-STDERR_TAIL = 4096
-"""Bytes of a failed script's stderr kept in the task's failure."""
 _SLICE = 0.25
 """Seconds per pipe wait, between checks of the process, the deadline and `stop`."""
 
@@ -66,16 +66,8 @@ class _Failed(Exception):
         self.outcome = Outcome(reason=reason, detail=detail)
 
 
-@dataclass(slots=True)
-class _Trainer:
-    """One running training process and the ACTIVE end of its pipe."""
-
-    handle: JobHandle
-    pipe: Pipe
-    folder: Path
-    stderr_file: Path
-    stderr_offset: int
-    number: int
+_Item = tuple[Assignment, Done] | Callable[[], None] | None
+"""A site worker's inbox: a task, a `finish` callback, or None to stop."""
 
 
 class ProcessExecutor:
@@ -106,6 +98,8 @@ class ProcessExecutor:
         python: str | None = None,
         send_timeout: float = 3600.0,
         threads: int | None = None,
+        on_script_error: ScriptErrorSink | None = None,
+        fail_on_script_error: bool = False,
     ) -> None:
         self.script = script
         self.launch = launch
@@ -120,11 +114,15 @@ class ProcessExecutor:
         self.send_timeout = send_timeout
         """Seconds a hand-over may take when the task has no `task_timeout`."""
         self.python = python or sys.executable
+        self.on_script_error = on_script_error
+        """Hears of a script that ends badly after its result (else a WARNING is logged)."""
+        self.fail_on_script_error = fail_on_script_error
+        """per_task: a script that ends badly after its result fails that task."""
         self._logs = logs
         self._lock = threading.Lock()
-        self._inboxes: dict[str, queue.SimpleQueue[tuple[Assignment, Done] | None]] = {}
+        self._inboxes: dict[str, queue.SimpleQueue[_Item]] = {}
         self._threads: dict[str, threading.Thread] = {}
-        self._trainers: dict[str, _Trainer] = {}
+        self._trainers: dict[str, TrainerProcess] = {}
         self._torch_sites: set[str] = set()
         self._launches = 0
         self._stopped: str | None = None
@@ -155,6 +153,18 @@ class ProcessExecutor:
                 inbox.put((task, done))
                 return
         done(Outcome(reason=stopped))
+
+    def finish(self, site: str, then: Callable[[], None]) -> None:
+        """No more work for `site`: its process is told `end`, then `then()` is called.
+
+        A bad end (non-zero, killed, stopped) is reported to `on_script_error` first.
+        """
+        with self._lock:
+            inbox = self._inboxes.get(site) if self._stopped is None else None
+            if inbox is not None:
+                inbox.put(then)  # after any task still in hand
+                return
+        then()
 
     def stop(self, reason: str, grace: float = 5.0) -> list[str]:
         """End every training process; returns the sites whose process outlived `grace` s.
@@ -187,9 +197,13 @@ class ProcessExecutor:
 
     # --- one site's worker --------------------------------------------------------
 
-    def _serve(self, site: str, inbox: queue.SimpleQueue[tuple[Assignment, Done] | None]) -> None:
+    def _serve(self, site: str, inbox: queue.SimpleQueue[_Item]) -> None:
         try:
             while (item := inbox.get()) is not None:
+                if callable(item):
+                    self._end(site, report=True)
+                    self._call(site, item)
+                    continue
                 task, done = item
                 del item
                 if self._stopped is not None:
@@ -209,14 +223,29 @@ class ProcessExecutor:
                         outcome = Outcome(reason=f"the process executor failed: {exc}")
                     if outcome.result is None and self._stopped is not None:
                         outcome = Outcome(reason=self._stopped, detail=outcome.detail)
-                    # The result first: ending a per_task process may take up to grace.
+                    if end and outcome.result is not None and self.fail_on_script_error:
+                        # Its exit decides whether the result counts.
+                        error, end = self._end(site, patient=True), False
+                        if error is not None:
+                            outcome = Outcome(reason=error.describe())
+                    # Else the result first: ending a per_task process may take up to grace.
                     self._report(site, done, outcome)
                     if end:
-                        self._end(site)
+                        self._end(site, report=outcome.result is not None)
         finally:
             self._end(site)
             while (item := self._take_left(inbox)) is not None:
-                self._report(site, item[1], Outcome(reason=self._stopped or "the job ended"))
+                if callable(item):
+                    self._call(site, item)
+                else:
+                    self._report(site, item[1], Outcome(reason=self._stopped or "the job ended"))
+
+    @staticmethod
+    def _call(site: str, then: Callable[[], None]) -> None:
+        try:
+            then()
+        except Exception:
+            log.exception("%s: a finish callback failed", site)
 
     @staticmethod
     def _report(site: str, done: Done, outcome: Outcome) -> None:
@@ -228,9 +257,7 @@ class ProcessExecutor:
             log.exception("%s: handing over a task's outcome failed", site)
 
     @staticmethod
-    def _take_left(
-        inbox: queue.SimpleQueue[tuple[Assignment, Done] | None],
-    ) -> tuple[Assignment, Done] | None:
+    def _take_left(inbox: queue.SimpleQueue[_Item]) -> _Item:
         while True:
             try:
                 item = inbox.get_nowait()
@@ -247,7 +274,7 @@ class ProcessExecutor:
         deadline = math.inf if self.task_timeout is None else began + self.task_timeout
         trainer = self._trainers.get(site)
         if trainer is not None and trainer.handle.poll() is not None:
-            self._end(site)
+            self._end(site, report=True)  # it died between tasks, after its last result
             trainer = None
         if trainer is None:
             trainer = self._start(site, deadline)
@@ -258,22 +285,29 @@ class ProcessExecutor:
         }
         if site in self._torch_sites:
             headers[PARAMS_FORMAT] = TORCH  # it sent tensors last time
+        log.debug("%s: handing task %s to training process %d", site, task.task_id, trainer.number)
         self._hand_over(trainer, PipeMessage(Topic.TASK, headers, task.model), deadline)
         task_id = task.task_id
+        round_number = task.round_number
         del task  # the script has the model now; this process need not keep it
-        return self._wait_result(site, trainer, task_id, deadline)
+        outcome = self._wait_result(site, trainer, task_id, deadline)
+        if outcome.result is not None:
+            trainer.last_round = round_number
+        return outcome
 
-    def _start(self, site: str, deadline: float) -> _Trainer:
+    def _start(self, site: str, deadline: float) -> TrainerProcess:
         """Launch the site's script and wait for it to open its end of the pipe."""
         with self._lock:
             self._launches += 1
             number = self._launches
         home = self.workspace / "trainers" / site
-        folder = home / f"pipe-{number}"
         try:
-            folder.mkdir(parents=True)
+            home.mkdir(parents=True, exist_ok=True)
+            # A name no other executor can hold: a job restarted in the same workspace
+            # (or an earlier one still tearing down) has its own `pipe-<n>-...` folders.
+            folder = Path(tempfile.mkdtemp(prefix=f"pipe-{number}-", dir=home))
         except OSError as exc:
-            raise _Failed(f"cannot create the pipe folder {folder}: {exc}") from exc
+            raise _Failed(f"cannot create a pipe folder in {home}: {exc}") from exc
         # Unique across jobs and restarts: a pipe root the job config names is shared.
         name = f"{site}-{number}-{secrets.token_hex(4)}"
         pipe = self.make_pipe()
@@ -307,12 +341,12 @@ class ProcessExecutor:
             handle = self.launcher.launch(spec)
         except BaseException as exc:
             # Nothing runs yet: undo the pipe's end and folder whatever went wrong.
-            self._close_pipe(site, pipe, number)
+            close_pipe(site, pipe, number)
             shutil.rmtree(folder, ignore_errors=True)
             if isinstance(exc, Exception):
                 raise _Failed(f"{step}: {exc}") from exc
             raise
-        trainer = _Trainer(handle, pipe, folder, stderr_file, offset, number)
+        trainer = TrainerProcess(handle, pipe, folder, stderr_file, offset, number)
         self._trainers[site] = trainer
         log.info("%s: training process %d started (pipe %s)", site, number, self.pipe_name)
         limit = min(deadline, time.monotonic() + self.start_timeout)
@@ -337,11 +371,11 @@ class ProcessExecutor:
             "it was stopped"
         )
 
-    def _check_running(self, trainer: _Trainer, when: str) -> None:
+    def _check_running(self, trainer: TrainerProcess, when: str) -> None:
         """Raise `_Failed` (exit code, stderr tail) if the process has ended; or on `stop`."""
         code = trainer.handle.poll()
         if code is not None:
-            tail = read_tail(trainer.stderr_file, STDERR_TAIL, trainer.stderr_offset)
+            tail = trainer.stderr_tail()
             last = tail.strip().splitlines()[-1:] if tail.strip() else []
             reason = f"the training script {describe_exit(code)} {when}"
             if last:
@@ -350,7 +384,7 @@ class ProcessExecutor:
         if self._stopping.is_set():
             raise _Failed(self._stopped or "the job ended")
 
-    def _hand_over(self, trainer: _Trainer, message: PipeMessage, deadline: float) -> None:
+    def _hand_over(self, trainer: TrainerProcess, message: PipeMessage, deadline: float) -> None:
         """Send the task; its model may be big, so a send may take long: one try per gap."""
         limit = min(deadline, time.monotonic() + self.send_timeout)
         while True:
@@ -376,7 +410,9 @@ class ProcessExecutor:
                 raise _Failed(f"cannot hand the task to the training script: {exc}") from exc
             time.sleep(0.05)  # nobody took it yet (a cell pipe whose trainer is reconnecting)
 
-    def _wait_result(self, site: str, trainer: _Trainer, task_id: str, deadline: float) -> Outcome:
+    def _wait_result(
+        self, site: str, trainer: TrainerProcess, task_id: str, deadline: float
+    ) -> Outcome:
         silent = drained = False
         while True:
             try:
@@ -412,7 +448,7 @@ class ProcessExecutor:
                 isinstance(body, dict)
                 and isinstance(body.get("key"), str)
                 and isinstance(body.get("value"), int | float)
-                and (body.get("step") is None or isinstance(body.get("step"), int))
+                and (body.get("step") is None or type(body.get("step")) is int)
             ):
                 self._logs(site, body["key"], float(body["value"]), body.get("step"))
             else:
@@ -442,40 +478,44 @@ class ProcessExecutor:
         log.warning("%s: unexpected %r message from the training script", site, message.topic)
         return None
 
-    def _wait_exit(self, trainer: _Trainer) -> None:
+    def _wait_exit(self, trainer: TrainerProcess) -> None:
         """Give a script that closed its pipe a moment to exit, so its exit code is known."""
         trainer.handle.wait(min(self._grace, 5.0))
 
-    def _end(self, site: str) -> None:
-        """Tell the site's process `end`, let it exit within grace, then stop it; close the pipe."""
+    def _end(
+        self, site: str, *, report: bool = False, patient: bool | None = None
+    ) -> ScriptError | None:
+        """Tell the site's process `end`, let it exit within grace, then stop it; close the pipe.
+
+        Returns how it ended if that was bad (non-zero, killed, or it had to be
+        stopped); with `report`, also hands that to `on_script_error` unless
+        the executor is stopping. `patient` (default: `report`): the script
+        is expected to end by itself, so it gets the grace period even if it
+        cannot be told `end` (it may be closing already); otherwise such a
+        script (one that never opened its end, or failed) is stopped at once.
+        """
+        patient = report if patient is None else patient
         trainer = self._trainers.pop(site, None)
         if trainer is None:
-            return
+            return None
         number = trainer.number
-        if trainer.handle.poll() is None and self._tell_end(trainer):
-            if trainer.handle.wait(self._grace) is None:
-                log.warning("%s: training process %d did not exit; stopping it", site, number)
-        trainer.handle.terminate(self._grace)
-        self._close_pipe(site, trainer.pipe, trainer.number)
-        shutil.rmtree(trainer.folder, ignore_errors=True)
+        # A `stop` that comes while this end is under way cuts its wait short; the
+        # end that `stop` itself brings is told `end` and gets the grace period.
+        cut = threading.Event() if self._stopping.is_set() else self._stopping
+        stopped = trainer.end(site, self._grace, patient=patient, stopping=cut)
         code = trainer.handle.poll()
         ended = "exit code unknown" if code is None else describe_exit(code)
-        log.info("%s: training process %d ended (%s)", site, trainer.number, ended)
-
-    def _tell_end(self, trainer: _Trainer) -> bool:
-        """Send `end` to a script whose end of the pipe is open; whether it was sent."""
-        if not trainer.pipe.peer_alive():
-            return False  # not up (yet) or gone: nobody to tell, terminate at once
-        try:
-            return trainer.pipe.send(PipeMessage(Topic.END), min(1.0, self._grace))
-        except PipeError:
-            return False  # it went meanwhile: terminate below ends what is left
-
-    @staticmethod
-    def _close_pipe(site: str, pipe: Pipe, number: int) -> None:
-        try:
-            pipe.close()
-        except PipeError as exc:
-            # Its process is gone by now; a pipe that cannot close cleanly leaves only
-            # files or a cell behind, which the log names.
-            log.warning("%s: closing the pipe of training process %d: %s", site, number, exc)
+        if not stopped and code == 0:
+            log.info("%s: training process %d ended (%s)", site, number, ended)
+            return None
+        what = ended
+        if stopped:
+            what = f"did not exit within {self._grace:g} s of end and was stopped ({ended})"
+        error = ScriptError(site, trainer.last_round, code, last_line(trainer.stderr_tail()), what)
+        if not report or self._stopping.is_set():
+            log.info("%s: training process %d ended (%s)", site, number, what)
+        elif self.on_script_error is None:
+            log.warning("%s", error.describe())
+        else:
+            self.on_script_error(error)
+        return error

@@ -15,6 +15,13 @@ class Topic(enum.StrEnum):
     GET_TASK = "get_task"
     SUBMIT_RESULT = "submit_result"
     LOG = "log"
+    SCRIPT_ERROR = "script_error"
+    """A site's training script ended badly with no task to fail (after its result, or
+    at the job's end): `{"round": int | None, "exit_code": int | None,
+    "last_line": str, "what": str}` (`round` of the last result it sent)."""
+    LEAVE = "leave"
+    """A site is done with an ended job: its scripts have ended and any script errors
+    were reported. The server job waits for this before it writes its summary."""
     DIRECT = "direct"
     """Where the server job listens for direct links from its client jobs: `{url}`."""
 

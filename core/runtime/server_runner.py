@@ -37,6 +37,7 @@ from fl_core.errors import CellError, FlCoreError, JobFailedError
 from fl_core.model import FLModel
 from fl_core.runtime.model_writer import ModelWriter
 from fl_core.runtime.protocol import Outcome, TaskHeader, TaskKind, Topic
+from fl_core.runtime.script_errors import ScriptError
 from fl_core.runtime.streamed_result import StreamedResult
 from fl_core.spec.workflow import (
     GatherReport,
@@ -55,6 +56,9 @@ EventSink = Callable[[WorkflowEvent, int, dict[str, object]], None]
 MODEL_FILE = "global_model.npz"
 METRICS_FILE = "metrics.json"
 SITE_LOG_FILE = "site_metrics.jsonl"
+LEAVE_TIMEOUT = 15.0
+"""Seconds an ended job waits for its sites' scripts to end (`Topic.LEAVE`): a client
+job tells its script `end`, gives it 5 s to exit, then stops it."""
 
 
 @dataclass
@@ -91,6 +95,7 @@ class RunRecord:
 
     metrics: list[dict[str, object]] = field(default_factory=list)
     failures: dict[str, SiteFailure] = field(default_factory=dict)
+    script_errors: list[ScriptError] = field(default_factory=list)
 
 
 class ServerRunner:
@@ -106,6 +111,7 @@ class ServerRunner:
         *,
         poll_timeout: float = 30.0,
         on_event: EventSink | None = None,
+        fail_on_script_error: bool = False,
     ) -> None:
         self.cell = cell
         self._job_id = job_id
@@ -114,6 +120,9 @@ class ServerRunner:
         self.workflow = workflow
         self.poll_timeout = poll_timeout
         self._on_event = on_event
+        self._fail_on_script_error = fail_on_script_error
+        self._fatal: str | None = None  # a script error that fails the job
+        self._left: set[str] = set()
         self.record = RunRecord()
         self._lock = threading.Lock()
         self._sites: dict[str, _Site] = {}
@@ -131,6 +140,8 @@ class ServerRunner:
             (Topic.JOIN, self._on_join),
             (Topic.GET_TASK, self._on_get_task),
             (Topic.LOG, self._on_log),
+            (Topic.SCRIPT_ERROR, self._on_script_error),
+            (Topic.LEAVE, self._on_leave),
         ):
             cell.register_handler(Channel.SERVER_MAIN, topic, handler)
         # Results are taken as they start to arrive and read on the workflow
@@ -259,13 +270,44 @@ class ServerRunner:
                 self._joined.wait(remaining)
 
     def run(self, initial: FLModel) -> FLModel:
-        """Run the workflow to its end; then tell every site the job is over."""
+        """Run the workflow to its end; then tell every site the job is over.
+
+        Unless the job was aborted, it then waits (up to `LEAVE_TIMEOUT`) for
+        every site's scripts to end, so their script errors are in the record.
+        """
         try:
             final = self.workflow.run(self, initial)
             self._writer.flush()  # a model that could not be written fails the job
-            return final
+        except JobFailedError:
+            if self._fatal is not None:  # the workflow saw the abort it caused
+                raise JobFailedError(self._job_id, self._fatal) from None
+            raise
         finally:
             self.end()
+            if self._abort_reason is None:
+                self.wait_for_leaves(LEAVE_TIMEOUT)
+        if self._fatal is not None:
+            raise JobFailedError(self._job_id, self._fatal)
+        return final
+
+    def wait_for_leaves(self, timeout: float) -> None:
+        """Wait until every site still in the job said it is done (`Topic.LEAVE`)."""
+        deadline = time.monotonic() + timeout
+        with self._joined:
+            while not set(self._sites) <= self._left:
+                if self._abort_reason is not None and self._fatal is None:
+                    return  # aborted meanwhile (Ctrl-C): nobody waits for scripts
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    missing = sorted(set(self._sites) - self._left)
+                    log.warning(
+                        "job %s: %s did not report the end of their scripts within %g s",
+                        self._job_id,
+                        ", ".join(missing),
+                        timeout,
+                    )
+                    return
+                self._joined.wait(remaining)
 
     def abort(self, reason: str) -> None:
         """Ask the workflow to stop; `send_task` returns at once."""
@@ -293,6 +335,8 @@ class ServerRunner:
         log.warning("job %s: %s is lost: %s", self._job_id, site, reason)
         self.record.failures.setdefault(site, SiteFailure(self._round, reason))
         self._inbox.put(_Lost(site, reason))
+        with self._joined:
+            self._joined.notify_all()  # `wait_for_leaves` no longer waits for it
         del waiter  # its requester is gone; nobody waits for the reply
 
     def end(self) -> None:
@@ -421,6 +465,23 @@ class ServerRunner:
                 return DEFERRED
         self._refuse(message, f"task {task_id} is no longer open")
         return DEFERRED
+
+    def _on_script_error(self, message: Message) -> object:
+        error = ScriptError.from_payload(self._site_of(message), message.payload)
+        log.warning("job %s: %s", self._job_id, error.describe())
+        with self._lock:
+            self.record.script_errors.append(error)
+        if self._fail_on_script_error and self._fatal is None:
+            self._fatal = f"{error.describe()} (executor.fail_on_script_error is set)"
+            self.abort(self._fatal)
+        return None
+
+    def _on_leave(self, message: Message) -> object:
+        site = self._site_of(message)
+        with self._joined:
+            self._left.add(site)
+            self._joined.notify_all()
+        return None
 
     def _on_log(self, message: Message) -> object:
         self._site_of(message)

@@ -28,6 +28,7 @@ from fl_core.model import FLModel, load_params, save_params
 from fl_core.plugins import PluginManager
 from fl_core.runtime.client_runner import ClientRunner
 from fl_core.runtime.executors import TaskExecutor, build_executor
+from fl_core.runtime.script_errors import ScriptError
 from fl_core.runtime.server_runner import EventSink, ServerRunner, SiteFailure
 from fl_core.spec.security import SecurityProvider
 from fl_core.spec.transport import Transport
@@ -61,6 +62,8 @@ class SimulationResult:
     final_model: FLModel | None = None
     metrics: list[dict[str, object]] = field(default_factory=list)
     failures: dict[str, SiteFailure] = field(default_factory=dict)
+    script_errors: list[ScriptError] = field(default_factory=list)
+    """Scripts that ended badly with no task to fail (after their result, or at the end)."""
     elapsed: float = 0.0
 
 
@@ -179,6 +182,7 @@ class Simulator:
                 self.workflow,
                 site_names(self.clients),
                 on_event=self.on_event,
+                fail_on_script_error=job.executor.fail_on_script_error,
             )
             self._server = server
             if self._abort_reason is not None:
@@ -191,6 +195,7 @@ class Simulator:
                 logs=lambda site, key, value, step: runners[site].send_log(key, value, step),
                 timer=resources.timer,
                 threads=self.threads,
+                on_script_error=lambda error: runners[error.site].report_script_error(error),
             )
             for site in site_names(self.clients):
                 parent = self._cell(site, server_url, resources, cells)
@@ -217,6 +222,7 @@ class Simulator:
             if server is not None:
                 result.metrics = server.record.metrics
                 result.failures = server.record.failures
+                result.script_errors = server.record.script_errors
             self._shut_down(server, executor, runners, result)
             sys.argv[:] = saved_argv
             sys.path[:] = saved_path
@@ -278,6 +284,7 @@ class Simulator:
                 site: {"round": f.round_number, "reason": f.reason, "traceback": f.detail}
                 for site, f in result.failures.items()
             },
+            "script_errors": [error.summary() for error in result.script_errors],
         }
         path = self.workspace / SUMMARY_FILE
         path.write_text(json.dumps(summary, indent=2) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import threading
 
 import numpy as np
@@ -108,3 +109,53 @@ def test_log_rejects_non_numbers(value: object) -> None:
         flare.init()
         with pytest.raises(TypeError, match="must be a finite number"):
             flare.log("loss", value)  # type: ignore[arg-type]
+
+
+class _DataType(enum.Enum):
+    """Like FLARE's AnalyticsDataType: members whose values are the type names."""
+
+    SCALAR = "SCALAR"
+    TEXT = "TEXT"
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "logged"),
+    [
+        (("acc", 0.5, "SCALAR"), {}, ("acc", 0.5, None)),
+        (("acc", 0.5, "SCALAR"), {"global_step": 4}, ("acc", 0.5, 4)),
+        (("acc", 0.5, _DataType.SCALAR, 2), {"writer": "tb"}, ("acc", 0.5, 2)),
+        (("acc", 0.5), {"data_type": "metric", "global_step": np.int64(7)}, ("acc", 0.5, 7)),
+        (("acc", 0.5), {"step": 3}, ("acc", 0.5, 3)),
+        (("acc", 0.5), {"step": 3, "global_step": 3}, ("acc", 0.5, 3)),
+    ],
+)
+def test_log_takes_flare_s_signature_and_step(
+    args: tuple[object, ...], kwargs: dict[str, object], logged: tuple[object, ...]
+) -> None:
+    session = RecordingSession()
+    with bound_session(session):
+        flare.init()
+        flare.log(*args, **kwargs)  # type: ignore[arg-type]
+    assert session.logged == [logged]
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "message"),
+    [
+        (("acc", 0.5), {"step": "SCALAR"}, TypeError, r"step must be an int, got 'SCALAR'"),
+        (("acc", 0.5), {"step": 1.5}, TypeError, r"step must be an int, got 1\.5"),
+        (("acc", 0.5), {"global_step": True}, TypeError, r"global_step must be an int, got True"),
+        (("acc", 0.5, 3), {}, TypeError, r"third argument is data_type .* global_step= or step="),
+        (("acc", 0.5, _DataType.TEXT), {}, ValueError, r"is not recorded by fl-core"),
+        (("acc", 0.5), {"step": 1, "global_step": 2}, ValueError, r"disagree"),
+    ],
+)
+def test_log_refuses_a_step_that_is_not_an_int(
+    args: tuple[object, ...], kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    session = RecordingSession()
+    with bound_session(session):
+        flare.init()
+        with pytest.raises(error, match=message):
+            flare.log(*args, **kwargs)  # type: ignore[arg-type]
+    assert session.logged == []

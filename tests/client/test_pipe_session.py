@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from fl_core.model import FLModel
 from fl_core.plugins import make_plugin_manager
 from fl_core.runtime.executor import _OnceSession
 from fl_core.spec.pipe import Pipe, PipeMessage, PipeSide
+from fl_core.testing.stream_contract import wait_until
 
 pytestmark = pytest.mark.usefixtures("fl_no_threads_left")
 WAIT = 60.0
@@ -128,10 +128,7 @@ def _next(active: Pipe) -> PipeMessage:
 
 def _task(active: Pipe, task_id: str, round_: int, params: dict[str, np.ndarray]) -> None:
     # A cell pipe's ACTIVE end cannot reach a trainer that has not connected yet.
-    deadline = time.monotonic() + WAIT
-    while not active.peer_alive():
-        assert time.monotonic() < deadline, "the trainer never opened its end"
-        time.sleep(0.05)
+    wait_until(active.peer_alive, WAIT, "the trainer to open its end")
     headers = {"task_id": task_id, "task_name": "train", "round": str(round_)}
     assert active.send(PipeMessage(Topic.TASK, headers, FLModel(params=params)), WAIT)
 

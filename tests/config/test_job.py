@@ -474,7 +474,8 @@ def test_wrong_value(tmp_path: Path, changes: dict[str, Any], key: str, problem:
             # Reported instead of the missing `script` the typo causes.
             {"executor.script": _DELETE, "executor.scirpt": "train.py"},
             "executor.scirpt",
-            "unknown key; allowed keys: args, launch, script, task_timeout; did you mean 'script'?",
+            "unknown key; allowed keys: args, fail_on_script_error, launch, script, "
+            "task_timeout; did you mean 'script'?",
         ),
         (
             {"components.transport": {"name": "grpc", "opts": {}}},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -63,3 +64,42 @@ def test_hello_pytorch_accuracy_rises_well_above_chance(
     initial = load_params(EXAMPLE / "initial_model.npz")
     final = load_params(ws / "final_model.npz")
     assert {k: v.shape for k, v in final.items()} == {k: v.shape for k, v in initial.items()}
+
+
+@pytest.mark.parametrize("pipe", [None, "file"])
+def test_three_sites_on_a_two_site_split_say_what_happened_to_site_3(
+    tmp_path: Path, pipe: str | None
+) -> None:
+    # job.yaml splits the data for 2 sites: site-3's script exits at its start.
+    job = tmp_path / "hello-pytorch"
+    shutil.copytree(EXAMPLE, job, ignore=shutil.ignore_patterns("__pycache__"))
+    text = (job / "job.yaml").read_text().replace("rounds: 5", "rounds: 2")
+    if pipe is not None:
+        text += f"components:\n  pipe: {pipe}\n"
+    (job / "job.yaml").write_text(text)
+    ws = tmp_path / "ws"
+
+    command = ["run", str(job), "--clients", "3", "--workspace", str(ws)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fl_core.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "after sending its result" not in output, output
+    # In-process the runtime sees the task untaken; over a file pipe the task was
+    # published, and the script exited before it opened the pipe or sent a result.
+    when = (
+        "before it took its first task"
+        if pipe is None
+        else "(?:without sending a result|before it opened its end of the pipe)"
+    )
+    said = (
+        rf"^round 1/2: site-3 failed: the training script exited with code 1 {when}: "
+        r"site-3: the data is split for 2 sites; set HELLO_PYTORCH_SITES"
+    )
+    assert re.search(said, proc.stdout, re.MULTILINE), output
+    assert json.loads((ws / "summary.json").read_text())["script_errors"] == []

@@ -8,6 +8,7 @@ process outlives the job.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -218,4 +219,54 @@ def test_a_client_job_that_cannot_start_fails_the_job_at_once_with_its_reason(
     assert "error: submit: JobPackageError" in proc.stderr, proc.stderr
     assert "components.pipe.options.colour: `file` has no such option" in proc.stderr
     assert "joined within" not in proc.stderr
+    assert wait_gone(poc_root(proc.stdout)) == []
+
+
+FLARE_STYLE = """\
+import sys
+import fl_core.client as flare
+
+flare.init()
+while flare.is_running():
+    m = flare.receive()
+    flare.send(flare.FLModel(params={k: v + 1 for k, v in m.params.items()},
+                             meta={"num_samples": 1}))
+if sys.argv[1] == "fail":
+    raise SystemExit("cleanup went wrong")
+"""
+
+
+@pytest.mark.parametrize(
+    ("pipe", "launch", "end"),
+    [("file", "per_task", "ok"), ("cell", "once", "ok"), ("cell", "per_task", "fail"),
+     ("file", "once", "fail")],
+)  # fmt: skip
+def test_a_flare_style_script_ends_cleanly_and_a_bad_end_is_reported(
+    tmp_path: Path, pipe: str, launch: str, end: str
+) -> None:
+    job = write_job(
+        tmp_path / "job",
+        script=FLARE_STYLE,
+        rounds=2,
+        initial_params={"w": np.zeros(2)},
+        components={"pipe": pipe},
+        extra={"executor": {"script": "train.py", "launch": launch, "args": [end]}},
+    )
+    ws = tmp_path / "ws"
+    proc = run_cli("run", "--mode", "poc", str(job), "--workspace", str(ws))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    np.testing.assert_array_equal(load_params(ws / "final_model.npz")["w"], np.full(2, 2.0))
+    errors = json.loads((ws / "summary.json").read_text())["script_errors"]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+    if end == "ok":  # a crash at the end (AttributeError on None) would be listed here
+        assert (errors, warnings) == ([], []), proc.stderr
+    else:
+        # per_task: after each task; once: at the end, after the last result.
+        count = 4 if launch == "per_task" else 2
+        assert len(errors) == count and len(warnings) == count, proc.stderr
+        assert {(e["exit_code"], e["last_line"]) for e in errors} == {(1, "cleanup went wrong")}
+        assert (
+            "WARNING: site-2: the training script exited with code 1 after sending its result "
+            "of round 2: cleanup went wrong"
+        ) in warnings
     assert wait_gone(poc_root(proc.stdout)) == []

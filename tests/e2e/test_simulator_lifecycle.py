@@ -152,14 +152,19 @@ def test_a_failure_after_send_is_logged(tmp_path: Path, caplog: pytest.LogCaptur
         "raise RuntimeError('cleanup failed')\n"
     )
     job = write_job(tmp_path / "job", script=script, rounds=1, initial_params={"w": np.zeros(1)})
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.WARNING):
         result = simulator_for(job, workspace=tmp_path / "ws").run()
     assert result.status == "finished"
     failed = [
-        r.getMessage() for r in caplog.records if "after sending its result" in r.getMessage()
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "after sending its result" in r.getMessage()
     ]
     assert len(failed) == 2
     assert "RuntimeError: cleanup failed" in failed[0]
+    summary = json.loads((tmp_path / "ws" / "summary.json").read_text())
+    assert sorted(e["site"] for e in summary["script_errors"]) == ["site-1", "site-2"]
+    assert summary["script_errors"][0]["last_line"] == "RuntimeError: cleanup failed"
 
 
 def test_the_task_timeout_counts_from_the_start_of_the_script(tmp_path: Path) -> None:

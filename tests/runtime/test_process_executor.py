@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -292,10 +292,7 @@ def test_stop_fails_the_running_task_and_ends_the_process_and_its_children(
     )
     got: list[Outcome] = []
     executor.execute("site-1", _task(1), got.append)
-    deadline = time.monotonic() + WAIT
-    while len(_pids(tmp_path)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(_pids(tmp_path)) == 2
+    wait_until(lambda: len(_pids(tmp_path)) == 2, WAIT, "the script and its child to start")
     assert executor.stop("the job was aborted", 1.0) == []
     assert [o.reason for o in got] == ["the job was aborted"]
     assert not any(pid_alive(p) for p in _pids(tmp_path))
@@ -359,17 +356,20 @@ def test_an_idle_process_is_told_end_and_exits_by_itself(
 
 
 def test_stop_ends_a_hand_over_to_a_script_that_never_receives(
-    make_executor: Callable[..., ProcessExecutor], tmp_path: Path
+    make_executor: Callable[..., ProcessExecutor],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # With the cell pipe the hand-over waits for the script's receive(), which never comes.
-    executor = make_executor("flare.init()\nPath('ready').touch()\ntime.sleep(600)\n")
+    executor = make_executor("flare.init()\ntime.sleep(600)\n")
     got: list[Outcome] = []
-    executor.execute("site-1", _task(1), got.append)
-    ready = tmp_path / "ws" / "trainers" / "site-1" / "ready"
-    deadline = time.monotonic() + WAIT
-    while not ready.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # the executor sees the script's end open and begins the hand-over
+    with caplog.at_level(logging.DEBUG, logger="fl_core.runtime.process_executor"):
+        executor.execute("site-1", _task(1), got.append)
+        wait_until(
+            lambda: "handing task task-1 to training process" in caplog.text,
+            WAIT,
+            "the executor to begin the hand-over",
+        )
     assert executor.stop("the job was aborted", 1.0) == []
     assert [o.reason for o in got] == ["the job was aborted"]
     assert not any(pid_alive(p) for p in _pids(tmp_path))
@@ -398,7 +398,8 @@ def test_jobs_sharing_a_pipe_root_never_see_each_others_messages(
         "flare.init()\ntime.sleep(600)\n", pipe_options={"root": str(root)}, task_timeout=1.0
     )
     assert "did not send a result" in _run(first, _task(1)).reason
-    first.stop("done", 1.0)
+    # The outcome comes before the process is ended: stop returns once it is.
+    assert first.stop("done", 10.0) == []
     left = set(root.iterdir())  # the killed script's pipe: its messages stay unread
     assert len(left) == 1
     second = make_executor(ECHO, pipe_options={"root": str(root)})
@@ -407,6 +408,18 @@ def test_jobs_sharing_a_pipe_root_never_see_each_others_messages(
     np.testing.assert_array_equal(outcome.result.params["w"], np.full(2, 6.0))
     second.stop("done", 5.0)
     assert set(root.iterdir()) == left  # the pipe whose script closed its end went
+
+
+def test_two_executors_in_one_workspace_get_separate_pipe_folders(
+    make_executor: Callable[..., ProcessExecutor],
+) -> None:
+    # A job restarted in the same workspace while the old one's process still runs.
+    first = make_executor(ECHO)
+    assert _run(first, _task(1)).result is not None
+    second = make_executor(ECHO)
+    outcome = _run(second, _task(2))
+    assert outcome.result is not None, outcome.reason
+    assert first.stop("done", 10.0) == [] and second.stop("done", 10.0) == []
 
 
 def test_threads_bounds_how_many_sites_run_at_once(
