@@ -69,6 +69,7 @@ from urllib.parse import urlparse
 import grpc
 from grpc import aio
 
+from fl_core.admission import Admission
 from fl_core.errors import CellError, ConfigError, TargetUnreachableError
 from fl_core.loop_thread import LoopThread
 from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE
@@ -81,7 +82,6 @@ from fl_core.spec.transport import (
     Transport,
 )
 from fl_plugins.transport_grpc import tls as tls_material
-from fl_plugins.transport_grpc.admission import Admission
 from fl_plugins.transport_grpc.connection import (
     CLOSE_GRACE,
     ClientConnection,
@@ -294,7 +294,7 @@ class GrpcTransport(Transport):
         self, host: str, port: int, url: str, on_connection: Callable[[Connection], None]
     ) -> GrpcListener:
         loop = asyncio.get_running_loop()
-        admission = Admission(url, self._hello_timeout, self._max_unadmitted)
+        admission = Admission("grpc", log, url, self._hello_timeout, self._max_unadmitted)
 
         async def frames(_requests: object, context: aio.ServicerContext[bytes, bytes]) -> None:
             conn = ServerConnection(

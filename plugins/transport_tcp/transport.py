@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Final, TypeVar
 from urllib.parse import urlparse
 
+from fl_core.admission import Admission
 from fl_core.errors import CellError, ConfigError, TargetUnreachableError
 from fl_core.loop_thread import LoopThread
 from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE
@@ -34,7 +35,6 @@ from fl_core.spec.transport import (
     Transport,
 )
 from fl_plugins.transport_tcp import tls as tls_contexts
-from fl_plugins.transport_tcp.admission import Admission
 from fl_plugins.transport_tcp.connection import FrameProtocol, TcpConnection
 
 log = logging.getLogger("fl_plugins.transport_tcp")
@@ -181,7 +181,7 @@ class TcpTransport(Transport):
                 log.exception("tcp: on_connection for %s (listener %s) failed", conn.peer, url)
                 conn.close()
 
-        admission = Admission(url, self._hello_timeout, self._max_unadmitted)
+        admission = Admission("tcp", log, url, self._hello_timeout, self._max_unadmitted)
 
         def factory() -> asyncio.BaseProtocol:
             if not self._tls:
