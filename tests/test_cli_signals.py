@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 
 import pytest
 
 from fl_core import cli_signals
 from fl_core.cli_signals import Interrupted
+
+
+@pytest.fixture(autouse=True)
+def _signals_as_from_a_terminal() -> Iterator[None]:
+    # The runner may have been started with SIGINT or SIGHUP ignored (a CI job in
+    # the background, `nohup`), and an ignored signal rightly stays ignored.
+    before = {sig: signal.getsignal(sig) for sig in cli_signals.STOP_SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _send(sig: signal.Signals) -> None:

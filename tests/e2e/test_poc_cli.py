@@ -22,6 +22,19 @@ REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello-numpy"
 FL_CORE = [sys.executable, "-m", "fl_core.cli"]
 
+# `fl-core` as a terminal starts it: with the stop signals at their defaults. A
+# test runner started in the background (a CI job, `nohup`) may hand its children
+# SIGINT or SIGHUP ignored, and fl-core rightly leaves an ignored signal ignored.
+FL_CORE_FROM_A_TERMINAL = [
+    sys.executable,
+    "-c",
+    "import runpy, signal\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    "for s in (signal.SIGTERM, signal.SIGHUP):\n"
+    "    signal.signal(s, signal.SIG_DFL)\n"
+    "runpy.run_module('fl_core.cli', run_name='__main__', alter_sys=True)\n",
+]
+
 pytestmark = pytest.mark.e2e
 
 

@@ -21,7 +21,7 @@ import pytest
 from fl_core.testing import write_job
 from fl_core.testing.stream_contract import wait_until
 
-from .test_poc_cli import FL_CORE, poc_root, processes_under, run_cli, wait_gone
+from .test_poc_cli import FL_CORE_FROM_A_TERMINAL, poc_root, processes_under, run_cli, wait_gone
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +58,15 @@ class Run:
         self.err = tmp_path / "stderr.txt"
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(
-                [*FL_CORE, "run", "--mode", mode, str(job), "--workspace", str(tmp_path / "ws")],
+                [
+                    *FL_CORE_FROM_A_TERMINAL,
+                    "run",
+                    "--mode",
+                    mode,
+                    str(job),
+                    "--workspace",
+                    str(tmp_path / "ws"),
+                ],
                 stdout=out,
                 stderr=err,
             )
@@ -179,7 +187,7 @@ def test_a_started_poc_outlives_the_terminal_that_started_it(tmp_path: Path) -> 
     ws = tmp_path / "poc"
     assert run_cli("poc", "prepare", "--workspace", str(ws)).returncode == 0
     start = subprocess.Popen(
-        [*FL_CORE, "poc", "start", "--workspace", str(ws)],
+        [*FL_CORE_FROM_A_TERMINAL, "poc", "start", "--workspace", str(ws)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -16,6 +16,8 @@ import pytest
 from fl_core.spec import hookimpl
 from fl_core.testing import simulator_for, write_job
 
+from .test_poc_cli import FL_CORE_FROM_A_TERMINAL
+
 pytestmark = pytest.mark.e2e
 
 SLOW = (
@@ -45,7 +47,7 @@ def test_ctrl_c_aborts_the_run_and_exits_130(tmp_path: Path) -> None:
     job = slow_job(tmp_path, 0.3, rounds=50)
     ws = tmp_path / "ws"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fl_core.cli", "run", str(job), "--workspace", str(ws)],
+        [*FL_CORE_FROM_A_TERMINAL, "run", str(job), "--workspace", str(ws)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
