@@ -19,7 +19,23 @@ from typing import Any, Protocol
 
 from fl_core.errors import CellError
 
-__all__ = ["Admission", "UnadmittedLink"]
+__all__ = ["Admission", "UnadmittedLink", "check_limits"]
+
+
+def check_limits(
+    hello_timeout: float, max_unadmitted: int, error: Callable[[str, str], Exception]
+) -> tuple[float, int]:
+    """A transport's `hello_timeout` and `max_unadmitted` options, checked.
+
+    `error(option, problem)` makes the transport's own error for a bad one.
+    """
+    if not hello_timeout > 0:
+        raise error("hello_timeout", f"must be a positive number, not {hello_timeout}")
+    if isinstance(max_unadmitted, bool) or not (
+        isinstance(max_unadmitted, int) and max_unadmitted > 0
+    ):
+        raise error("max_unadmitted", f"must be a positive integer, not {max_unadmitted!r}")
+    return float(hello_timeout), max_unadmitted
 
 
 class UnadmittedLink(Protocol):

@@ -69,7 +69,7 @@ from urllib.parse import urlparse
 import grpc
 from grpc import aio
 
-from fl_core.admission import Admission
+from fl_core.admission import Admission, check_limits
 from fl_core.errors import CellError, ConfigError, TargetUnreachableError
 from fl_core.loop_thread import LoopThread
 from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE
@@ -183,16 +183,9 @@ class GrpcTransport(Transport):
         max_unadmitted: int = DEFAULT_MAX_UNADMITTED,
         receive_window: int = RECEIVE_WINDOW,
     ) -> None:
-        if not hello_timeout > 0:
-            raise _option_error("hello_timeout", f"must be a positive number, not {hello_timeout}")
-        if isinstance(max_unadmitted, bool) or not (
-            isinstance(max_unadmitted, int) and max_unadmitted > 0
-        ):
-            raise _option_error(
-                "max_unadmitted", f"must be a positive integer, not {max_unadmitted!r}"
-            )
-        self._hello_timeout = float(hello_timeout)
-        self._max_unadmitted = max_unadmitted
+        self._hello_timeout, self._max_unadmitted = check_limits(
+            hello_timeout, max_unadmitted, _option_error
+        )
         if credentials is not None:
             if certfile or keyfile or cafile:
                 raise ConfigError(

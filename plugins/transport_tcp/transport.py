@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Final, TypeVar
 from urllib.parse import urlparse
 
-from fl_core.admission import Admission
+from fl_core.admission import Admission, check_limits
 from fl_core.errors import CellError, ConfigError, TargetUnreachableError
 from fl_core.loop_thread import LoopThread
 from fl_core.serialization.envelope import DEFAULT_MAX_BODY_SIZE
@@ -106,16 +106,9 @@ class TcpTransport(Transport):
         hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
         max_unadmitted: int = DEFAULT_MAX_UNADMITTED,
     ) -> None:
-        if not hello_timeout > 0:
-            raise _option_error("hello_timeout", f"must be a positive number, not {hello_timeout}")
-        if isinstance(max_unadmitted, bool) or not (
-            isinstance(max_unadmitted, int) and max_unadmitted > 0
-        ):
-            raise _option_error(
-                "max_unadmitted", f"must be a positive integer, not {max_unadmitted!r}"
-            )
-        self._hello_timeout = float(hello_timeout)
-        self._max_unadmitted = max_unadmitted
+        self._hello_timeout, self._max_unadmitted = check_limits(
+            hello_timeout, max_unadmitted, _option_error
+        )
         self._server_ssl: ssl.SSLContext | None = None
         self._client_ssl: ssl.SSLContext | None = None
         self._tls = tls or credentials is not None
