@@ -35,12 +35,24 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fl_core.errors import FlCoreError
 from fl_core.spec import Register, hookspec
+
+if TYPE_CHECKING:
+    from fl_core.spec.transport import Transport
+
+TransportMaker = Callable[[str, Mapping[str, Any]], "Transport"]
+"""`make(name, options)`: a fresh transport of the installed plugin component `name`.
+
+Raises `UnknownComponentError` (listing what is installed) for a name no
+plugin registered. A pipe that carries its messages over cells gets its
+transports this way, never by importing a transport plugin.
+"""
 
 GiB = 1024**3
 MiB = 1024**2
@@ -121,6 +133,15 @@ class Pipe(ABC):
 
     One thread at a time may call `send`, one (maybe another) `receive`.
     """
+
+    def use_transports(self, make: TransportMaker) -> None:  # noqa: B027 - optional hook
+        """Receive the maker of transports by name; called right after the factory.
+
+        The runtime calls it on every pipe it builds, at both ends, before
+        `prepare` and `open`. Pipes that need no transport ignore it (the
+        default). A pipe that needs one and was never given a maker raises
+        `PipeError` from `open`.
+        """
 
     def prepare(self, context: PipeContext) -> None:  # noqa: B027 - optional hook
         """Fill in, from `context`, whatever the options left out; called before an ACTIVE `open`.
