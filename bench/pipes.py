@@ -256,7 +256,7 @@ while flare.is_running():
 def role_executor(kind: str, workdir: str, size: int) -> None:
     """A client job: one task carrying the model through `ProcessExecutor`, to its result.
 
-    Built as `fl_core.runtime.executors.build_executor` builds it, from the
+    Built as `fl_core.roles.client_job.executors.build_executor` builds it, from the
     plugin registry. Like `ClientRunner`, this process keeps only the task's
     ids once the executor has the task, so the executor holds the only
     reference to the model it hands over.
@@ -265,8 +265,8 @@ def role_executor(kind: str, workdir: str, size: int) -> None:
 
     from fl_core.config import LaunchMode
     from fl_core.plugins import make_plugin_manager
-    from fl_core.runtime.executor import Assignment, Outcome
-    from fl_core.runtime.process_executor import ProcessExecutor
+    from fl_core.roles.client_job.in_process import Assignment, Outcome
+    from fl_core.roles.client_job.process_executor import ProcessExecutor
     from fl_core.spec.launcher import Launcher
     from fl_core.spec.pipe import Pipe
 

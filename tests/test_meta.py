@@ -74,4 +74,6 @@ def test_every_spec_module_is_import_light() -> None:
         tree = ast.parse(path.read_text())
         for node in tree.body:
             if isinstance(node, ast.ImportFrom) and node.module:
-                assert not node.module.startswith(("fl_core.runtime", "fl_core.cell")), path
+                assert not node.module.startswith(
+                    ("fl_core.roles", "fl_core.processes", "fl_core.cell")
+                ), path

@@ -19,7 +19,7 @@ its log in `server/log.txt`); `<site>/` is each client parent's; `admin/`
 is the admin's.
 
 Credentials (POC): each party's secrets are in a `credentials/` folder of
-its own workspace (mode 0700, files 0600, see `fl_core.runtime.credentials`):
+its own workspace (mode 0700, files 0600, see `fl_core.credentials`):
 `admin/credentials/admin.key` proves an admin, `<site>/credentials/site.key`
 proves a site, and `server/credentials/` holds the server parent's copies
 (`admin.key`, `<site>.key`) to check them against.

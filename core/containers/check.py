@@ -39,7 +39,7 @@ def check_job(job: JobConfig, mode: str = "poc", registry: Registry | None = Non
     from fl_core.containers.poc import poc_container
     from fl_core.containers.production import production_container
     from fl_core.containers.simulator import simulator_container
-    from fl_core.runtime.executors import check_executor
+    from fl_core.roles.client_job.executors import check_executor
 
     factory = {
         "simulator": simulator_container,

@@ -9,8 +9,8 @@ from dependency_injector import providers
 
 from fl_core.config import JobConfig
 from fl_core.containers.base import BaseContainer, settings
-from fl_core.runtime.server_runner import EventSink
-from fl_core.runtime.simulator import Simulator
+from fl_core.roles.server_job.runner import EventSink
+from fl_core.roles.simulator import Simulator
 
 DEFAULTS: Mapping[str, str] = {"transport": "inprocess", "security": "none"}
 

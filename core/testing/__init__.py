@@ -31,7 +31,7 @@ from dependency_injector import providers
 
 from fl_core.config import JobConfig, load_job
 from fl_core.plugins import PluginManager, make_plugin_manager
-from fl_core.runtime.simulator import Simulator
+from fl_core.roles.simulator import Simulator
 
 __all__ = ["LauncherContract", "PipeContract", "plugin_manager_with", "simulator_for", "write_job"]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fl_core.runtime.simulator import Simulator
+from fl_core.roles.simulator import Simulator
 from fl_core.testing import simulator_for, write_job
 
 

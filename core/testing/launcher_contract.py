@@ -45,7 +45,7 @@ from typing import ClassVar
 import pytest
 
 from fl_core.errors import FlCoreError
-from fl_core.runtime.pids import pid_alive
+from fl_core.pids import pid_alive
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
 
 __all__ = ["ContractJob", "ContractJobs", "LauncherContract", "pid_running"]

@@ -28,7 +28,7 @@ from fl_core.client.pipe_session import (
 from fl_core.errors import FlCoreError
 from fl_core.model import FLModel
 from fl_core.plugins import make_plugin_manager
-from fl_core.runtime.executor import _OnceSession
+from fl_core.roles.client_job.in_process import _OnceSession
 from fl_core.spec.pipe import Pipe, PipeMessage, PipeSide
 from fl_core.testing.stream_contract import wait_until
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fl_core.cli.poc_federation import PocStartError, pid_running, prepare, start
 from fl_core.config.federation import load_federation
 from fl_core.model import load_params
-from fl_core.runtime.poc import PocStartError, pid_running, prepare, start
 from fl_core.testing import write_job
 
 REPO = Path(__file__).resolve().parents[2]

@@ -30,11 +30,11 @@ import numpy as np
 import pytest
 
 from fl_core.cell.channels import Channel
+from fl_core.cli.poc_federation import write_credentials
 from fl_core.config.federation import federation_yaml, load_federation
 from fl_core.errors import RemoteError
-from fl_core.runtime.admin_client import AdminClient, AdminRequestError
-from fl_core.runtime.parents import AdminTopic, ParentTopic
-from fl_core.runtime.poc import write_credentials
+from fl_core.roles.admin.client import AdminClient, AdminRequestError
+from fl_core.roles.protocol.parent import AdminTopic, ParentTopic
 from fl_core.testing import write_job
 
 pytestmark = pytest.mark.e2e
@@ -145,7 +145,7 @@ class Federation:
         folder.mkdir(exist_ok=True)
         with open(folder / "log.txt", "ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "fl_core.runtime.main", *args],
+                [sys.executable, "-m", "fl_core.processes.main", *args],
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
@@ -206,7 +206,7 @@ class Federation:
 
         def find() -> int:
             for pid, argv in self.processes().items():
-                if argv[1:4] == ["-m", "fl_core.runtime.main", role] and job_id in argv:
+                if argv[1:4] == ["-m", "fl_core.processes.main", role] and job_id in argv:
                     if not site or site in argv:
                         return pid
             return 0

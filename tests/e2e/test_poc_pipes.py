@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from fl_core.model import load_params
-from fl_core.runtime.pids import pid_alive
+from fl_core.pids import pid_alive
 from fl_core.testing import write_job
 from fl_core.testing.stream_contract import wait_until
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from fl_core.runtime.admin_client import AdminRequestError
+from fl_core.roles.admin.client import AdminRequestError
 
 pytestmark = pytest.mark.e2e
 

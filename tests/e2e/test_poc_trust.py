@@ -24,13 +24,13 @@ import pytest
 
 from fl_core.cell.cell import Cell
 from fl_core.cell.channels import Channel
+from fl_core.cli import poc_federation as poc
 from fl_core.config.federation import FederationConfig
+from fl_core.credentials import read_secret
 from fl_core.errors import CellError, RemoteError
-from fl_core.runtime import poc
-from fl_core.runtime.admin_client import AdminClient
-from fl_core.runtime.credentials import read_secret
-from fl_core.runtime.parents import Field, ParentTopic
-from fl_core.runtime.protocol import Topic
+from fl_core.roles.admin.client import AdminClient
+from fl_core.roles.protocol.parent import Field, ParentTopic
+from fl_core.roles.protocol.task import Topic
 from fl_core.testing import write_job
 from fl_plugins.transport_tcp.transport import TcpTransport
 

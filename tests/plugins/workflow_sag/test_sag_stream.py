@@ -13,7 +13,7 @@ from fl_core.cell.incoming import IncomingPayload
 from fl_core.cell.payload import PayloadKind, PayloadLimits, encode_payload
 from fl_core.errors import CellError
 from fl_core.model import FLModel, Params, ParamsType
-from fl_core.runtime.streamed_result import StreamedResult
+from fl_core.roles.server_job.streamed_result import StreamedResult
 from fl_core.spec.workflow import ResultBrokenError, ResultHeader, WholeResult
 from fl_core.testing.stream_contract import wait_until
 from fl_plugins.workflow_sag.aggregator import RejectedResult, WeightedAggregator

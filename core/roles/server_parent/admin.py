@@ -1,0 +1,211 @@
+"""The server parent's admin requests (`Channel.ADMIN`, see `fl_core.roles.protocol.parent`).
+
+Served only to cells named `admin-<hex>` that are children of the server
+parent: submit, list, status, abort, logs, download (as a file list and
+8 MiB reads, so no result is ever held whole here), sites and shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fl_core.cell.cell import DEFERRED
+from fl_core.cell.channels import Channel
+from fl_core.cell.message import Message
+from fl_core.errors import CellError, ConfigError, FlCoreError
+from fl_core.roles.protocol.parent import (
+    ABORT_GRACE,
+    ADMIN_PREFIX,
+    DOWNLOAD_CHUNK,
+    AdminTopic,
+    Field,
+    JobState,
+    ParentTopic,
+    json_int,
+    json_object,
+)
+from fl_core.roles.server_parent.job_store import JobRecord
+
+if TYPE_CHECKING:
+    from fl_core.config.job import JobConfig
+    from fl_core.roles.server_parent.engine import ServerEngine, _Running
+
+log = logging.getLogger("fl_core.roles.server_parent.engine")
+
+LOG_TAIL = 64 * 1024
+"""Bytes of a log that `job logs` returns."""
+
+_Handler = Callable[[Message], object]
+
+
+class AdminService:
+    """Answers admins on behalf of a `ServerEngine`."""
+
+    def __init__(self, engine: ServerEngine) -> None:
+        self.engine = engine
+        handlers = {
+            AdminTopic.SUBMIT: self._on_submit,
+            AdminTopic.LIST: self._on_list,
+            AdminTopic.STATUS: self._on_status,
+            AdminTopic.ABORT: self._on_abort,
+            AdminTopic.LOGS: self._on_logs,
+            AdminTopic.DOWNLOAD: self._on_download,
+            AdminTopic.READ: self._on_read,
+            AdminTopic.SITES: self._on_sites,
+            AdminTopic.SHUTDOWN: self._on_shutdown,
+        }
+        for topic, handler in handlers.items():
+            engine.cell.register_handler(Channel.ADMIN, topic, self._admin(handler))
+
+    def _admin(self, handler: _Handler) -> _Handler:
+        def guarded(message: Message) -> object:
+            if not message.origin.startswith(ADMIN_PREFIX) or "." in message.origin:
+                raise FlCoreError(f"{message.origin} is not an admin")
+            return handler(message)
+
+        return guarded
+
+    def _on_submit(self, message: Message) -> object:
+        if not isinstance(message.payload, bytes | bytearray | memoryview):
+            raise FlCoreError("a job package must be sent as bytes (a zip of the job folder)")
+        record = self.engine.store.submit(bytes(message.payload), self._check)
+        log.info("job %s (%s) submitted", record.job_id, record.name)
+        with self.engine._wake:
+            self.engine._wake.notify_all()
+        return {Field.JOB_ID: record.job_id}
+
+    def _check(self, job: JobConfig) -> None:
+        """Refuse at submit what could never run here: too many sites, unknown plugins."""
+        sites = self.engine.config.sites
+        if job.min_clients > len(sites):
+            raise ConfigError(
+                str(job.source),
+                "min_clients",
+                f"the job needs {job.min_clients} sites, but federation "
+                f"{self.engine.config.name} has only {len(sites)} ({', '.join(sites)})",
+            )
+        if self.engine.check_job is not None:
+            self.engine.check_job(job)
+
+    def _on_list(self, message: Message) -> object:
+        # Corrupt records are listed too, so that no job silently vanishes.
+        return {Field.JOBS: self.engine.shown(self.engine.store.entries())}
+
+    def _record(self, message: Message) -> JobRecord:
+        data = json_object(message.payload, "admin request")
+        return self.engine.store.get(str(data.get(Field.JOB_ID, "")))
+
+    def _on_status(self, message: Message) -> object:
+        return self.engine.shown([self._record(message)])[0]
+
+    def _on_abort(self, message: Message) -> object:
+        record = self._record(message)
+        if record.state.final:
+            why = f" ({record.reason})" if record.reason else ""
+            raise FlCoreError(f"job {record.job_id} has already ended: {record.state}{why}")
+        # The scheduler picks jobs under this lock: it cannot start this one now.
+        with self.engine._lock:
+            job = self.engine._running.get(record.job_id)
+            if job is None:
+                record = self.engine.store.update(
+                    record.job_id, state=JobState.ABORTED, reason="aborted", ended=time.time()
+                )
+                return record.to_json()
+        self.engine._abort(job, "aborted by the admin")
+        # Answered from a thread: the handler must not hold a dispatcher thread.
+        threading.Thread(
+            target=self._reply_when_done, args=(message, job), name="fl-abort-reply", daemon=True
+        ).start()
+        return DEFERRED
+
+    def _reply_when_done(self, message: Message, job: _Running) -> None:
+        job.done.wait(ABORT_GRACE * 4)
+        try:
+            self.engine.cell.reply(message, self.engine.store.get(job.job_id).to_json())
+        except CellError as exc:
+            log.info("abort of %s: the admin is gone: %s", job.job_id, exc)
+
+    def _on_logs(self, message: Message) -> object:
+        record = self._record(message)
+        data = json_object(message.payload, "logs request")
+        which = str(data.get(Field.WHICH) or "server")
+        if which == "server":
+            path = self.engine.store.workspace(record.job_id) / "log.txt"
+        elif which in self.engine.config.sites:
+            # Sites keep their own logs; on one machine (POC) the server can read them.
+            path = self.engine.config.site_dir(which) / "jobs" / record.job_id / "log.txt"
+        else:
+            raise FlCoreError(f"no log {which!r}: say 'server' or a site of job {record.job_id}")
+        if not path.is_file():
+            raise FlCoreError(f"job {record.job_id} has no {which} log yet")
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - LOG_TAIL))
+            return fh.read()
+
+    def _on_download(self, message: Message) -> object:
+        record = self._record(message)
+        top = self.engine.store.workspace(record.job_id).resolve()
+        files = [
+            {Field.PATH: path.relative_to(top).as_posix(), Field.SIZE: path.stat().st_size}
+            for path in sorted(top.rglob("*"))
+            if path.is_file() and not path.is_symlink()
+        ]
+        return {Field.FILES: files}
+
+    def _on_read(self, message: Message) -> object:
+        record = self._record(message)
+        data = json_object(message.payload, "read request")
+        top = self.engine.store.workspace(record.job_id).resolve()
+        name, offset = str(data.get(Field.PATH, "")), json_int(data.get(Field.OFFSET))
+        path = (top / name).resolve()
+        if not path.is_relative_to(top) or path == top or not path.is_file() or offset < 0:
+            raise FlCoreError(f"job {record.job_id} has no result file {name!r}")
+        with open(path, "rb") as fh:
+            # Checked again on the open file: a link swapped in after the check
+            # above must not lead outside the workspace.
+            opened = Path(os.readlink(f"/proc/self/fd/{fh.fileno()}"))
+            if not opened.is_relative_to(top):
+                raise FlCoreError(f"job {record.job_id} has no result file {name!r}")
+            fh.seek(offset)
+            return fh.read(DOWNLOAD_CHUNK)
+
+    def _on_sites(self, message: Message) -> object:
+        now = time.monotonic()
+        with self.engine._lock:
+            sites = [
+                {
+                    Field.SITE: s.site,
+                    Field.URL: s.url,
+                    Field.PID: s.pid,
+                    Field.LAST_SEEN: round(now - s.last_seen, 3),
+                    Field.JOBS: list(s.jobs),
+                }
+                for s in sorted(self.engine._sites.values(), key=lambda s: s.site)
+            ]
+        return {Field.SITES: sites}
+
+    def _on_shutdown(self, message: Message) -> object:
+        threading.Thread(target=self._shutdown, name="fl-shutdown", daemon=True).start()
+        return {}
+
+    def _shutdown(self) -> None:
+        with self.engine._lock:
+            sites = list(self.engine._sites)
+        with self.engine._lock:
+            running = list(self.engine._running.values())
+        for job in running:
+            self.engine._abort(job, "the federation is shutting down")
+        for job in running:
+            job.done.wait(ABORT_GRACE * 3)
+        for site in sites:
+            try:
+                self.engine.cell.request(site, Channel.CLIENT_MAIN, ParentTopic.SHUTDOWN, {}, 10.0)
+            except CellError as exc:
+                log.info("%s did not confirm its shutdown: %s", site, exc)
+        self.engine.stop("the federation is shutting down")
