@@ -41,3 +41,13 @@ def read_tail(path: Path, limit: int, start: int = 0) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def write_pid(folder: Path) -> Path:
+    """Write this process's pid into `folder/pid` (atomically) and return the file's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pid"
+    tmp = path.with_name("pid.tmp")
+    tmp.write_text(f"{os.getpid()}\n")
+    tmp.replace(path)
+    return path

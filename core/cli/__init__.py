@@ -25,16 +25,13 @@ from typing import TextIO
 from fl_core import __version__
 from fl_core.cli import signals as cli_signals
 from fl_core.cli.poc import add_job_parsers, add_poc_parser, job_command, poc_command, run_poc
+from fl_core.cli.usage import UsageError
 from fl_core.errors import FlCoreError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-class UsageError(FlCoreError):
-    """Options that do not go together; exits with the usage code, like argparse."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
         "--workspace", type=Path, help="where results go (default: ./fl-workspace/<job name>)"
     )
     run.add_argument(
-        "--transport", choices=("tcp", "grpc"), help="--mode poc: the federation's transport"
+        "--transport",
+        metavar="NAME",
+        help="--mode poc: the federation's transport, any installed one "
+        "(default: the job's, else tcp)",
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no per-round progress")
 
@@ -75,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=("simulator", "poc", "production"),
         default="simulator",
         help="check against this mode's plugins (default: simulator)",
+    )
+    check.add_argument(
+        "--federation",
+        type=Path,
+        metavar="PATH",
+        help="--mode poc/production: the federation (its federation.yaml, or the POC "
+        "workspace holding it) whose transport and security the job must leave alone",
     )
     add_job_parsers(job_sub)
     add_poc_parser(sub)
@@ -170,11 +177,17 @@ def _containers(mode: str):  # type: ignore[no-untyped-def]
 def _job_check(args: argparse.Namespace, out: TextIO) -> int:
     from fl_core.config import load_job
     from fl_core.config._checks import ConfigErrors
+    from fl_core.config.federation import load_federation
     from fl_core.containers.check import JobCheckErrors, check_job
 
     try:
         job = load_job(args.job)
-        check_job(job, args.mode)
+        federation = None
+        if args.federation is not None:
+            if args.mode == "simulator":
+                raise UsageError("--federation applies to --mode poc and production")
+            federation = load_federation(args.federation)
+        check_job(job, args.mode, federation=federation)
     except (ConfigErrors, JobCheckErrors) as exc:
         for error in exc.errors:  # every problem, each naming its file and key
             print(f"error: {error}", file=sys.stderr)
@@ -188,7 +201,8 @@ def _job_check(args: argparse.Namespace, out: TextIO) -> int:
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     from fl_core.config import load_job
-    from fl_core.roles.simulator import JobStatus, run_with_interrupt
+    from fl_core.roles.protocol.parent import JobState
+    from fl_core.roles.simulator import run_with_interrupt
 
     if args.mode == "poc":
         if args.threads is not None:
@@ -210,7 +224,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     progress = _Progress(out, job.rounds, quiet=args.quiet)
     container = factory(job, clients=clients, threads=threads, workspace=workspace)
     container.on_event.override(progress)
-    simulator = container.simulator()
+    simulator = container.runner()
     _start_clean(workspace, out)
     out.write(
         f"fl-core simulator: job {job.name} (id {simulator.job_id}), {clients} sites, "
@@ -219,7 +233,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     out.flush()
     result = run_with_interrupt(simulator)
     progress.close()
-    if result.status == JobStatus.FINISHED:
+    if result.status == JobState.FINISHED:
         out.write(
             f"finished in {result.elapsed:.2f} s: final model {workspace / 'final_model.npz'}, "
             f"metrics {workspace / 'metrics.json'}\n"
@@ -233,7 +247,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             err.write(failure.detail.rstrip() + "\n")
     err.write(f"\nerror: job {job.name} {result.status}: {result.reason}\n")
     err.write(f"logs: {workspace / 'log.txt'}\n")
-    if result.status == JobStatus.ABORTED:
+    if result.status == JobState.ABORTED:
         signum = cli_signals.received()
         return 128 + signum if signum is not None else EXIT_INTERRUPTED
     return EXIT_FAILED

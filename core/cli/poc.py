@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from fl_core.cli import signals as cli_signals
-from fl_core.errors import ConfigError, FlCoreError
+from fl_core.cli.usage import UsageError
+from fl_core.errors import ConfigError, FlCoreError, UnknownComponentError
 
 __all__ = ["add_job_parsers", "add_poc_parser", "job_command", "poc_command", "run_poc"]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 DEFAULT_POC: Final = Path("fl-poc")
-TRANSPORTS: Final = ("tcp", "grpc")
 STATUS_POLL: Final = 0.25
 """Seconds between status requests while following a job."""
 
@@ -47,9 +47,9 @@ def add_poc_parser(sub: Any) -> None:
             action.add_argument("--clients", type=_positive, default=2, help="sites (default: 2)")
             action.add_argument(
                 "--transport",
-                choices=TRANSPORTS,
                 default="tcp",
-                help="the federation's transport (default: tcp)",
+                metavar="NAME",
+                help="the federation's transport: any installed one (default: tcp)",
             )
             action.add_argument(
                 "--force",
@@ -107,6 +107,7 @@ def poc_command(args: argparse.Namespace, out: TextIO) -> int:
     from fl_core.config.federation import load_federation
 
     if args.poc_command == "prepare":
+        _check_transport(args.transport)
         config = poc.prepare(args.workspace, args.clients, args.transport, args.force)
         out.write(
             f"prepared a POC in {config.root}: server and {len(config.sites)} sites "
@@ -170,10 +171,10 @@ def _line(out: TextIO, text: str) -> None:
 def job_command(args: argparse.Namespace, out: TextIO) -> int:
     """Run an admin action of `fl-core job` against the POC in `--workspace`."""
     from fl_core.config.federation import load_federation
-    from fl_core.roles.admin.client import AdminClient
+    from fl_core.containers.poc import admin_client
 
     config = load_federation(args.workspace)
-    with AdminClient(config, wait=0.0) as admin:
+    with admin_client(config, wait=0.0) as admin:
         action = args.job_command
         if action == "submit":
             out.write(admin.submit(args.job) + "\n")
@@ -214,7 +215,10 @@ def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise ConfigError(
             "--clients", "", f"{clients} sites is fewer than min_clients {job.min_clients}"
         )
-    transport = args.transport or "tcp"
+    # The federation made for this run speaks the job's transport, if it names one.
+    named = job.components.get("transport")
+    transport = args.transport or (named.name if named is not None else "tcp")
+    _check_transport(transport)
     output = args.workspace or Path("fl-workspace") / job.name
     aside = fresh_workspace(output)
     if aside is not None:
@@ -263,9 +267,9 @@ def _submit_and_follow(
     config: Any, job: Any, output: Path, out: TextIO, err: TextIO, *, quiet: bool
 ) -> tuple[dict[str, Any], str]:
     """Submit the job, follow it to its end and download it; returns (record, why not)."""
-    from fl_core.roles.admin.client import AdminClient
+    from fl_core.containers.poc import admin_client
 
-    with AdminClient(config) as admin:
+    with admin_client(config) as admin:
         job_id = admin.submit(job.job_dir)
         _line(out, f"submitted job {job.name} (id {job_id})")
         try:
@@ -353,3 +357,13 @@ def _follow(admin: Any, job_id: str, out: TextIO, *, quiet: bool) -> dict[str, A
                 _line(out, f"job {job_id}: {new_state}")
             return record
         time.sleep(STATUS_POLL)
+
+
+def _check_transport(name: str) -> None:
+    """`--transport` names an installed transport that links processes, or it is a usage error."""
+    from fl_core.cli.poc_federation import PocError, check_poc_transport
+
+    try:
+        check_poc_transport(name)
+    except (UnknownComponentError, PocError) as exc:
+        raise UsageError(f"--transport: {exc}") from exc

@@ -27,6 +27,7 @@ from fl_core.config.federation import (
     federation_yaml,
     load_federation,
 )
+from fl_core.containers.poc import admin_client
 from fl_core.credentials import CredentialError, new_secret, write_secret
 from fl_core.errors import FlCoreError
 from fl_core.pids import pid_alive
@@ -96,6 +97,7 @@ def prepare(
     """
     if clients < 1:
         raise PocError(f"a POC needs at least 1 client, got {clients}")
+    check_poc_transport(transport)
     workspace = Path(workspace).resolve()
     if workspace.exists() and not workspace.is_dir():
         raise PocError(f"the POC workspace {workspace} is a file, not a folder")
@@ -114,6 +116,27 @@ def prepare(
         folder.mkdir()
     write_credentials(config)
     return config
+
+
+def check_poc_transport(name: str) -> None:
+    """Refuse a transport that is not installed, or that cannot link processes.
+
+    Raises `UnknownComponentError` (listing the installed transports) or
+    `PocError` for one, like the in-process transport, that carries objects
+    inside one process only.
+    """
+    from fl_core.containers.base import build_component
+    from fl_core.plugins import make_plugin_manager
+
+    transport = build_component(make_plugin_manager().registry(), "transport", name, {})
+    try:
+        if transport.carries_objects:
+            raise PocError(
+                f"transport {name!r} links cells inside one process only; a POC runs "
+                "separate processes (use tcp, grpc, or another wire transport)"
+            )
+    finally:
+        transport.close()
 
 
 def write_credentials(config: FederationConfig) -> None:
@@ -350,7 +373,7 @@ def _wait_registered(
             if config.url_file.is_file():
                 try:
                     if admin is None:
-                        admin = AdminClient(config, wait=0.0, timeout=5.0).connect()
+                        admin = admin_client(config, wait=0.0, timeout=5.0).connect()
                     now = {str(site.get("site")) for site in admin.sites()}
                 except (CredentialError, AdminRefusedError) as exc:
                     # Not a process still starting: waiting would not change it.
@@ -408,7 +431,7 @@ def stop(config: FederationConfig, timeout: float = 30.0) -> list[str]:
     notes: list[str] = []
     if "server" in pids:
         try:
-            with AdminClient(config, wait=0.0, timeout=10.0) as admin:
+            with admin_client(config, wait=0.0, timeout=10.0) as admin:
                 admin.shutdown()
         except FlCoreError as exc:
             notes.append(f"the server parent did not take the shutdown ({exc}); terminating")
@@ -445,7 +468,7 @@ def status(config: FederationConfig) -> dict[str, Any]:
     error = None
     if server["alive"]:
         try:
-            with AdminClient(config, wait=0.0, timeout=10.0) as admin:
+            with admin_client(config, wait=0.0, timeout=10.0) as admin:
                 for entry in admin.sites():
                     name = str(entry.get("site"))
                     if name in sites:

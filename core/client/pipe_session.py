@@ -259,10 +259,11 @@ def session_from_environment(environ: Mapping[str, str] | None = None) -> PipeSe
     options = config.get("options", {})
     if not isinstance(options, dict):
         raise _fail(f"'options' must be a JSON object, got {type(options).__name__}")
-    from fl_core.plugins import make_plugin_manager
+    # This is the training process's composition root: its container builds the pipe.
+    from fl_core.containers.trainer import trainer_pipe
 
     try:
-        pipe = make_plugin_manager().registry().create("pipe", component, options, expect=Pipe)
+        pipe = trainer_pipe(component, options)
     except FlCoreError as exc:
         raise _fail(f"cannot build pipe {component!r}: {exc}") from exc
     try:

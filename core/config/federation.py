@@ -4,7 +4,9 @@
 workspace; the server parent and every client parent read it:
 
     name: poc
-    transport: tcp                 # or {name: grpc, options: {...}}
+    transport: tcp                 # or {name: grpc, options: {...}}; any installed transport
+    security: none                 # the security provider (POC: none; production: pki)
+    launcher: process              # what starts job processes (server and client jobs)
     server:
       listen: tcp://127.0.0.1:0    # port 0: a free port; the real URL is written to server/url
       heartbeat_interval: 1.0      # seconds between a client parent's heartbeats
@@ -17,6 +19,11 @@ Folders, relative to the file: `server/` is the server parent's workspace
 (its job store in `server/jobs/`, its URL in `server/url` once it listens,
 its log in `server/log.txt`); `<site>/` is each client parent's; `admin/`
 is the admin's.
+
+The federation fixes transport and security for every job; a job that
+names others is refused (`fl-core job check`, and at submit). A site may
+restrict the launchers its jobs use in its own `<site>/site.yaml`
+(`launchers: [docker]`, see `fl_core.config.site`).
 
 Credentials (POC): each party's secrets are in a `credentials/` folder of
 its own workspace (mode 0700, files 0600, see `fl_core.credentials`):
@@ -49,7 +56,7 @@ CREDENTIALS_DIR: Final = "credentials"
 
 _SITE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _RESERVED: Final = frozenset({SERVER_DIR, ADMIN_DIR})
-_TOP_KEYS: Final = ("name", "transport", "server", "sites")
+_TOP_KEYS: Final = ("name", "transport", "security", "launcher", "server", "sites")
 _SERVER_KEYS: Final = (
     "listen",
     "heartbeat_interval",
@@ -79,6 +86,8 @@ class FederationConfig:
     """The folder holding the file; workspaces are relative to it."""
     name: str
     transport: ComponentChoice
+    security: ComponentChoice = field(default_factory=lambda: ComponentChoice("none", {}))
+    launcher: ComponentChoice = field(default_factory=lambda: ComponentChoice("process", {}))
     server: ServerSettings = field(default_factory=ServerSettings)
     sites: tuple[str, ...] = ()
 
@@ -140,7 +149,16 @@ def parse_federation(data: object, source: Path) -> FederationConfig:
     # Each key on its own, so one run reports every problem of the file.
     name = check.attempt(lambda: check.string(top["name"], "name"), "") if "name" in top else ""
     transport = check.attempt(
-        lambda: _transport(check, top.get("transport", "tcp")), ComponentChoice("tcp", {})
+        lambda: _component(check, "transport", top.get("transport", "tcp")),
+        ComponentChoice("tcp", {}),
+    )
+    security = check.attempt(
+        lambda: _component(check, "security", top.get("security", "none")),
+        ComponentChoice("none", {}),
+    )
+    launcher = check.attempt(
+        lambda: _component(check, "launcher", top.get("launcher", "process")),
+        ComponentChoice("process", {}),
     )
     server = check.attempt(lambda: _server(check, top.get("server") or {}), ServerSettings())
     none: tuple[str, ...] = ()
@@ -151,6 +169,8 @@ def parse_federation(data: object, source: Path) -> FederationConfig:
         root=source.parent,
         name=name,
         transport=transport,
+        security=security,
+        launcher=launcher,
         server=server,
         sites=sites,
     )
@@ -175,13 +195,13 @@ def _sites(check: Checker, raw_sites: object) -> tuple[str, ...]:
     return tuple(sites)
 
 
-def _transport(check: Checker, value: object) -> ComponentChoice:
+def _component(check: Checker, kind: str, value: object) -> ComponentChoice:
     if isinstance(value, str):
-        return ComponentChoice(check.plugin_name(value, "transport"), {})
-    choice = check.mapping(value, "transport", ("name", "options"), {"name": "a transport name"})
+        return ComponentChoice(check.plugin_name(value, kind), {})
+    choice = check.mapping(value, kind, ("name", "options"), {"name": f"a {kind} name"})
     return ComponentChoice(
-        check.plugin_name(choice["name"], "transport.name"),
-        check.options(choice.get("options"), "transport.options"),
+        check.plugin_name(choice["name"], f"{kind}.name"),
+        check.options(choice.get("options"), f"{kind}.options"),
     )
 
 
@@ -229,6 +249,8 @@ def federation_yaml(
     sites: list[str],
     *,
     transport: str = "tcp",
+    security: str = "none",
+    launcher: str = "process",
     server: Mapping[str, Any] | None = None,
 ) -> str:
     """The text of a federation file (what `fl-core poc prepare` writes)."""
@@ -237,6 +259,8 @@ def federation_yaml(
     data: dict[str, Any] = {
         "name": name,
         "transport": transport,
+        "security": security,
+        "launcher": launcher,
         "server": {**defaults, **(server or {})},
         "sites": list(sites),
     }

@@ -1,7 +1,8 @@
 """The production container: provisioned PKI, mutual TLS, processes across machines.
 
-Its runtime lands with the production issue; until then its runner refuses
-with `ModeNotAvailableError`.
+It wires the same roles as POC (`ProcessContainer`); what differs is the
+security provider and the default transport. Until provisioning lands its
+runner refuses with `ModeNotAvailableError`.
 """
 
 from __future__ import annotations
@@ -11,26 +12,38 @@ from typing import Any
 
 from dependency_injector import providers
 
-from fl_core.config import JobConfig
-from fl_core.containers.base import BaseContainer, not_available, settings
+from fl_core.config import ComponentChoice, JobConfig
+from fl_core.config.federation import FederationConfig
+from fl_core.containers.base import DEFAULT_LAUNCHER, not_available, settings
+from fl_core.containers.poc import ProcessContainer, fixed_components
 
-DEFAULTS: Mapping[str, str] = {"transport": "grpc", "launcher": "process", "security": "pki"}
+DEFAULTS: Mapping[str, ComponentChoice] = {
+    "transport": ComponentChoice("grpc", {}),
+    "security": ComponentChoice("pki", {}),
+    "launcher": ComponentChoice(DEFAULT_LAUNCHER, {}),
+}
 
 
-class ProductionContainer(BaseContainer):
+class ProductionContainer(ProcessContainer):
     """Wires a production federation."""
 
-    job = providers.Dependency(instance_of=JobConfig)
     runner = providers.Factory(
         not_available(
             "production", "provisioning and mutual TLS are not built yet; use --mode simulator"
-        ),
-        job=job,
+        )
     )
 
 
-def production_container(job: JobConfig, **run: Any) -> ProductionContainer:
-    """A container for `job` in production mode."""
-    container = ProductionContainer(job=job)
-    container.config.from_dict(settings(job, DEFAULTS, run))
+def production_container(
+    job: JobConfig | None = None, *, federation: FederationConfig | None = None, **run: Any
+) -> ProductionContainer:
+    """A container for a production process (see `fl_core.containers.poc.poc_container`)."""
+    container = ProductionContainer()
+    if job is not None:
+        container.job.override(providers.Object(job))
+    if federation is not None:
+        container.federation.override(providers.Object(federation))
+    fixed = fixed_components(federation)
+    data = settings(job, DEFAULTS, {"mode": "production", "identity": "", **run}, fixed)
+    container.config.from_dict(data)
     return container

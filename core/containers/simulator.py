@@ -1,4 +1,10 @@
-"""The simulator container: in-process transport, no security, one process."""
+"""The simulator container: a whole federation in one process.
+
+The transport is the job's choice (`components: {transport: tcp}`), or the
+in-process one: with `tcp` or `grpc` (or any installed transport) the whole
+simulated federation runs over real loopback sockets, which is how a
+transport's author tries it end to end in one command.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +13,31 @@ from typing import Any
 
 from dependency_injector import providers
 
-from fl_core.config import JobConfig
-from fl_core.containers.base import BaseContainer, settings
+from fl_core.config import ComponentChoice, JobConfig
+from fl_core.containers.base import DEFAULT_LAUNCHER, BaseContainer, settings
 from fl_core.roles.server_job.runner import EventSink
 from fl_core.roles.simulator import Simulator
 
-DEFAULTS: Mapping[str, str] = {"transport": "inprocess", "security": "none"}
+DEFAULTS: Mapping[str, ComponentChoice] = {
+    "transport": ComponentChoice("inprocess", {}),
+    "security": ComponentChoice("none", {}),
+    "launcher": ComponentChoice(DEFAULT_LAUNCHER, {}),
+}
 
 
 class SimulatorContainer(BaseContainer):
     """Wires a `Simulator` from the job config and the plugins it names."""
 
-    job = providers.Dependency(instance_of=JobConfig)
     on_event: providers.Object[EventSink | None] = providers.Object(None)
 
-    simulator = providers.Factory(
+    runner = providers.Factory(
         Simulator,
-        job,
+        BaseContainer.job,
         transport=BaseContainer.transport,
-        security=BaseContainer.security,
+        scheme=BaseContainer.config.components.transport.name,
         workflow=BaseContainer.workflow,
-        plugin_manager=BaseContainer.plugin_manager,
+        executors=BaseContainer.executor.provider,
+        events=BaseContainer.events,
         clients=BaseContainer.config.run.clients,
         threads=BaseContainer.config.run.threads,
         workspace=BaseContainer.config.run.workspace,
@@ -38,5 +48,6 @@ class SimulatorContainer(BaseContainer):
 def simulator_container(job: JobConfig, **run: Any) -> SimulatorContainer:
     """A container for `job`; `run` holds clients, threads and workspace."""
     container = SimulatorContainer(job=job)
+    run = {"mode": "simulator", "identity": "server", **run}
     container.config.from_dict(settings(job, DEFAULTS, run))
     return container

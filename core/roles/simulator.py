@@ -8,7 +8,6 @@ training script runs on a bounded pool of worker threads.
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import os
@@ -25,12 +24,13 @@ from fl_core.cell.timer import Timer
 from fl_core.config import JobConfig, LaunchMode
 from fl_core.errors import ConfigError, FlCoreError, JobFailedError
 from fl_core.model import FLModel, load_params, save_params
-from fl_core.plugins import PluginManager
-from fl_core.roles.client_job.executors import TaskExecutor, build_executor
+from fl_core.roles.client_job.executors import TaskExecutor
+from fl_core.roles.client_job.process import ExecutorFactory
 from fl_core.roles.client_job.runner import ClientRunner
+from fl_core.roles.protocol.parent import JobState
 from fl_core.roles.protocol.script_errors import ScriptError
 from fl_core.roles.server_job.runner import EventSink, ServerRunner, SiteFailure
-from fl_core.spec.security import SecurityProvider
+from fl_core.spec.events import JobEvents
 from fl_core.spec.transport import Transport
 from fl_core.spec.workflow import Workflow
 
@@ -41,14 +41,6 @@ ONCE_THREAD_WARNING = 256
 FINAL_MODEL_FILE = "final_model.npz"
 SUMMARY_FILE = "summary.json"
 LOG_FILE = "log.txt"
-
-
-class JobStatus(enum.StrEnum):
-    """How a run ended."""
-
-    FINISHED = "finished"
-    FAILED = "failed"
-    ABORTED = "aborted"
 
 
 @dataclass
@@ -73,16 +65,23 @@ def site_names(count: int) -> list[str]:
 
 
 class Simulator:
-    """Runs one job with `clients` sites in this process."""
+    """Runs one job with `clients` sites in this process.
+
+    Every cell shares `transport`: the in-process one by default, or any
+    other (tcp, grpc, a third party's) over loopback, listening on
+    `{scheme}://127.0.0.1:0`. `executors` builds the job's task executor,
+    `events` fires the notification hooks.
+    """
 
     def __init__(
         self,
         job: JobConfig,
         *,
         transport: Transport,
-        security: SecurityProvider,
+        scheme: str,
         workflow: Workflow,
-        plugin_manager: PluginManager,
+        executors: ExecutorFactory,
+        events: JobEvents,
         clients: int,
         threads: int,
         workspace: Path,
@@ -104,9 +103,10 @@ class Simulator:
             )
         self.job = job
         self.transport = transport
-        self.security = security
+        self.scheme = scheme
         self.workflow = workflow
-        self.pm = plugin_manager
+        self.executors = executors
+        self.events = events
         self.clients = clients
         self.threads = threads
         self.workspace = workspace
@@ -141,7 +141,7 @@ class Simulator:
         root.addHandler(handler)
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)
-        result = SimulationResult(self.job_id, self.workspace, JobStatus.FAILED)
+        result = SimulationResult(self.job_id, self.workspace, JobState.FAILED)
         try:
             self._run(result)
         finally:
@@ -167,13 +167,13 @@ class Simulator:
         saved_argv, saved_path = list(sys.argv), list(sys.path)
         known_modules = set(sys.modules)
         try:
-            self.pm.hook.fl_core_job_started(job_id=self.job_id, mode=MODE)
+            self.events.job_started(job_id=self.job_id, mode=MODE)
             # Job arguments are the same for every site, so the process-wide
             # argv can carry them for scripts that parse sys.argv.
             sys.argv = [str(job.executor.script), *job.executor.args]
             sys.path.insert(0, str(job.job_dir))
             root_cell = self._cell("server", None, resources, cells)
-            server_url = root_cell.listen(f"inprocess://{self.job_id}-server")
+            server_url = root_cell.listen(self._any_address())
             server_job = self._cell(f"server.{self.job_id}", server_url, resources, cells)
             server = ServerRunner(
                 server_job,
@@ -187,9 +187,7 @@ class Simulator:
             self._server = server
             if self._abort_reason is not None:
                 server.abort(self._abort_reason)
-            executor = build_executor(
-                job,
-                registry=self.pm.registry(),
+            executor = self.executors(
                 job_id=self.job_id,
                 workspace=self.workspace,
                 logs=lambda site, key, value, step: runners[site].send_log(key, value, step),
@@ -199,7 +197,7 @@ class Simulator:
             )
             for site in site_names(self.clients):
                 parent = self._cell(site, server_url, resources, cells)
-                site_url = parent.listen(f"inprocess://{self.job_id}-{site}")
+                site_url = parent.listen(self._any_address())
                 cell = self._cell(f"{site}.{self.job_id}", site_url, resources, cells)
                 runners[site] = ClientRunner(cell, site, server_job.fqcn, executor)
             for client in runners.values():
@@ -207,17 +205,17 @@ class Simulator:
             server.wait_for_sites(self.clients, self.join_timeout)
             log.info("job %s: %d sites joined", self.job_id, self.clients)
             final = server.run(self.initial_model())
-            result.status = JobStatus.FINISHED
+            result.status = JobState.FINISHED
             result.final_model = final
             save_params(self.workspace / FINAL_MODEL_FILE, final.params)
         except Exception as exc:
             if not isinstance(exc, FlCoreError):
                 log.exception("job %s: unexpected error", self.job_id)
-            result.status = JobStatus.FAILED
+            result.status = JobState.FAILED
             result.reason = exc.reason if isinstance(exc, JobFailedError) else _describe(exc)
         finally:
-            if self._abort_reason is not None and result.status != JobStatus.FINISHED:
-                result.status = JobStatus.ABORTED
+            if self._abort_reason is not None and result.status != JobState.FINISHED:
+                result.status = JobState.ABORTED
                 result.reason = self._abort_reason
             if server is not None:
                 result.metrics = server.record.metrics
@@ -231,12 +229,13 @@ class Simulator:
                 cell.close()
             resources.close()
             self.transport.close()
-            try:
-                self.pm.hook.fl_core_job_finished(
-                    job_id=self.job_id, mode=MODE, status=result.status, reason=result.reason
-                )
-            except Exception:
-                log.exception("a fl_core_job_finished hook failed")
+            self.events.job_finished(
+                job_id=self.job_id, mode=MODE, status=result.status, reason=result.reason
+            )
+
+    def _any_address(self) -> str:
+        # Port 0: any free address of the transport on this machine.
+        return f"{self.scheme}://127.0.0.1:0"
 
     def _shut_down(
         self,
@@ -338,4 +337,4 @@ def run_with_interrupt(simulator: Simulator) -> SimulationResult:
     return outcome
 
 
-__all__ = ["JobStatus", "SimulationResult", "Simulator", "run_with_interrupt", "site_names"]
+__all__ = ["SimulationResult", "Simulator", "run_with_interrupt", "site_names"]

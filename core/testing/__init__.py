@@ -123,6 +123,6 @@ def simulator_for(
     )
     for slot, value in (overrides or {}).items():
         getattr(container, slot).override(providers.Object(value))
-    simulator = container.simulator()
+    simulator = container.runner()
     assert isinstance(simulator, Simulator)
     return simulator

@@ -49,7 +49,7 @@ def test_poc_workspace_defaults_to_fl_poc_in_the_current_folder(tmp_path: Path) 
     ("args", "message"),
     [
         (["poc", "prepare", "--clients", "0"], "--clients: expected a whole number >= 1, got '0'"),
-        (["poc", "prepare", "--transport", "pigeon"], "invalid choice: 'pigeon'"),
+        (["poc", "prepare", "--transport", "pigeon"], "--transport: unknown transport 'pigeon'"),
         (["poc", "restart"], "invalid choice: 'restart'"),
         (["job", "status"], "the following arguments are required: job_id"),
         (["job", "logs", "abc", "--site"], "--site: expected one argument"),

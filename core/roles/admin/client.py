@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, Final
@@ -96,26 +97,12 @@ class UnsafeArchiveError(FlCoreError):
         super().__init__(f"refused to unpack {member!r} into {dest}: {problem}")
 
 
-def make_transport(config: FederationConfig) -> Transport:
-    """The federation's transport, built from the installed plugins."""
-    from fl_core.plugins import make_plugin_manager
-
-    transport = (
-        make_plugin_manager()
-        .registry()
-        .create(
-            "transport", config.transport.name, dict(config.transport.options), expect=Transport
-        )
-    )
-    assert isinstance(transport, Transport)
-    return transport
-
-
 class AdminClient:
     """A connection to one federation's server parent for admin requests.
 
     `wait` is how long to wait for SP's URL file to appear (SP may be
-    starting); `transport` overrides the federation's transport (tests);
+    starting); `transports` makes the federation's transport when the client
+    connects (its container hands it over; the client closes what it made);
     `key_file` the admin credential (default: the federation's
     `admin_key_file`).
     Use it as a context manager; `close()` releases the cell and transport.
@@ -127,7 +114,7 @@ class AdminClient:
         *,
         wait: float = 10.0,
         timeout: float = REQUEST_TIMEOUT,
-        transport: Transport | None = None,
+        transports: Callable[[], Transport],
         key_file: Path | None = None,
     ) -> None:
         self.config = config
@@ -135,8 +122,8 @@ class AdminClient:
         self.wait = wait
         self.timeout = timeout
         self.name = f"{ADMIN_PREFIX}{secrets.token_hex(4)}"
-        self._transport = transport
-        self._owns_transport = transport is None
+        self._transports = transports
+        self._transport: Transport | None = None
         self._cell: Cell | None = None
 
     # --- connection --------------------------------------------------------------
@@ -152,7 +139,7 @@ class AdminClient:
             return self
         key = read_secret(self.key_file)
         url = self._server_url()
-        transport = self._transport or make_transport(self.config)
+        transport = self._transport or self._transports()
         self._transport = transport
         cell = Cell(self.name, transport)
         try:
@@ -193,7 +180,7 @@ class AdminClient:
         self._close_transport()
 
     def _close_transport(self) -> None:
-        if self._owns_transport and self._transport is not None:
+        if self._transport is not None:
             self._transport.close()
             self._transport = None
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fl_core.cell.timer import Timer
-from fl_core.config import ComponentChoice, JobConfig
-from fl_core.plugins import Registry
+from fl_core.config import JobConfig
 from fl_core.roles.client_job.in_process import Assignment, Done, InProcessExecutor, LogSink
 from fl_core.roles.client_job.process_executor import ProcessExecutor
 from fl_core.roles.protocol.script_errors import ScriptError, ScriptErrorSink
@@ -26,9 +25,6 @@ from fl_core.spec.pipe import Pipe
 __all__ = ["TaskExecutor", "build_executor", "check_executor"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LAUNCHER = ComponentChoice("process", {})
-"""What starts training processes when the job config names no launcher."""
 
 
 class TaskExecutor(Protocol):
@@ -48,7 +44,9 @@ class TaskExecutor(Protocol):
         """End all work; what is still running after `grace` s."""
 
 
-def check_executor(job: JobConfig, registry: Registry) -> Launcher | None:
+def check_executor(
+    job: JobConfig, make_pipe: Callable[[], Pipe], make_launcher: Callable[[], Launcher]
+) -> Launcher | None:
     """Build what a training process of `job` needs once, so bad options fail now.
 
     Returns the launcher that starts training processes, or None for a job
@@ -56,21 +54,17 @@ def check_executor(job: JobConfig, registry: Registry) -> Launcher | None:
     `ConfigError` / `UnknownComponentError`. Starts nothing: pipes and
     launchers do their work in `open` and `launch`.
     """
-    pipe = job.components.get(ComponentKind.PIPE)
-    if pipe is None:
+    if ComponentKind.PIPE not in job.components:
         return None
-    made = registry.create(ComponentKind.PIPE, pipe.name, pipe.options, expect=Pipe)
-    made.close()
-    choice = job.components.get(ComponentKind.LAUNCHER, DEFAULT_LAUNCHER)
-    launcher = registry.create(ComponentKind.LAUNCHER, choice.name, choice.options, expect=Launcher)
-    assert isinstance(launcher, Launcher)
-    return launcher
+    make_pipe().close()
+    return make_launcher()
 
 
 def build_executor(
     job: JobConfig,
     *,
-    registry: Registry,
+    make_pipe: Callable[[], Pipe],
+    make_launcher: Callable[[], Launcher],
     job_id: str,
     workspace: Path,
     logs: LogSink,
@@ -80,8 +74,10 @@ def build_executor(
 ) -> TaskExecutor:
     """The executor `job` asks for; bad pipe or launcher options fail here, before any site runs.
 
-    `on_script_error` hears of scripts that end badly with no task to fail.
-    Raises the component's `ConfigError` / `UnknownComponentError`.
+    `make_pipe` builds the job's pipe (handed its transports), `make_launcher`
+    the launcher of its training processes; both are used only when the job
+    names a pipe. `on_script_error` hears of scripts that end badly with no
+    task to fail. Raises the component's `ConfigError` / `UnknownComponentError`.
     """
     settings = job.executor
     errors = on_script_error or _log_only
@@ -98,13 +94,7 @@ def build_executor(
             on_script_error=errors,
             fail_on_script_error=settings.fail_on_script_error,
         )
-
-    def make_pipe() -> Pipe:
-        made = registry.create(ComponentKind.PIPE, pipe.name, pipe.options, expect=Pipe)
-        assert isinstance(made, Pipe)
-        return made
-
-    launcher = check_executor(job, registry)
+    launcher = check_executor(job, make_pipe, make_launcher)
     assert launcher is not None
     return ProcessExecutor(
         settings.script,

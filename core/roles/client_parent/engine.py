@@ -31,11 +31,13 @@ from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
 from fl_core.cell.proof import AdmissionRefused
 from fl_core.config.federation import FederationConfig
+from fl_core.config.job import load_job
+from fl_core.config.site import SITE_FILE, SiteConfig
 from fl_core.credentials import read_secret
 from fl_core.errors import CellError, FlCoreError
 from fl_core.pids import describe_exit, read_tail
+from fl_core.roles.protocol.job_package import unpack_job
 from fl_core.roles.protocol.parent import ABORT_GRACE, DIRECT_TOKEN_ENV, Field, ParentTopic
-from fl_core.roles.server_parent.job_store import unpack_job
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
 from fl_core.spec.transport import Transport
 
@@ -94,6 +96,7 @@ class ClientEngine:
         launcher: Launcher,
         *,
         python: str = sys.executable,
+        site_config: SiteConfig | None = None,
     ) -> None:
         if site not in config.sites:
             raise FlCoreError(
@@ -106,6 +109,8 @@ class ClientEngine:
         self.launcher = launcher
         self.python = python
         self.workspace = config.site_dir(site)
+        self.site_config = site_config or SiteConfig(self.workspace / SITE_FILE)
+        """What this site allows, whatever the server asks (its own `site.yaml`)."""
         # Read now: a site without its credential must not start at all.
         self._key = read_secret(config.site_key_file(site))
         self.cell = Cell(site, transport)
@@ -238,6 +243,11 @@ class ClientEngine:
             shutil.rmtree(target)
         folder.mkdir(parents=True, exist_ok=True)
         unpack_job(bytes(message.payload), target)
+        refusal = self.site_config.refusal(load_job(target))
+        if refusal is not None:
+            shutil.rmtree(target, ignore_errors=True)
+            log.warning("%s: refused job %s: %s", self.site, job_id, refusal)
+            raise FlCoreError(f"{self.site} refused job {job_id}: {refusal}")
         log.info("%s: job %s deployed", self.site, job_id)
         return {}
 

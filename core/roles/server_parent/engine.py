@@ -33,7 +33,7 @@ from fl_core.cell.message import Message
 from fl_core.cell.proof import AdmissionRefused
 from fl_core.config.federation import FederationConfig
 from fl_core.credentials import read_secret
-from fl_core.errors import CellError, FlCoreError
+from fl_core.errors import CellError, FlCoreError, RemoteError
 from fl_core.pids import describe_exit
 from fl_core.roles.protocol.parent import (
     ABORT_GRACE,
@@ -427,6 +427,7 @@ class ServerEngine:
         record = self.store.get(job.job_id)
         package = self.store.package(job.job_id)
         deployed: list[str] = []
+        refused: list[str] = []
         for site in job.sites:
             if job.abort_reason is not None:
                 return JobState.ABORTED, job.abort_reason
@@ -442,10 +443,15 @@ class ServerEngine:
                 deployed.append(site)
             except CellError as exc:
                 log.warning("job %s: deploy to %s failed: %s", job.job_id, site, exc)
+                # A site's own refusal (its rules) says why; pass it on to the admin.
+                refused.append(exc.detail if isinstance(exc, RemoteError) else f"{site}: {exc}")
         if len(deployed) < record.min_clients:
-            return JobState.FAILED, (
-                f"deployed to {len(deployed)} of the {record.min_clients} sites it needs "
-                f"({', '.join(deployed) or 'none'})"
+            return JobState.FAILED, "; ".join(
+                [
+                    f"deployed to {len(deployed)} of the {record.min_clients} sites it needs "
+                    f"({', '.join(deployed) or 'none'})",
+                    *refused,
+                ]
             )
         job.sites = deployed
         self.store.update(job.job_id, sites=deployed)

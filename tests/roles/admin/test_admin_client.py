@@ -16,10 +16,10 @@ from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
 from fl_core.cli.poc_federation import prepare
 from fl_core.config.federation import FederationConfig
+from fl_core.containers.poc import admin_client
 from fl_core.credentials import CredentialError, new_secret, read_secret, write_secret
 from fl_core.errors import FlCoreError
 from fl_core.roles.admin.client import (
-    AdminClient,
     AdminRefusedError,
     AdminRequestError,
     ServerNotRunningError,
@@ -102,7 +102,7 @@ def server(config: FederationConfig) -> Iterator[FakeServer]:
 def test_no_url_file_says_the_server_parent_is_not_running(config: FederationConfig) -> None:
     started = time.monotonic()
     with pytest.raises(ServerNotRunningError) as info:
-        AdminClient(config, wait=0.3).connect()
+        admin_client(config, wait=0.3).connect()
     assert time.monotonic() - started >= 0.3  # it waited for SP to write the file
     assert str(info.value).startswith(
         f"the server parent of {config.root} is not running (no {config.url_file})"
@@ -112,7 +112,7 @@ def test_no_url_file_says_the_server_parent_is_not_running(config: FederationCon
 def test_a_stale_url_file_names_the_url_nothing_answers_at(config: FederationConfig) -> None:
     config.url_file.write_text("tcp://127.0.0.1:9\n")  # the discard port: nothing listens
     with pytest.raises(ServerNotRunningError) as info:
-        AdminClient(config, wait=0.0, timeout=2.0).connect()
+        admin_client(config, wait=0.0, timeout=2.0).connect()
     assert "nothing answers at tcp://127.0.0.1:9" in str(info.value)
 
 
@@ -121,7 +121,7 @@ def test_an_admin_without_the_credential_file_says_where_it_looked(
 ) -> None:
     config.admin_key_file.unlink()
     with pytest.raises(CredentialError, match=r"admin\.key: not found"):
-        AdminClient(config).connect()
+        admin_client(config).connect()
     assert server.received == []
 
 
@@ -131,7 +131,7 @@ def test_an_admin_with_a_wrong_credential_is_refused_before_any_request(
     wrong = tmp_path / "other" / "admin.key"
     write_secret(wrong, new_secret())
     with pytest.raises(AdminRefusedError, match="did not prove the credential") as info:
-        AdminClient(config, key_file=wrong).connect()
+        admin_client(config, key_file=wrong).connect()
     assert str(wrong) in str(info.value)
     assert server.received == []
 
@@ -146,7 +146,7 @@ def test_an_admin_refuses_a_server_that_cannot_prove_the_credential(
     impostor.cell.require_proof(lambda name: read_secret(impostor_key))
     try:
         with pytest.raises(AdminRefusedError, match="did not prove"):
-            AdminClient(config).connect()
+            admin_client(config).connect()
         assert impostor.received == []
     finally:
         impostor.close()
@@ -157,7 +157,7 @@ def test_waits_for_the_url_file_to_appear(config: FederationConfig) -> None:
     later = threading.Timer(0.3, lambda: box.append(FakeServer(config)))
     later.start()
     try:
-        with AdminClient(config, wait=10.0) as admin:
+        with admin_client(config, wait=10.0) as admin:
             assert admin.sites() == [{"site": "site-1", "url": "u", "jobs": []}]
     finally:
         later.join()
@@ -171,7 +171,7 @@ def test_requests_carry_the_protocol_payloads(
     job = tmp_path / "job"
     job.mkdir()
     (job / "job.yaml").write_text("name: x\n")
-    with AdminClient(config) as admin:
+    with admin_client(config) as admin:
         assert admin.name.startswith(ADMIN_PREFIX) and len(admin.name) == len(ADMIN_PREFIX) + 8
         assert admin.submit(job) == "job1"
         assert admin.status("job1")["state"] == "finished"
@@ -194,7 +194,7 @@ def test_requests_carry_the_protocol_payloads(
 def test_a_refusal_surfaces_with_the_servers_reason(
     config: FederationConfig, server: FakeServer
 ) -> None:
-    with AdminClient(config) as admin, pytest.raises(AdminRequestError) as info:
+    with admin_client(config) as admin, pytest.raises(AdminRequestError) as info:
         admin.status("nope")
     assert info.value.topic == "status"
     assert "unknown job 'nope'" in info.value.reason
@@ -207,7 +207,7 @@ def test_a_download_refuses_file_names_outside_the_destination(
 ) -> None:
     FILES.append((name, b"x"))
     try:
-        with AdminClient(config) as admin, pytest.raises(UnsafeArchiveError) as info:
+        with admin_client(config) as admin, pytest.raises(UnsafeArchiveError) as info:
             admin.download("job1", tmp_path / "out")
     finally:
         FILES.pop()

@@ -53,3 +53,29 @@ def make_evaluate(*, min_clients: int, rounds: int, timeout: float = 60.0, **res
 def fl_core_register_workflows(register: Register) -> None:
     """Provide the `evaluate` workflow."""
     register("evaluate", make_evaluate)
+
+
+EVENTS_ENV = "FLCORE_EVALUATE_EVENTS"
+"""A file to which the event hooks below append one JSON line per event, when set."""
+
+
+def _record(event: str, **fields: str) -> None:
+    import json
+    import os
+
+    path = os.environ.get(EVENTS_ENV)
+    if path:
+        with open(path, "a") as out:
+            out.write(json.dumps({"event": event, "pid": os.getpid(), **fields}) + "\n")
+
+
+@hookimpl
+def fl_core_job_started(job_id: str, mode: str) -> None:
+    """Note that a job started (in the process that runs its workflow)."""
+    _record("started", job_id=job_id, mode=mode)
+
+
+@hookimpl
+def fl_core_job_finished(job_id: str, mode: str, status: str, reason: str) -> None:
+    """Note how a job ended."""
+    _record("finished", job_id=job_id, mode=mode, status=status, reason=reason)
