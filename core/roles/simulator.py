@@ -29,7 +29,8 @@ from fl_core.roles.client_job.process import ExecutorFactory
 from fl_core.roles.client_job.runner import ClientRunner
 from fl_core.roles.protocol.parent import JobState
 from fl_core.roles.protocol.script_errors import ScriptError
-from fl_core.roles.server_job.runner import EventSink, ServerRunner, SiteFailure
+from fl_core.roles.server_job.results import SiteFailure
+from fl_core.roles.server_job.runner import EventSink, ServerRunner
 from fl_core.spec.events import JobEvents
 from fl_core.spec.transport import Transport
 from fl_core.spec.workflow import Workflow

@@ -103,10 +103,14 @@ class InProcessTransport(Transport):
         return parsed.netloc + parsed.path
 
     def listen(self, url: str, on_connection: Callable[[Connection], None]) -> Listener:
-        """Bind `inprocess://NAME` (empty NAME: a fresh one); `CellError` if taken."""
+        """Bind `inprocess://NAME`; `CellError` if taken.
+
+        An empty NAME, or `HOST:0` as the wire transports take it, binds a
+        fresh name, as port 0 does.
+        """
         name = self._normalize(url)
         with self._lock:
-            if not name:
+            if not name or name.endswith(":0"):
                 # Like port 0: a name no caller has bound.
                 fresh = (f"listener-{i}" for i in self._ids)
                 name = next(n for n in fresh if n not in self._listeners)

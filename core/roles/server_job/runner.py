@@ -23,28 +23,25 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 from fl_core.cell.cell import DEFERRED, Cell
 from fl_core.cell.channels import Channel
-from fl_core.cell.incoming import IncomingPayload
 from fl_core.cell.message import Message
-from fl_core.cell.payload import PayloadKind
 from fl_core.cell.timer import TimerHandle
-from fl_core.errors import CellError, FlCoreError, JobFailedError
+from fl_core.errors import FlCoreError, JobFailedError
 from fl_core.model import FLModel
 from fl_core.roles.protocol.script_errors import ScriptError
-from fl_core.roles.protocol.task import Outcome, TaskHeader, TaskKind, Topic
+from fl_core.roles.protocol.task import TaskHeader, TaskKind, Topic
 from fl_core.roles.server_job.model_writer import ModelWriter
-from fl_core.roles.server_job.streamed_result import StreamedResult
+from fl_core.roles.server_job.results import ResultTaker, RunRecord, SiteFailure
+from fl_core.roles.server_job.site_log import SiteLog
 from fl_core.spec.workflow import (
     GatherReport,
     ResultHandler,
     StreamHandler,
     Task,
-    WholeResult,
     Workflow,
     WorkflowEvent,
 )
@@ -69,15 +66,6 @@ class _Site:
     waiter_timer: TimerHandle | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SiteFailure:
-    """Why a site failed a task: one line, and the traceback if the script raised."""
-
-    round_number: int
-    reason: str
-    detail: str = ""
-
-
 @dataclass
 class _Abort:
     reason: str
@@ -87,15 +75,6 @@ class _Abort:
 class _Lost:
     site: str
     reason: str
-
-
-@dataclass
-class RunRecord:
-    """What a finished run leaves for the caller."""
-
-    metrics: list[dict[str, object]] = field(default_factory=list)
-    failures: dict[str, SiteFailure] = field(default_factory=dict)
-    script_errors: list[ScriptError] = field(default_factory=list)
 
 
 class ServerRunner:
@@ -124,6 +103,7 @@ class ServerRunner:
         self._fatal: str | None = None  # a script error that fails the job
         self._left: set[str] = set()
         self.record = RunRecord()
+        self.results = ResultTaker(cell, self.record.failures)
         self._lock = threading.Lock()
         self._sites: dict[str, _Site] = {}
         self._lost_before_join: dict[str, str] = {}
@@ -132,8 +112,7 @@ class ServerRunner:
         self._inbox: queue.Queue[Message | _Abort | _Lost] = queue.Queue()
         self._abort_reason: str | None = None
         self._round = 0  # of the task being gathered, for failure records
-        self._log_lock = threading.Lock()
-        self._site_log: TextIO | None = None  # opened at the first metric, closed by end()
+        self._site_log = SiteLog(workspace / SITE_LOG_FILE)
         self._writer = ModelWriter(f"fl-model-writer-{job_id}")
         (workspace / "models").mkdir(parents=True, exist_ok=True)
         for topic, handler in (
@@ -240,7 +219,7 @@ class ServerRunner:
                 self._sites[site].assignment = None
             stale = self._take_queued()
         for message in stale:
-            self._refuse(message, "the task is no longer open")
+            self.results.refuse(message, "the task is no longer open")
         return report
 
     # --- running -------------------------------------------------------------------
@@ -345,10 +324,7 @@ class ServerRunner:
             self._writer.flush()
         except FlCoreError as exc:
             log.error("job %s: %s", self._job_id, exc)
-        with self._log_lock:
-            if self._site_log is not None:
-                self._site_log.close()
-                self._site_log = None
+        self._site_log.close()
         with self._lock:
             self._ended = True
             waiters = [self._take_waiter(s) for s in self._sites.values() if s.waiter]
@@ -356,7 +332,7 @@ class ServerRunner:
         for request in waiters:
             self.cell.reply(request, None, **{TaskHeader.KIND: TaskKind.END})
         for message in stale:
-            self._refuse(message, "the job has ended")
+            self.results.refuse(message, "the job has ended")
 
     # --- handlers --------------------------------------------------------------------
 
@@ -463,7 +439,7 @@ class ServerRunner:
             if assignment is not None and assignment[0] == task_id:
                 self._inbox.put(message)
                 return DEFERRED
-        self._refuse(message, f"task {task_id} is no longer open")
+        self.results.refuse(message, f"task {task_id} is no longer open")
         return DEFERRED
 
     def _on_script_error(self, message: Message) -> object:
@@ -487,13 +463,7 @@ class ServerRunner:
         self._site_of(message)
         if not isinstance(message.payload, dict):
             raise FlCoreError(f"metric from {message.origin} is not a mapping")
-        line = json.dumps({**message.payload, "time": time.time()}, default=str)
-        with self._log_lock:
-            if self._site_log is None:
-                # Kept open: a thousand sites log a metric each per round.
-                self._site_log = open(self._workspace / SITE_LOG_FILE, "a")
-            self._site_log.write(line + "\n")
-            self._site_log.flush()
+        self._site_log.write({**message.payload, "time": time.time()})
         return None
 
     # --- results -----------------------------------------------------------------------
@@ -511,101 +481,12 @@ class ServerRunner:
         site = message.origin.split(".", 1)[0]
         task_id = message.get(TaskHeader.TASK_ID)
         if waiting.get(site) != task_id:
-            self._refuse(message, f"task {task_id} is not the current task of {site}")
+            self.results.refuse(message, f"task {task_id} is not the current task of {site}")
             return
         del waiting[site]
         with self._lock:
             self._sites[site].assignment = None
-        payload = message.payload
-        if isinstance(payload, IncomingPayload):
-            ok = message.get(TaskHeader.OUTCOME) == Outcome.OK
-            if ok and payload.kind != PayloadKind.MODEL:
-                report.failed[site] = f"sent a {payload.kind} payload, not a model"
-                self._refuse(message, report.failed[site])
-                return
-            if ok and on_stream is not None and payload.size:
-                # size 0: it came whole (in-process, or one frame); folded below.
-                self._fold_stream(message, site, payload, report, on_stream, deadline)
-                return
-            try:
-                payload = payload.result(max(0.0, deadline - time.monotonic()))
-            except CellError as exc:
-                report.failed[site] = f"its result did not arrive whole: {exc}"
-                self._refuse(message, report.failed[site])
-                return
-        if message.get(TaskHeader.OUTCOME) != Outcome.OK:
-            reason = message.get(TaskHeader.REASON) or "failed without a reason"
-            detail = payload if isinstance(payload, str) else ""
-            report.failed[site] = reason
-            self.record.failures[site] = SiteFailure(task.round_number, reason, detail)
-            self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "yes"})
-            return
-        if not isinstance(payload, FLModel):
-            report.failed[site] = f"sent a {type(payload).__name__}, not a model"
-            self._refuse(message, report.failed[site])
-            return
-        if on_stream is not None:
-            try:
-                whole = WholeResult(site, payload)
-            except ValueError as exc:
-                report.failed[site] = str(exc)
-                self._refuse(message, report.failed[site])
-                return
-            del payload  # the adapter holds the model now; see WholeResult on ownership
-            try:
-                on_stream(site, whole)
-            finally:
-                self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "yes"})
-            report.received.append(site)
-            return
-        try:
-            on_result(site, payload)
-        finally:
-            # The site must hear back even if the workflow's fold raised.
-            self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "yes"})
-        report.received.append(site)
-
-    def _fold_stream(
-        self,
-        message: Message,
-        site: str,
-        payload: IncomingPayload,
-        report: GatherReport,
-        on_stream: StreamHandler,
-        deadline: float,
-    ) -> None:
-        """Hand a streaming result to the workflow, then tell the site how it went."""
-        try:
-            layout = payload.layout()
-        except CellError as exc:
-            report.failed[site] = f"its result did not arrive whole: {exc}"
-            self._refuse(message, report.failed[site])
-            return
-        result = StreamedResult(site, payload, layout, deadline)
-        error: BaseException | None = None
-        try:
-            on_stream(site, result)
-        except BaseException as exc:  # re-raised below, once the site has its answer
-            error = exc
-        broken = result.broken
-        if broken is not None:
-            report.failed[site] = broken.reason
-            self._refuse(message, broken.reason)
-        else:
-            # Whatever the workflow left unread (it refused the result) is dropped.
-            payload.discard()
-            self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "yes"})
-            if error is None:
-                report.received.append(site)
-        if error is not None and error is not broken:
-            raise error
-
-    def _refuse(self, message: Message, reason: str) -> None:
-        if isinstance(message.payload, IncomingPayload):
-            message.payload.discard()  # the rest of a refused result is dropped as it comes
-        # A site whose stream broke may be gone: the cell drops a reply to a
-        # requester that is no longer there, so this never raises for that.
-        self.cell.reply(message, None, **{TaskHeader.ACCEPTED: "no", TaskHeader.REASON: reason})
+        self.results.take(message, site, task, report, on_result, on_stream, deadline)
 
     def _take_queued(self) -> list[Message]:
         """Results still queued; called under the lock when a round or the job closes."""

@@ -25,7 +25,6 @@ from fl_core.roles.protocol.parent import (
     DOWNLOAD_CHUNK,
     AdminTopic,
     Field,
-    JobState,
     ParentTopic,
     json_int,
     json_object,
@@ -34,7 +33,8 @@ from fl_core.roles.server_parent.job_store import JobRecord
 
 if TYPE_CHECKING:
     from fl_core.config.job import JobConfig
-    from fl_core.roles.server_parent.engine import ServerEngine, _Running
+    from fl_core.roles.server_parent.engine import ServerEngine
+    from fl_core.roles.server_parent.job_run import JobRun
 
 log = logging.getLogger("fl_core.roles.server_parent.engine")
 
@@ -76,8 +76,7 @@ class AdminService:
             raise FlCoreError("a job package must be sent as bytes (a zip of the job folder)")
         record = self.engine.store.submit(bytes(message.payload), self._check)
         log.info("job %s (%s) submitted", record.job_id, record.name)
-        with self.engine._wake:
-            self.engine._wake.notify_all()
+        self.engine.wake()
         return {Field.JOB_ID: record.job_id}
 
     def _check(self, job: JobConfig) -> None:
@@ -109,22 +108,16 @@ class AdminService:
         if record.state.final:
             why = f" ({record.reason})" if record.reason else ""
             raise FlCoreError(f"job {record.job_id} has already ended: {record.state}{why}")
-        # The scheduler picks jobs under this lock: it cannot start this one now.
-        with self.engine._lock:
-            job = self.engine._running.get(record.job_id)
-            if job is None:
-                record = self.engine.store.update(
-                    record.job_id, state=JobState.ABORTED, reason="aborted", ended=time.time()
-                )
-                return record.to_json()
-        self.engine._abort(job, "aborted by the admin")
+        job = self.engine.abort_job(record.job_id, "aborted by the admin")
+        if job is None:  # it had not started: recorded aborted at once
+            return self.engine.store.get(record.job_id).to_json()
         # Answered from a thread: the handler must not hold a dispatcher thread.
         threading.Thread(
             target=self._reply_when_done, args=(message, job), name="fl-abort-reply", daemon=True
         ).start()
         return DEFERRED
 
-    def _reply_when_done(self, message: Message, job: _Running) -> None:
+    def _reply_when_done(self, message: Message, job: JobRun) -> None:
         job.done.wait(ABORT_GRACE * 4)
         try:
             self.engine.cell.reply(message, self.engine.store.get(job.job_id).to_json())
@@ -177,17 +170,16 @@ class AdminService:
 
     def _on_sites(self, message: Message) -> object:
         now = time.monotonic()
-        with self.engine._lock:
-            sites = [
-                {
-                    Field.SITE: s.site,
-                    Field.URL: s.url,
-                    Field.PID: s.pid,
-                    Field.LAST_SEEN: round(now - s.last_seen, 3),
-                    Field.JOBS: list(s.jobs),
-                }
-                for s in sorted(self.engine._sites.values(), key=lambda s: s.site)
-            ]
+        sites = [
+            {
+                Field.SITE: s.site,
+                Field.URL: s.url,
+                Field.PID: s.pid,
+                Field.LAST_SEEN: round(now - s.last_seen, 3),
+                Field.JOBS: list(s.jobs),
+            }
+            for s in self.engine.sites()
+        ]
         return {Field.SITES: sites}
 
     def _on_shutdown(self, message: Message) -> object:
@@ -195,12 +187,8 @@ class AdminService:
         return {}
 
     def _shutdown(self) -> None:
-        with self.engine._lock:
-            sites = list(self.engine._sites)
-        with self.engine._lock:
-            running = list(self.engine._running.values())
-        for job in running:
-            self.engine._abort(job, "the federation is shutting down")
+        sites = [info.site for info in self.engine.sites()]
+        running = self.engine.abort_all("the federation is shutting down")
         for job in running:
             job.done.wait(ABORT_GRACE * 3)
         for site in sites:

@@ -19,13 +19,11 @@ through it as relayed frames).
 from __future__ import annotations
 
 import logging
-import secrets
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 from fl_core.cell.cell import Cell
 from fl_core.cell.channels import Channel
@@ -33,20 +31,19 @@ from fl_core.cell.message import Message
 from fl_core.cell.proof import AdmissionRefused
 from fl_core.config.federation import FederationConfig
 from fl_core.credentials import read_secret
-from fl_core.errors import CellError, FlCoreError, RemoteError
+from fl_core.errors import FlCoreError
 from fl_core.pids import describe_exit
 from fl_core.roles.protocol.parent import (
     ABORT_GRACE,
     ADMIN_PREFIX,
-    JOB_SECRET_ENV,
     Field,
     JobState,
     ParentTopic,
-    direct_token,
     job_key,
     json_int,
     json_object,
 )
+from fl_core.roles.server_parent.job_run import JobDriver, JobRun
 from fl_core.roles.server_parent.job_store import (
     KEPT_ROUND_TIMES,
     CorruptJob,
@@ -55,18 +52,13 @@ from fl_core.roles.server_parent.job_store import (
     JobStore,
     UnknownJobError,
 )
-from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
+from fl_core.spec.launcher import Launcher
 from fl_core.spec.transport import Transport
 
 log = logging.getLogger(__name__)
 
 _Handler = Callable[[Message], object]
 _ACTIVE = (JobState.DEPLOYING, JobState.RUNNING)
-
-DEPLOY_TIMEOUT = 120.0
-"""Seconds a site may take to unpack a job package."""
-COMMAND_TIMEOUT = 30.0
-"""Seconds for a command to a site or a job process to be answered."""
 
 
 @dataclass
@@ -78,24 +70,6 @@ class SiteInfo:
     pid: int
     last_seen: float
     jobs: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Running:
-    """A job between deploy and its end."""
-
-    job_id: str
-    sites: list[str]
-    handle: JobHandle | None = None
-    abort_reason: str | None = None
-    secret: str = field(default_factory=lambda: secrets.token_hex(16))
-    """Proves a client job's direct link to the server job (see `direct_token`)."""
-    abort_state: JobState = JobState.ABORTED
-    """How the job is recorded once stopped: an admin's abort, or a failure (SP stopping)."""
-    reported: dict[str, object] = field(default_factory=dict)  # the SJ's last job_status
-    done: threading.Event = field(default_factory=threading.Event)
-    ending: dict[str, object] | None = None
-    """The end being written (retried while the disk refuses it); shown meanwhile."""
 
 
 class ServerEngine:
@@ -124,9 +98,12 @@ class ServerEngine:
         self.cell = Cell("server", transport)
         self.cell.require_proof(self._key_of)
         self.url = ""
+        self.driver = JobDriver(
+            config, self.cell, self.store, launcher, lambda: self.url, python=python
+        )
         self._lock = threading.Lock()
         self._sites: dict[str, SiteInfo] = {}
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, JobRun] = {}
         self._wake = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -176,7 +153,7 @@ class ServerEngine:
             running = list(self._running.values())
         for job in running:
             # Not an admin's abort: the job is cut short, so it failed, with the reason.
-            self._abort(job, reason, JobState.FAILED)
+            self.driver.abort(job, reason, JobState.FAILED)
         for job in running:
             job.done.wait(ABORT_GRACE * 3)
         if first:
@@ -203,6 +180,41 @@ class ServerEngine:
             f"{name!r} is neither an admin, a site of federation {self.config.name}, "
             "nor a job of this server"
         )
+
+    # --- what the admin service asks -----------------------------------------------------
+
+    def wake(self) -> None:
+        """Have the scheduler look at the job store now (a job was submitted)."""
+        with self._wake:
+            self._wake.notify_all()
+
+    def sites(self) -> list[SiteInfo]:
+        """The registered sites, sorted by name (copies: safe to read without the lock)."""
+        with self._lock:
+            return [replace(info, jobs=list(info.jobs)) for _, info in sorted(self._sites.items())]
+
+    def abort_job(self, job_id: str, reason: str, waiting: str = "aborted") -> JobRun | None:
+        """Abort job `job_id`: its run if it is running (wait on its `done`), else None.
+
+        A job that waits for its turn is recorded aborted at once, with the
+        reason `waiting`; the scheduler picks jobs under the same lock, so it
+        cannot start it now.
+        """
+        with self._lock:
+            job = self._running.get(job_id)
+            if job is None:
+                self.store.update(job_id, state=JobState.ABORTED, reason=waiting, ended=time.time())
+                return None
+        self.driver.abort(job, reason)
+        return job
+
+    def abort_all(self, reason: str) -> list[JobRun]:
+        """Abort every running job; returns their runs, to wait on."""
+        with self._lock:
+            running = list(self._running.values())
+        for job in running:
+            self.driver.abort(job, reason)
+        return running
 
     # --- sites -------------------------------------------------------------------------
 
@@ -247,18 +259,7 @@ class ServerEngine:
                 log.warning(reason)
                 for job in running:
                     if site in job.sites:
-                        self._tell_site_lost(job, site, reason)
-
-    def _tell_site_lost(self, job: _Running, site: str, reason: str) -> None:
-        try:
-            self.cell.fire(
-                f"server.{job.job_id}",
-                Channel.SERVER_COMMAND,
-                ParentTopic.SITE_LOST,
-                {Field.SITE: site, Field.REASON: reason},
-            )
-        except CellError as exc:
-            log.info("job %s: could not tell its server job about %s: %s", job.job_id, site, exc)
+                        self.driver.tell_site_lost(job, site, reason)
 
     def _on_client_job_exited(self, message: Message) -> object:
         data = json_object(message.payload, "client_job_exited")
@@ -273,7 +274,7 @@ class ServerEngine:
         )
         log.info("job %s: %s", job_id, reason)
         if code != 0:
-            self._tell_site_lost(job, site, reason)
+            self.driver.tell_site_lost(job, site, reason)
         return {}
 
     # --- jobs: scheduling ------------------------------------------------------------------
@@ -292,7 +293,7 @@ class ServerEngine:
                     self._wake.wait(1.0)
                     continue
                 sites = sorted(self._sites)
-                running = _Running(job_id, sites)
+                running = JobRun(job_id, sites)
                 self._running[job_id] = running
             try:
                 self.store.update(
@@ -389,10 +390,10 @@ class ServerEngine:
             shown.append(entry.to_json())
         return shown
 
-    def _run_job(self, job: _Running) -> None:
+    def _run_job(self, job: JobRun) -> None:
         state, reason = JobState.FAILED, ""
         try:
-            state, reason = self._deploy_and_watch(job)
+            state, reason = self.driver.deploy_and_watch(job)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, FlCoreError) else f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed to run", job.job_id)
@@ -400,7 +401,7 @@ class ServerEngine:
             try:
                 if job.abort_reason is not None and state is not JobState.FINISHED:
                     state, reason = job.abort_state, job.abort_reason
-                self._end_sites(job)
+                self.driver.end_sites(job)
                 if job.handle is not None and job.handle.poll() is None:
                     job.handle.terminate(ABORT_GRACE)
                 round_done = job.reported.get(Field.ROUND)
@@ -423,131 +424,6 @@ class ServerEngine:
                     self._wake.notify_all()
                 job.done.set()
 
-    def _deploy_and_watch(self, job: _Running) -> tuple[JobState, str]:
-        record = self.store.get(job.job_id)
-        package = self.store.package(job.job_id)
-        deployed: list[str] = []
-        refused: list[str] = []
-        for site in job.sites:
-            if job.abort_reason is not None:
-                return JobState.ABORTED, job.abort_reason
-            try:
-                self.cell.request(
-                    site,
-                    Channel.CLIENT_MAIN,
-                    ParentTopic.DEPLOY,
-                    package,
-                    DEPLOY_TIMEOUT,
-                    headers={Field.JOB_ID: job.job_id},
-                )
-                deployed.append(site)
-            except CellError as exc:
-                log.warning("job %s: deploy to %s failed: %s", job.job_id, site, exc)
-                # A site's own refusal (its rules) says why; pass it on to the admin.
-                refused.append(exc.detail if isinstance(exc, RemoteError) else f"{site}: {exc}")
-        if len(deployed) < record.min_clients:
-            return JobState.FAILED, "; ".join(
-                [
-                    f"deployed to {len(deployed)} of the {record.min_clients} sites it needs "
-                    f"({', '.join(deployed) or 'none'})",
-                    *refused,
-                ]
-            )
-        job.sites = deployed
-        self.store.update(job.job_id, sites=deployed)
-        workspace = self.store.workspace(job.job_id)
-        argv = [
-            self.python,
-            "-m",
-            "fl_core.processes.main",
-            "server-job",
-            str(self.config.source),
-            job.job_id,
-            str(self.store.job_dir(job.job_id)),
-            str(workspace),
-            "--parent-url",
-            self.url,
-            "--sites",
-            ",".join(deployed),
-        ]
-        job.handle = self.launcher.launch(
-            LaunchSpec(
-                job.job_id,
-                ProcessType.SERVER_JOB,
-                argv,
-                workspace,
-                workspace / "log.txt",
-                {JOB_SECRET_ENV: job.secret},
-            )
-        )
-        if job.abort_reason is not None:
-            job.handle.terminate(ABORT_GRACE)
-        for site in deployed:
-            try:
-                self.cell.request(
-                    site,
-                    Channel.CLIENT_MAIN,
-                    ParentTopic.START_JOB,
-                    {
-                        Field.JOB_ID: job.job_id,
-                        Field.SERVER_JOB: f"server.{job.job_id}",
-                        Field.TOKEN: direct_token(job.secret, site),
-                    },
-                    COMMAND_TIMEOUT,
-                )
-            except CellError as exc:
-                log.warning("job %s: %s could not start its client job: %s", job.job_id, site, exc)
-                self._tell_site_lost(job, site, f"{site} could not start its client job: {exc}")
-        if job.abort_reason is None:
-            self.store.update(job.job_id, state=JobState.RUNNING)
-        code = job.handle.wait()
-        while code is None:  # wait() without a timeout returns the code; be safe anyway
-            code = job.handle.wait(1.0)
-        reported = job.reported
-        if job.abort_reason is not None:
-            return JobState.ABORTED, job.abort_reason
-        if code == 0 and JobState.FINISHED in (reported.get(Field.STATE), _summary(workspace)):
-            return JobState.FINISHED, ""
-        reason = str(reported.get(Field.REASON) or "")
-        if not reason:
-            reason = f"the server job {describe_exit(code)}"
-        return JobState.FAILED, reason
-
-    def _end_sites(self, job: _Running) -> None:
-        """Make sure no client job of `job` is left on any site."""
-        reason = job.abort_reason or "the job ended"
-        for site in job.sites:
-            try:
-                self.cell.request(
-                    site,
-                    Channel.CLIENT_MAIN,
-                    ParentTopic.ABORT_JOB,
-                    {Field.JOB_ID: job.job_id, Field.REASON: reason},
-                    COMMAND_TIMEOUT,
-                )
-            except CellError as exc:
-                log.info("job %s: %s did not confirm its end: %s", job.job_id, site, exc)
-
-    def _abort(self, job: _Running, reason: str, state: JobState = JobState.ABORTED) -> None:
-        if job.abort_reason is None:
-            job.abort_reason = reason
-            job.abort_state = state
-        try:
-            self.cell.fire(
-                f"server.{job.job_id}",
-                Channel.SERVER_COMMAND,
-                ParentTopic.ABORT,
-                {Field.REASON: reason},
-            )
-        except CellError:
-            pass  # not connected (yet, or any more): the launcher stops it below
-        handle = job.handle
-        if handle is not None:
-            # The server job ends its workflow on the message; a hung one is killed.
-            threading.Thread(
-                target=handle.terminate, args=(ABORT_GRACE,), name="fl-abort", daemon=True
-            ).start()
-
     def _on_job_status(self, message: Message) -> object:
         data = json_object(message.payload, "job_status")
         job_id = str(data.get(Field.JOB_ID, ""))
@@ -565,17 +441,6 @@ class ServerEngine:
             times = seconds[-KEPT_ROUND_TIMES:] if isinstance(seconds, list) else []
             self.store.update(job_id, round=round_done, round_seconds=times)
         return None
-
-
-def _summary(workspace: Path) -> str:
-    """The state the server job wrote into its summary.json, if it wrote one."""
-    import json
-
-    try:
-        data = json.loads((workspace / "summary.json").read_text())
-    except (OSError, ValueError):
-        return ""
-    return str(data.get("status", "")) if isinstance(data, dict) else ""
 
 
 def _list(value: object, what: str) -> list[object]:
