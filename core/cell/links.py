@@ -177,7 +177,8 @@ class Links:
         `from_parent` never goes back up), and `CellError` once closed.
         """
         with self._lock:
-            self._check_open()
+            if self._closed:  # inline: this runs for every frame sent or forwarded
+                raise CellError(f"cell {self.fqcn!r} is closed")
             if target == self.fqcn:
                 return None
             link = self._direct.get(target)  # never a name of this cell's subtree
