@@ -25,7 +25,7 @@ from fl_core.errors import CellError, TargetUnreachableError
 from fl_core.spec.transport import Connection, Frame
 
 if TYPE_CHECKING:
-    from fl_core.cell.cell import Cell
+    from fl_core.cell.links import Links
 
 log = logging.getLogger("fl_core.cell")
 
@@ -41,16 +41,16 @@ BACKOFF_MAX: Final = 2.0
 
 
 class ParentLink:
-    """Connects `cell` to the parent at `url`, and reconnects after a loss if asked to.
+    """Connects `links` to the parent at `url`, and reconnects after a loss if asked to.
 
     With a `key`, the parent must ask the child to prove it, and must prove
     it holds the same key itself: a parent that does not is refused.
     """
 
     def __init__(
-        self, cell: Cell, url: str, timeout: float, reconnect: bool, key: bytes | None = None
+        self, links: Links, url: str, timeout: float, reconnect: bool, key: bytes | None = None
     ) -> None:
-        self._cell = cell
+        self._links = links
         self.url = url
         self._key = key
         self._timeout = timeout
@@ -61,23 +61,23 @@ class ParentLink:
 
     def connect(self) -> None:
         """One attempt: connect and say hello; raises as `Cell.connect_parent` documents."""
-        cell = self._cell
+        links = self._links
 
         def accepted(conn: Connection, frame: Frame) -> Frame:
             # Before anything else arrives on this link: the parent may send a
             # request right after accepting us, and its reply must find the way up.
-            cell._set_parent(conn)
+            links.set_parent(conn)
             return frame
 
         introduce(
-            cell,
+            links,
             self.url,
             self._timeout,
-            {CONTROL: HELLO, Header.ORIGIN: cell.fqcn},
+            {CONTROL: HELLO, Header.ORIGIN: links.fqcn},
             accepted=accepted,
-            deliver=lambda conn, frame: cell._on_frame(conn, frame, from_parent=True),
+            deliver=links.from_parent,
             parent=True,
-            refused=f"{self.url} refused cell {cell.fqcn!r}",
+            refused=f"{self.url} refused cell {links.fqcn!r}",
             key=self._key,
         )
 
@@ -89,21 +89,21 @@ class ParentLink:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._thread = threading.Thread(
-                target=self._run, name=f"fl-reconnect-{self._cell.fqcn}", daemon=True
+                target=self._run, name=f"fl-reconnect-{self._links.fqcn}", daemon=True
             )
             self._thread.start()
 
     def _run(self) -> None:
         delay = BACKOFF_START
-        log.warning("%s: lost its parent at %s; reconnecting", self._cell.fqcn, self.url)
+        log.warning("%s: lost its parent at %s; reconnecting", self._links.fqcn, self.url)
         while not self._stop.wait(delay):
             try:
                 self.connect()
             except CellError as exc:
-                log.info("%s: reconnecting to %s failed: %s", self._cell.fqcn, self.url, exc)
+                log.info("%s: reconnecting to %s failed: %s", self._links.fqcn, self.url, exc)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
-            log.warning("%s: reconnected to its parent at %s", self._cell.fqcn, self.url)
+            log.warning("%s: reconnected to its parent at %s", self._links.fqcn, self.url)
             return
 
     def close(self) -> None:
@@ -115,8 +115,8 @@ class ParentLink:
             thread.join(timeout=self._timeout + 5.0)
 
 
-def connect_direct(cell: Cell, url: str, timeout: float, key: bytes) -> str:
-    """Open a direct link from `cell` to the cell listening at `url`; returns its name.
+def connect_direct(links: Links, url: str, timeout: float, key: bytes) -> str:
+    """Open a direct link from `links` to the cell listening at `url`; returns its name.
 
     The two cells need not be parent and child: messages between them then
     take this link instead of the tree, and the cells on the tree's path
@@ -133,7 +133,7 @@ def connect_direct(cell: Cell, url: str, timeout: float, key: bytes) -> str:
 
     def accepted(conn: Connection, frame: Frame) -> Frame:
         name = frame.headers.get(Header.ORIGIN, "")
-        if not cell._add_direct(name, conn):
+        if not links.add_direct(name, conn):
             return Frame({CONTROL: HELLO_REJECTED, Header.ERROR: f"bad peer {name!r}"})
         state["name"] = name
         return frame
@@ -141,24 +141,24 @@ def connect_direct(cell: Cell, url: str, timeout: float, key: bytes) -> str:
     def deliver(conn: Connection, frame: Frame) -> None:
         peer = state.get("name")
         if peer is not None:  # nothing is taken before the far end introduced itself
-            cell._on_direct_frame(conn, peer, frame)
+            links.from_direct(conn, peer, frame)
 
     introduce(
-        cell,
+        links,
         url,
         timeout,
-        {CONTROL: HELLO, Header.ORIGIN: cell.fqcn, DIRECT: "1"},
+        {CONTROL: HELLO, Header.ORIGIN: links.fqcn, DIRECT: "1"},
         accepted=accepted,
         deliver=deliver,
         parent=False,
-        refused=f"{url} refused a direct link from {cell.fqcn!r}",
+        refused=f"{url} refused a direct link from {links.fqcn!r}",
         key=key,
     )
     return state["name"]
 
 
 def introduce(
-    cell: Cell,
+    links: Links,
     url: str,
     timeout: float,
     hello: dict[str, str],
@@ -181,7 +181,7 @@ def introduce(
     and `CellError` (starting with `refused`) if the far end says no or
     does not prove itself.
     """
-    conn = cell.transport.connect(url, timeout)
+    conn = links.transport.connect(url, timeout)
     answer: Future[Frame] = Future()
     # The answer and the timeout race (the answer may arrive on the
     # transport's thread while this one gives up): whichever takes this lock
@@ -205,7 +205,7 @@ def introduce(
         expected = prove(
             key,
             "listening",
-            joining=cell.fqcn,
+            joining=links.fqcn,
             listening=challenge["name"],
             direct=direct,
             nonces=(hello[NONCE], challenge["nonce"]),
@@ -221,7 +221,7 @@ def introduce(
         if challenge:
             return refusal("it sent a second challenge")
         if key is None:
-            return refusal(f"it asks for a credential that {cell.fqcn!r} was not given")
+            return refusal(f"it asks for a credential that {links.fqcn!r} was not given")
         name, nonce = frame.headers.get(Header.ORIGIN, ""), frame.headers.get(NONCE, "")
         if not name or not nonce:
             return refusal("its challenge names no cell or no nonce")
@@ -229,7 +229,7 @@ def introduce(
         joining = prove(
             key,
             "joining",
-            joining=cell.fqcn,
+            joining=links.fqcn,
             listening=name,
             direct=direct,
             nonces=(hello[NONCE], nonce),
@@ -259,8 +259,7 @@ def introduce(
             return
         deliver(conn, frame)
 
-    conn.receive_into(cell._streams.body_buffer_for(conn))
-    conn.start(on_frame, lambda exc: cell._on_link_closed(conn, exc, parent=parent))
+    links.start(conn, on_frame, parent=parent)
     conn.send(Frame(hello))
     try:
         frame = answer.result(timeout)

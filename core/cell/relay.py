@@ -18,16 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fl_core.cell.message import Header, Message, MessageType, Status
 from fl_core.cell.stream_state import StreamSettings, describe, on_path
 from fl_core.cell.timer import Timer, TimerHandle
 from fl_core.errors import CellError
 from fl_core.spec.transport import Connection, Frame
-
-if TYPE_CHECKING:
-    from fl_core.cell.cell import Cell
 
 log = logging.getLogger("fl_core.cell")
 
@@ -274,16 +270,22 @@ class RelayedStreams:
 Abort = Callable[[str, str, str, str], None]
 """Sends an UNREACHABLE ABORT: (to, stream origin, stream id, reason)."""
 
+Answer = Callable[[Message, Status, str], None]
+"""Answers a request with an error reply: (request, status, reason)."""
+
 
 class StreamRelay:
     """What a cell does with the stream frames it forwards: track them, refuse
     streams over the per-link cap, and tell the ends when a stream is lost."""
 
-    def __init__(self, cell: Cell, settings: StreamSettings, abort: Abort) -> None:
-        self._cell = cell
+    def __init__(
+        self, fqcn: str, timer: Timer, settings: StreamSettings, abort: Abort, answer: Answer
+    ) -> None:
+        self._fqcn = fqcn
         self._abort = abort
+        self._answer = answer
         self._table = RelayedStreams(
-            cell.resources.timer,
+            timer,
             settings.max_relayed_per_link,
             settings.idle_timeout,
             self._expired,
@@ -299,11 +301,11 @@ class StreamRelay:
         try:
             return self._table.track(inbound, outbound, frame)
         except CellError as exc:
-            self._refuse(frame.headers, f"{self._cell.fqcn} refused the stream: {exc}")
+            self._refuse(frame.headers, f"{self._fqcn} refused the stream: {exc}")
             return False
 
     def _refuse(self, headers: dict[str, str], reason: str) -> None:
-        log.warning("%s: %s (%s)", self._cell.fqcn, reason, describe(headers))
+        log.warning("%s: %s (%s)", self._fqcn, reason, describe(headers))
         origin = headers.get(Header.ORIGIN, "")
         self._abort(origin, origin, headers.get(Header.STREAM, ""), reason)
         # A sender that already pumped all it had would not see the ABORT:
@@ -322,12 +324,12 @@ class StreamRelay:
             )
         else:
             return
-        self._cell._send_reply(waiting, Status.UNREACHABLE, None, {Header.ERROR: reason})
+        self._answer(waiting, Status.UNREACHABLE, reason)
 
     def _expired(self, record: RelayedStream, why: str) -> None:
         """A relayed stream went idle: tell both ends (each fails it at once)."""
-        reason = f"{self._cell.fqcn} forgot the stream it relayed: {why}"
-        log.warning("%s: %s -> %s: %s", self._cell.fqcn, record.origin, record.destination, why)
+        reason = f"{self._fqcn} forgot the stream it relayed: {why}"
+        log.warning("%s: %s -> %s: %s", self._fqcn, record.origin, record.destination, why)
         for end in (record.origin, record.destination):
             self._abort(end, record.origin, record.sid, reason)
 
@@ -343,7 +345,7 @@ class StreamRelay:
 
     def link_closed(self, conn: Connection, detail: str) -> None:
         """Tell the far end of every relayed stream that used `conn` that it is lost."""
-        me = self._cell.fqcn
+        me = self._fqcn
         for record in self._table.lost(conn):
             if record.outbound is conn:
                 why = f"the link from {me} toward {record.destination} closed ({detail})"

@@ -27,15 +27,18 @@ def _noop() -> None:
 class TimerHandle:
     """A scheduled callback; `cancel()` stops it if it has not run."""
 
-    __slots__ = ("_timer", "callback", "cancelled", "when")
+    __slots__ = ("_on_cancel", "callback", "cancelled", "when")
 
     def __init__(
-        self, when: float, callback: Callable[[], None], timer: Timer | None = None
+        self,
+        when: float,
+        callback: Callable[[], None],
+        on_cancel: Callable[[], None] | None = None,
     ) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
-        self._timer = timer
+        self._on_cancel = on_cancel  # tells the timer's heap, while the handle is in it
 
     def cancel(self) -> None:
         """Prevent the callback from running (no effect once it ran)."""
@@ -45,8 +48,13 @@ class TimerHandle:
         # Release the closure now (it often holds a cell and a message), not
         # when the entry finally leaves the heap.
         self.callback = _noop
-        if self._timer is not None:
-            self._timer._on_cancel()
+        on_cancel = self._on_cancel  # read once: the timer's thread may detach it meanwhile
+        if on_cancel is not None:
+            on_cancel()
+
+    def detach(self) -> None:
+        """The handle left its timer's heap: a later `cancel` concerns the timer no more."""
+        self._on_cancel = None
 
 
 class Timer:
@@ -67,7 +75,7 @@ class Timer:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run `callback` after `delay` seconds; raises `RuntimeError` once closed."""
-        handle = TimerHandle(time.monotonic() + max(0.0, delay), callback, self)
+        handle = TimerHandle(time.monotonic() + max(0.0, delay), callback, self._on_cancel)
         with self._cond:
             if self._closed:
                 raise RuntimeError("timer is closed")
@@ -113,7 +121,7 @@ class Timer:
                 _, _, handle = heapq.heappop(self._heap)
                 # Detach: a later cancel() of a handle that left the heap must
                 # not count towards compaction.
-                handle._timer = None
+                handle.detach()
                 if handle.cancelled and self._cancelled > 0:
                     self._cancelled -= 1
             if not handle.cancelled:

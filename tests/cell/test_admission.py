@@ -96,7 +96,7 @@ def test_a_child_without_the_right_key_is_refused_and_logged(
     problem: str,
 ) -> None:
     cell, url = server
-    with caplog.at_level(logging.WARNING, logger="fl_core.cell.cell"):
+    with caplog.at_level(logging.WARNING, logger="fl_core.cell"):
         with pytest.raises(CellError, match=problem):
             _joined(transport, name, url, key)
         assert cell.children() == []
@@ -300,10 +300,10 @@ def test_a_reconnecting_child_proves_its_key_again(
     site = Cell("site-1", transport)
     try:
         site.connect_parent(url, timeout=5, reconnect=True, key=SITE_KEY)
-        with cell._lock:
-            link = cell._children["site-1"]
+        link = cell.links.link_to("site-1")
+        assert link is not None
         link.close()  # the server drops it; the site comes back by itself
-        wait_until(lambda: cell._children.get("site-1") is not link, 5, "the old link to go")
+        wait_until(lambda: cell.links.link_to("site-1") is not link, 5, "the old link to go")
         wait_until(lambda: cell.children() == ["site-1"], 10, "site-1 to come back")
         assert site.request("server", AUX, "who", None, 10).payload == "site-1"
     finally:

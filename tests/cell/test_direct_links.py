@@ -108,8 +108,8 @@ def test_a_direct_link_carries_only_what_its_far_end_sends(tree: dict[str, Cell]
     tree["site-1"].register_handler(AUX, "note", lambda m: seen.set())
     tree["site-1.j"].register_handler(AUX, "note", lambda m: seen.set())
     # The far end writes a frame of its own making straight onto the link.
-    with tree["server.j"]._lock:
-        link = tree["server.j"]._direct["site-1.j"]
+    link = tree["server.j"].links.link_to("site-1.j")
+    assert link is not None
     headers = {
         Header.CHANNEL: str(AUX),
         Header.TOPIC: "note",

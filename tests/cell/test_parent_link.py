@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from fl_core.cell.cell import _CONTROL, Cell, CellResources
+from fl_core.cell.cell import Cell, CellResources
 from fl_core.cell.channels import Channel
-from fl_core.cell.parent import HELLO_OK
+from fl_core.cell.parent import CONTROL, HELLO_OK
 from fl_core.errors import TargetUnreachableError
 from fl_core.spec.transport import CloseHandler, Connection, Frame, FrameHandler
 from fl_plugins.transport_inprocess.transport import InProcessTransport
@@ -42,7 +42,7 @@ class _LateHello(Connection):
     def _late_hello(self) -> None:
         on_frame, self._on_frame = self._on_frame, None  # once
         if on_frame is not None:
-            on_frame(Frame({_CONTROL: HELLO_OK}))
+            on_frame(Frame({CONTROL: HELLO_OK}))
 
     def close(self) -> None:
         if self.when == "while closing":

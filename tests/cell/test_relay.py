@@ -24,7 +24,7 @@ def tree() -> Iterator[CellTree]:
 
 
 def relayed(cell: Cell) -> int:
-    return len(cell._relayed)
+    return cell.relayed_requests()
 
 
 class Blob:

@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 
 import pytest
 
-from fl_core.cell.cell import _CONTROL, _HELLO, Cell, CellResources
+from fl_core.cell.cell import Cell, CellResources
 from fl_core.cell.channels import Channel
 from fl_core.cell.incoming import IncomingPayload
 from fl_core.cell.message import Header, Message, MessageType, Status
-from fl_core.cell.parent import HELLO_OK
+from fl_core.cell.parent import CONTROL, HELLO, HELLO_OK
 from fl_core.cell.streams import StreamSettings
 from fl_core.errors import CellError, RemoteError, RequestTimeoutError, TargetUnreachableError
 from fl_core.spec.transport import Connection, Frame
@@ -45,8 +45,8 @@ class Raw:
         self.frames: queue.Queue[Frame] = queue.Queue()
         self.conn: Connection = transport.connect(url, WAIT)
         self.conn.start(self.frames.put, lambda exc: None)
-        self.conn.send(Frame({_CONTROL: _HELLO, Header.ORIGIN: name}))
-        assert self.frames.get(timeout=WAIT).headers[_CONTROL] == HELLO_OK
+        self.conn.send(Frame({CONTROL: HELLO, Header.ORIGIN: name}))
+        assert self.frames.get(timeout=WAIT).headers[CONTROL] == HELLO_OK
 
     def first(
         self,

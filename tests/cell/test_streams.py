@@ -13,10 +13,11 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from fl_core.cell.cell import _CONTROL, _HELLO, Cell, CellResources
+from fl_core.cell.cell import Cell, CellResources
 from fl_core.cell.channels import Channel
 from fl_core.cell.incoming import IncomingPayload
 from fl_core.cell.message import Header, Message, MessageType
+from fl_core.cell.parent import CONTROL, HELLO
 from fl_core.cell.payload import PayloadLimits
 from fl_core.cell.streams import StreamSettings
 from fl_core.errors import CellError, RequestTimeoutError
@@ -114,8 +115,8 @@ class RawPeer:
         self.frames: queue.Queue[Frame] = queue.Queue()
         self.conn: Connection = transport.connect(url, WAIT)
         self.conn.start(self.frames.put, lambda exc: None)
-        self.conn.send(Frame({_CONTROL: _HELLO, Header.ORIGIN: name}))
-        assert self.frames.get(timeout=WAIT).headers[_CONTROL] == "hello_ok"
+        self.conn.send(Frame({CONTROL: HELLO, Header.ORIGIN: name}))
+        assert self.frames.get(timeout=WAIT).headers[CONTROL] == "hello_ok"
 
     def first_chunk(self, size: int, body: bytes, kind: str = "bytes", topic: str = "sink") -> None:
         headers = {

@@ -201,7 +201,9 @@ def test_only_the_client_jobs_of_its_own_sites_take_part(
     # it joins nothing, polls nothing, sends no result and no metric.
     runner, site_a, _ = federation
     rogue = Cell(name, site_a.transport, site_a.resources)
-    rogue.connect_parent(site_a._parent_link.url)  # type: ignore[union-attr]
+    url = site_a.links.parent_url
+    assert url is not None
+    rogue.connect_parent(url)
     try:
         for topic, payload in (
             (Topic.JOIN, None),
