@@ -91,7 +91,8 @@ class _Session(ClientSession):
     def log(self, key: str, value: float, step: int | None) -> None:
         self._logs(self._site, key, value, step)
 
-    def _take_current(self) -> tuple[Assignment, Done] | None:
+    def take_current(self) -> tuple[Assignment, Done] | None:
+        """The task in hand, now no longer held (None if there is none)."""
         with self._lock:
             current, self._current = self._current, None
             return current
@@ -100,7 +101,7 @@ class _Session(ClientSession):
         return self._site in self._torch_sites
 
     def send(self, model: FLModel, *, sent_torch: bool = False) -> None:
-        current = self._take_current()
+        current = self.take_current()
         if current is None:
             raise RuntimeError("flare.send() called with no task to answer: call receive() first")
         self._sent = True
@@ -197,7 +198,8 @@ class _OnceSession(_Session):
             self._pending = item
         return True
 
-    def _take_current(self) -> tuple[Assignment, Done] | None:
+    def take_current(self) -> tuple[Assignment, Done] | None:
+        """The task in hand (or handed over but not yet received), now no longer held."""
         with self._lock:
             current, self._current = self._current, None
             if current is None:
@@ -404,7 +406,7 @@ class InProcessExecutor:
             except BaseException as exc:
                 ending = _ending_of(exc, self.script)
         namespace.clear()
-        leftover = session._take_current()
+        leftover = session.take_current()
         held, session.held = session.held, None
         if leftover is not None:
             _, pending_done = leftover

@@ -42,10 +42,9 @@ from pathlib import Path
 
 from fl_core.client.pipe_session import ENV_VAR, PARAMS_FORMAT, TORCH, Topic
 from fl_core.config import LaunchMode
-from fl_core.model import FLModel
 from fl_core.pids import describe_exit
 from fl_core.roles.client_job.in_process import Assignment, Done, LogSink, Outcome
-from fl_core.roles.client_job.trainer_process import TrainerProcess, close_pipe
+from fl_core.roles.client_job.trainer_process import TrainerProcess, close_pipe, outcome_of
 from fl_core.roles.protocol.script_errors import ScriptError, ScriptErrorSink, last_line
 from fl_core.spec.launcher import Launcher, LaunchSpec, ProcessType
 from fl_core.spec.pipe import PeerGoneError, Pipe, PipeContext, PipeError, PipeMessage, PipeSide
@@ -429,7 +428,7 @@ class ProcessExecutor:
             except PipeError as exc:
                 raise _Failed(f"a bad message from the training script: {exc}") from exc
             if message is not None:
-                outcome = self._take(site, task_id, message)
+                outcome = outcome_of(message, site, task_id, self._logs, self._torch_sites)
                 if outcome is not None:
                     return outcome
                 continue
@@ -439,44 +438,6 @@ class ProcessExecutor:
             self._check_running(trainer, "without sending a result")
             if time.monotonic() >= deadline:
                 raise _Failed(self._timed_out())
-
-    def _take(self, site: str, task_id: str, message: PipeMessage) -> Outcome | None:
-        """What one message from the script means: an outcome, or None to keep waiting."""
-        if message.topic == Topic.LOG:
-            body = message.body
-            if (
-                isinstance(body, dict)
-                and isinstance(body.get("key"), str)
-                and isinstance(body.get("value"), int | float)
-                and (body.get("step") is None or type(body.get("step")) is int)
-            ):
-                self._logs(site, body["key"], float(body["value"]), body.get("step"))
-            else:
-                log.warning("%s: the training script sent a malformed log message", site)
-            return None
-        answered = message.headers.get("task_id")
-        if message.topic == Topic.RESULT:
-            if answered != task_id:
-                log.warning("%s: a result for task %r, not %r, ignored", site, answered, task_id)
-                return None
-            if not isinstance(message.body, FLModel):
-                got = type(message.body).__name__
-                return Outcome(
-                    reason=f"the training script sent a {got} as its result, not a model"
-                )
-            if message.headers.get(PARAMS_FORMAT) == TORCH:
-                self._torch_sites.add(site)
-            else:
-                self._torch_sites.discard(site)
-            return Outcome(result=message.body)
-        if message.topic == Topic.FAILED:
-            body = message.body if isinstance(message.body, dict) else {}
-            return Outcome(
-                reason=f"the training script failed: {body.get('reason', 'no reason given')}",
-                detail=str(body.get("traceback", "")),
-            )
-        log.warning("%s: unexpected %r message from the training script", site, message.topic)
-        return None
 
     def _wait_exit(self, trainer: TrainerProcess) -> None:
         """Give a script that closed its pipe a moment to exit, so its exit code is known."""

@@ -15,12 +15,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fl_core.client.pipe_session import Topic
+from fl_core.client.pipe_session import PARAMS_FORMAT, TORCH, Topic
+from fl_core.model import FLModel
 from fl_core.pids import read_tail
+from fl_core.roles.client_job.in_process import LogSink, Outcome
 from fl_core.spec.launcher import JobHandle
 from fl_core.spec.pipe import Pipe, PipeError, PipeMessage
 
-__all__ = ["STDERR_TAIL", "TrainerProcess", "close_pipe"]
+__all__ = ["STDERR_TAIL", "TrainerProcess", "close_pipe", "outcome_of"]
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +96,46 @@ class TrainerProcess:
             return True
         except PipeError:
             return False  # it went meanwhile: terminate ends what is left
+
+
+def outcome_of(
+    message: PipeMessage, site: str, task_id: str, logs: LogSink, torch_sites: set[str]
+) -> Outcome | None:
+    """What one message from a site's training script means: an outcome, or None to wait on.
+
+    A log line goes to `logs`; a result for `task_id` is the outcome, and
+    its format (torch or numpy) is noted in `torch_sites`.
+    """
+    if message.topic == Topic.LOG:
+        body = message.body
+        if (
+            isinstance(body, dict)
+            and isinstance(body.get("key"), str)
+            and isinstance(body.get("value"), int | float)
+            and (body.get("step") is None or type(body.get("step")) is int)
+        ):
+            logs(site, body["key"], float(body["value"]), body.get("step"))
+        else:
+            log.warning("%s: the training script sent a malformed log message", site)
+        return None
+    answered = message.headers.get("task_id")
+    if message.topic == Topic.RESULT:
+        if answered != task_id:
+            log.warning("%s: a result for task %r, not %r, ignored", site, answered, task_id)
+            return None
+        if not isinstance(message.body, FLModel):
+            got = type(message.body).__name__
+            return Outcome(reason=f"the training script sent a {got} as its result, not a model")
+        if message.headers.get(PARAMS_FORMAT) == TORCH:
+            torch_sites.add(site)
+        else:
+            torch_sites.discard(site)
+        return Outcome(result=message.body)
+    if message.topic == Topic.FAILED:
+        body = message.body if isinstance(message.body, dict) else {}
+        return Outcome(
+            reason=f"the training script failed: {body.get('reason', 'no reason given')}",
+            detail=str(body.get("traceback", "")),
+        )
+    log.warning("%s: unexpected %r message from the training script", site, message.topic)
+    return None
