@@ -26,6 +26,7 @@ demo: $(PY)
 test: $(PY)
 	$(PIP) install --quiet -e ".[dev,torch,examples]" --config-settings editable_mode=strict
 	$(PIP) install --quiet ./tests/thirdparty_plugin
+	$(PIP) install --quiet ./tests/thirdparty_transport
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy -p fl_core -p fl_plugins

@@ -8,7 +8,9 @@ admission closes the link unallocated; an unadmitted link is closed after
 closes the oldest; once admitted, normal limits apply again.
 
 The suite builds its transports as `transport_factory(hello_timeout=...,
-max_unadmitted=...)`: options every listening transport accepts. The timeouts
+max_unadmitted=...)`: options every listening transport accepts. Raw sockets
+reach a listener through `raw_connection(url)`, which dials `scheme://host:port`
+over TCP; a transport on other sockets (Unix domain sockets) overrides it. The timeouts
 are short (`hello_timeout_in_tests`) so the suite stays fast; every wait is on
 the event itself, bounded by `wait`.
 """
@@ -77,6 +79,13 @@ class AdmissionCases:
         for transport in reversed(made):
             transport.close()
 
+    def raw_connection(self, url: str) -> socket.socket:
+        """A plain socket to the listener at `url`, for bytes that are not frames.
+
+        Override it for a transport whose listeners are not TCP `host:port`.
+        """
+        return socket.create_connection(host_port(url), timeout=self.wait)
+
     # --- helpers -----------------------------------------------------------------------
 
     def _client(self, transport: Transport, url: str) -> tuple[Connection, FrameRecorder]:
@@ -113,7 +122,7 @@ class AdmissionCases:
         listener = transport.listen(self.listen_url, acceptor)
         try:
             head = encode_frame_head({"k": "v"}, BodyKind.BYTES, ANNOUNCED)
-            with socket.create_connection(host_port(listener.url), timeout=self.wait) as sock:
+            with self.raw_connection(listener.url) as sock:
                 sock.sendall(head + b"x")
                 _assert_far_end_closes(sock, self.wait)
             assert all(size <= HELLO_MAX_FRAME for size in acceptor.asked), acceptor.asked
@@ -160,7 +169,7 @@ class AdmissionCases:
             talker, talker_seen = self._client(transport, listener.url)
             talker.send(Frame({"hello": "2"}, b"hi"))
             _, talker_server_seen = acceptor.next(self.wait)
-            with socket.create_connection(host_port(listener.url), timeout=self.wait) as idle:
+            with self.raw_connection(listener.url) as idle:
                 _assert_far_end_closes(idle, self.wait)
             assert talker_server_seen.wait_closed(self.wait) != [None]
             talker_seen.wait_closed(self.wait)

@@ -42,7 +42,6 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from typing import ClassVar
-from urllib.parse import urlparse
 
 import pytest
 
@@ -229,14 +228,12 @@ HOSTILE_INPUTS: dict[str, tuple[bytes, bool]] = {
 """Raw bytes a peer sends, and whether it then half-closes its socket."""
 
 
-def _host_port(url: str) -> tuple[str, int]:
-    parsed = urlparse(url)
-    assert parsed.hostname and parsed.port, f"not a host:port URL: {url}"
-    return parsed.hostname, parsed.port
-
-
 class HostileInputContract(AdmissionCases):
-    """Raw-socket abuse every TCP-based transport must survive (see the module docstring)."""
+    """Raw-socket abuse every listening transport must survive (see the module docstring).
+
+    Raw sockets come from `raw_connection(url)`: TCP to `host:port` by default;
+    a transport on other sockets (Unix domain sockets) overrides it.
+    """
 
     listen_url: ClassVar[str] = ""
     wait: ClassVar[float] = 5.0
@@ -273,7 +270,7 @@ class HostileInputContract(AdmissionCases):
             accepted, accepted_seen = acceptor.next(self.wait)
             accepted_seen.wait_frames(1, self.wait)
 
-            with socket.create_connection(_host_port(listener.url), timeout=self.wait) as sock:
+            with self.raw_connection(listener.url) as sock:
                 sock.sendall(data)
                 if half_close:
                     sock.shutdown(socket.SHUT_WR)
