@@ -28,10 +28,6 @@ def socket_file(url: str) -> Path:
     return Path(socket_path(url))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the simulator runs every job over the in-process transport, whatever it names",
-)
 def test_the_simulator_runs_hello_numpy_over_the_uds_transport_exactly(tmp_path: Path) -> None:
     job = hello_job(tmp_path / "job", rounds=2)
     (job / "job.yaml").write_text(
@@ -50,7 +46,6 @@ def test_the_simulator_runs_hello_numpy_over_the_uds_transport_exactly(tmp_path:
     assert [url for url in urls if socket_file(url).exists()] == []
 
 
-@pytest.mark.xfail(strict=True, reason="`poc prepare --transport` accepts only tcp and grpc")
 def test_a_poc_prepared_with_the_uds_transport_runs_hello_numpy_exactly(tmp_path: Path) -> None:
     job = hello_job(tmp_path / "job", rounds=2)
     ws = tmp_path / "poc"
