@@ -75,6 +75,7 @@ class ProcessContainer(BaseContainer):
         BaseContainer.transport,
         job_launcher,
         check_job=check,
+        security=BaseContainer.security,
     )
     server_parent = providers.Factory(ServerParent, server_engine)
 

@@ -61,12 +61,17 @@ class AdminService:
             AdminTopic.SHUTDOWN: self._on_shutdown,
         }
         for topic, handler in handlers.items():
-            engine.cell.register_handler(Channel.ADMIN, topic, self._admin(handler))
+            engine.cell.register_handler(Channel.ADMIN, topic, self._admin(topic, handler))
 
-    def _admin(self, handler: _Handler) -> _Handler:
+    def _admin(self, topic: AdminTopic, handler: _Handler) -> _Handler:
         def guarded(message: Message) -> object:
             if not message.origin.startswith(ADMIN_PREFIX) or "." in message.origin:
                 raise FlCoreError(f"{message.origin} is not an admin")
+            # Every admin action goes past the security provider (`none` allows all).
+            resource = _resource(topic, message)
+            if not self.engine.security.authorize(message.origin, str(topic), resource):
+                log.warning("refused %s: %s on %s", message.origin, topic, resource)
+                raise FlCoreError(f"{message.origin} may not {topic} {resource}: not authorized")
             return handler(message)
 
         return guarded
@@ -197,3 +202,11 @@ class AdminService:
             except CellError as exc:
                 log.info("%s did not confirm its shutdown: %s", site, exc)
         self.engine.stop("the federation is shutting down")
+
+
+def _resource(topic: AdminTopic, message: Message) -> str:
+    """What an admin action is about: `job <id>` for a job's, else the federation."""
+    if topic in (AdminTopic.SUBMIT, AdminTopic.LIST, AdminTopic.SITES, AdminTopic.SHUTDOWN):
+        return "federation"
+    data = message.payload if isinstance(message.payload, dict) else {}
+    return f"job {data.get(Field.JOB_ID, '')}"

@@ -53,6 +53,7 @@ from fl_core.roles.server_parent.job_store import (
     UnknownJobError,
 )
 from fl_core.spec.launcher import Launcher
+from fl_core.spec.security import SecurityProvider
 from fl_core.spec.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,13 @@ class ServerEngine:
         transport: Transport,
         launcher: Launcher,
         *,
+        security: SecurityProvider,
         python: str = sys.executable,
         check_job: JobCheck | None = None,
     ) -> None:
         self.config = config
+        self.security = security
+        """Decides each admin action (`authorize(admin, action, resource)`)."""
         self.check_job = check_job
         """What `fl-core job check` runs, against this server's plugins; run at submit."""
         self.transport = transport
