@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-fast venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: $(PY)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy -p fl_core -p fl_plugins
 	$(PY) -m pytest
+
+## make test-fast: the suite without the whole-system runs (marker e2e), for the edit-test loop
+test-fast: $(PY)
+	$(PIP) install --quiet -e ".[dev,torch,examples]" --config-settings editable_mode=strict
+	$(PIP) install --quiet ./tests/thirdparty_plugin ./tests/thirdparty_transport
+	$(PY) -m pytest -q -m "not e2e"
 
 clean:
 	rm -rf $(VENV) build fl-workspace .pytest_cache .mypy_cache .ruff_cache
