@@ -8,6 +8,7 @@ There is no global manager. `make_plugin_manager()` builds one; its
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,12 +26,9 @@ from fl_core.errors import (
     UnknownComponentError,
 )
 from fl_core.spec import PROJECT, ComponentKind
-from fl_core.spec.events import EventHookSpecs
-from fl_core.spec.launcher import LauncherHookSpecs
-from fl_core.spec.pipe import PipeHookSpecs
-from fl_core.spec.security import SecurityHookSpecs
-from fl_core.spec.transport import TransportHookSpecs
-from fl_core.spec.workflow import WorkflowHookSpecs
+from fl_core.spec.kinds import HOOKSPECS, KINDS
+
+log = logging.getLogger(__name__)
 
 DISABLE_AUTOLOAD_ENV = "FL_CORE_DISABLE_PLUGIN_AUTOLOAD"
 """Set (to anything but empty) to skip entry-point discovery, as pytest does."""
@@ -38,23 +36,6 @@ PLUGINS_ENV = "FL_CORE_PLUGINS"
 """Comma-separated entry-point names to load even when autoload is disabled."""
 BLOCK_ENV = "FL_CORE_BLOCK_PLUGINS"
 """Comma-separated plugin names never to load."""
-
-_HOOK_OF_KIND: dict[ComponentKind, str] = {
-    ComponentKind.TRANSPORT: "fl_core_register_transports",
-    ComponentKind.LAUNCHER: "fl_core_register_launchers",
-    ComponentKind.WORKFLOW: "fl_core_register_workflows",
-    ComponentKind.PIPE: "fl_core_register_pipes",
-    ComponentKind.SECURITY: "fl_core_register_security_providers",
-}
-
-_HOOKSPECS = (
-    TransportHookSpecs,
-    LauncherHookSpecs,
-    WorkflowHookSpecs,
-    PipeHookSpecs,
-    SecurityHookSpecs,
-    EventHookSpecs,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +116,15 @@ class Registry:
     ) -> Any:
         """Build the component `name` of `kind` with `options`.
 
-        With `expect`, the result must be an instance of that interface.
+        The result must be an instance of `expect`, by default the kind's
+        interface (`fl_core.spec.kinds.KINDS`); otherwise the error names the
+        plugin whose factory built it.
         """
         component = self.check_available(kind, name)
         instance = component.factory(**dict(options or {}))
-        if expect is not None and not isinstance(instance, expect):
+        if expect is None:
+            expect = KINDS[component.kind].interface
+        if not isinstance(instance, expect):
             raise InvalidComponentError(
                 f"{component.kind} {name!r} from plugin {component.plugin!r} built a "
                 f"{type(instance).__name__}, which is not a {expect.__name__}",
@@ -155,7 +140,7 @@ class PluginManager(pluggy.PluginManager):
 
     def __init__(self) -> None:
         super().__init__(PROJECT)
-        for spec in _HOOKSPECS:
+        for spec in HOOKSPECS:
             self.add_hookspecs(spec)
         self.infos: dict[str, PluginInfo] = {}
 
@@ -184,17 +169,20 @@ class PluginManager(pluggy.PluginManager):
             raise PluginLoadError(name, info.distribution if info else "(unknown)", exc) from exc
 
     def registry(self) -> Registry:
-        """Ask every plugin for its components; a fresh `Registry` each call."""
+        """Ask every plugin for its components; a fresh `Registry` each call.
+
+        Each registration hook is called through pluggy once per plugin that
+        implements it, in pluggy's order (`tryfirst` first, `trylast` last),
+        with a `register` bound to that plugin, so every component keeps its
+        provenance while wrappers, tracing and call monitoring see the calls.
+        """
         registry = Registry()
-        for kind, hook_name in _HOOK_OF_KIND.items():
-            hook = getattr(self.hook, hook_name)
-            # Called one implementation at a time so each component is
-            # attributed to the plugin that registered it.
-            for impl in hook.get_hookimpls():
-                plugin = impl.plugin_name
-                register = _registrar(registry, kind, plugin)
+        for kind, spec in KINDS.items():
+            for plugin, others in _callers(getattr(self.hook, spec.hook)):
+                # Only this plugin's implementation (and every wrapper) runs.
+                caller = self.subset_hook_caller(spec.hook, remove_plugins=others)
                 try:
-                    impl.function(**{arg: register for arg in impl.argnames})
+                    caller(register=_registrar(registry, kind, plugin))
                 except (DuplicateComponentError, InvalidComponentError):
                     raise  # already name the plugins involved
                 except Exception as exc:
@@ -203,6 +191,41 @@ class PluginManager(pluggy.PluginManager):
                         plugin, info.distribution if info else "(not installed)", exc
                     ) from exc
         return registry
+
+
+def _callers(hook: pluggy.HookCaller) -> list[tuple[str, list[object]]]:
+    """(plugin name, the other plugins to leave out) per plugin implementing `hook`.
+
+    In call order: pluggy calls the implementations from the end of the
+    list. Wrappers are never left out: they wrap every plugin's call.
+    """
+    impls = [i for i in reversed(hook.get_hookimpls()) if not (i.wrapper or i.hookwrapper)]
+    return [
+        (impl.plugin_name, [other.plugin for other in impls if other.plugin is not impl.plugin])
+        for impl in impls
+    ]
+
+
+class EventRelay:
+    """Fires the notification hooks of a plugin manager (an `fl_core.spec.events.Events`).
+
+    Roles are handed one of these instead of the manager. Calls go through
+    pluggy, so ordering, wrappers and tracing apply as to any hook.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self._hook = pm.hook
+
+    def job_started(self, job_id: str, mode: str) -> None:
+        """Fire `fl_core_job_started`; an exception from a hook propagates and fails the job."""
+        self._hook.fl_core_job_started(job_id=job_id, mode=mode)
+
+    def job_finished(self, job_id: str, mode: str, status: str, reason: str) -> None:
+        """Fire `fl_core_job_finished`; the job has ended, so a failing hook is only logged."""
+        try:
+            self._hook.fl_core_job_finished(job_id=job_id, mode=mode, status=status, reason=reason)
+        except Exception:
+            log.exception("a fl_core_job_finished hook failed for job %s", job_id)
 
 
 def _registrar(registry: Registry, kind: ComponentKind, plugin: str) -> Callable[..., None]:

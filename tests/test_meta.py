@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pluggy
 
-from fl_core.plugins import _HOOKSPECS
+from fl_core.spec.kinds import HOOKSPECS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_every_hook_is_documented_with_its_exact_parameters() -> None:
     docs = "\n".join(p.read_text() for p in (REPO / "docs").rglob("*.md"))
     marker = pluggy.HookspecMarker("fl_core")
     checked = 0
-    for spec in _HOOKSPECS:
+    for spec in HOOKSPECS:
         for name, function in inspect.getmembers(spec, inspect.isfunction):
             if getattr(function, marker.project_name + "_spec", None) is None:
                 continue
@@ -66,7 +66,7 @@ def test_every_hook_is_documented_with_its_exact_parameters() -> None:
             params = [p for p in inspect.signature(function).parameters if p != "self"]
             signature = f"{name}({', '.join(params)})"
             assert signature in docs, f"docs/ does not document {signature}"
-    assert checked >= len(_HOOKSPECS)  # every spec class has at least one hook
+    assert checked >= len(HOOKSPECS)  # every spec class has at least one hook
 
 
 def test_every_spec_module_is_import_light() -> None:
@@ -75,3 +75,21 @@ def test_every_spec_module_is_import_light() -> None:
         for node in tree.body:
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert not node.module.startswith(("fl_core.runtime", "fl_core.cell")), path
+
+
+def test_every_component_kind_has_exactly_one_kind_entry_hook_and_interface() -> None:
+    from fl_core.spec import ComponentKind
+    from fl_core.spec.kinds import KINDS
+
+    assert list(KINDS) == list(ComponentKind)
+    hooks = [spec.hook for spec in KINDS.values()]
+    assert len(set(hooks)) == len(hooks)
+    interfaces = [spec.interface for spec in KINDS.values()]
+    assert len(set(interfaces)) == len(interfaces)
+    marker = pluggy.HookspecMarker("fl_core")
+    for kind, spec in KINDS.items():
+        assert spec.hook.startswith("fl_core_register_"), spec.hook
+        hook = getattr(spec.hookspecs, spec.hook, None)
+        assert hook is not None, f"{spec.hookspecs.__name__} declares no {spec.hook}"
+        assert getattr(hook, marker.project_name + "_spec", None) is not None, spec.hook
+        assert spec.interface.__module__ == spec.hookspecs.__module__, kind
