@@ -24,7 +24,7 @@ import pytest
 
 from fl_core.serialization.envelope import BodyKind, encode_frame_head
 from fl_core.spec.transport import HELLO_MAX_FRAME, Connection, Frame, Transport
-from fl_core.testing.transport_contract import Acceptor, FrameRecorder
+from fl_core.testing.transport_links import Acceptor, FrameRecorder
 
 __all__ = ["AdmissionCases"]
 

@@ -52,8 +52,8 @@ from fl_core.serialization.envelope import MAGIC, MAX_HEADER_SIZE, BodyKind, enc
 from fl_core.spec.security import Credentials
 from fl_core.spec.transport import Frame, Listener, Transport
 from fl_core.testing.pki import Pki
-from fl_core.testing.transport_contract import AUX, Acceptor, FrameRecorder, bytes_echo
 from fl_core.testing.transport_contract_admission import AdmissionCases
+from fl_core.testing.transport_links import AUX, Acceptor, FrameRecorder, bytes_echo
 
 __all__ = ["HostileInputContract", "SecureTransportContract"]
 
