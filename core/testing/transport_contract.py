@@ -1,25 +1,27 @@
 """The transport contract: one test suite that every `Transport` must pass.
 
 Subclass `TransportContract` in a test module, set `listen_url` to a URL that
-binds a fresh address each time (port 0, an empty name), and give it a
-`transport_factory` fixture returning a callable that builds a fresh
-transport. pytest then runs every test of the suite against it::
+binds a fresh address each time (port 0, an empty name), and name the
+transport as a job config would: `component` (its registered name) and
+`plugin` (the entry-point name of the plugin that registers it, or
+`(name, hooks_module)` for one not installed). The suite then builds every
+transport through that plugin's registered factory, as the runtime does, so
+the hook and the factory's options are under contract too. pytest runs every
+test of the suite against it::
 
-    import pytest
-    from fl_core.testing.transport_contract import TransportContract
-    from my_plugin.transport import MyTransport
+    from fl_core.testing import TransportContract, HostileInputContract
 
-    class TestMyTransport(TransportContract):
+    class TestMyTransport(TransportContract, HostileInputContract):
         listen_url = "mytcp://127.0.0.1:0"
+        component = "mytcp"
+        plugin = "my_plugin"
 
-        @pytest.fixture
-        def transport_factory(self):
-            return lambda: MyTransport()
-
-The suite closes every transport it builds. Bodies are `bytes`, which every
-transport must carry; what `Transport.carries_objects` promises is read from
-the transport, not configured. Class attributes scale the suite down for slow
-or limited transports: `large_payload_bytes`, `ordered_frames`,
+Overriding the `transport_factory` fixture (a callable `(**options) ->
+Transport`) builds transports another way. The suite closes every transport
+it builds. Bodies are `bytes`, which every transport must carry; what
+`Transport.carries_objects` promises is read from the transport, not
+configured. Class attributes scale the suite down for slow or limited
+transports: `large_payload_bytes`, `ordered_frames`,
 `concurrent_requests`, `wait` (the bound of every wait) and `unreachable_url`.
 To mark one inherited test (`xfail`, `skip`), override it in the subclass with
 the marker and call `super()`.
@@ -49,6 +51,7 @@ from fl_core.errors import (
     TargetUnreachableError,
 )
 from fl_core.spec.transport import Connection, Frame, Transport
+from fl_core.testing.registered import TransportUnderTest
 from fl_core.testing.stream_contract import StreamContract, wait_until
 from fl_core.testing.transport_links import (
     AUX,
@@ -88,7 +91,7 @@ HEADERS = {"k": "v", "empty": "", "unicode": "grüße ✓", "spaces": "a b  c", 
 # --- the suite ---------------------------------------------------------------------
 
 
-class TransportContract(StreamContract):
+class TransportContract(TransportUnderTest, StreamContract):
     """Tests every transport must pass; subclass it as `Test...` (see the module docstring).
 
     The streaming tests come from `StreamContract`.
@@ -111,11 +114,6 @@ class TransportContract(StreamContract):
     test class must also run `HostileInputContract` (admission and hostile
     bytes); only a transport whose peers all live in this process (the
     in-process one) declares False, and is exempt."""
-
-    @pytest.fixture
-    def transport_factory(self) -> Callable[[], Transport]:
-        """Override: return a callable that builds a fresh transport."""
-        pytest.fail(f"{type(self).__name__} must define a transport_factory fixture")
 
     @pytest.fixture
     def transport(self, transport_factory: Callable[[], Transport]) -> Iterator[Transport]:
