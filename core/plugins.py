@@ -178,32 +178,43 @@ class PluginManager(pluggy.PluginManager):
         """
         registry = Registry()
         for kind, spec in KINDS.items():
-            for plugin, others in _callers(getattr(self.hook, spec.hook)):
+            impls = _registering(getattr(self.hook, spec.hook))
+            for impl in impls:
+                # pluggy's subset caller leaves a plugin out only by this
+                # attribute; one implemented under another name (specname)
+                # would run in every other plugin's call, under their names.
+                if not hasattr(impl.plugin, spec.hook):
+                    raise self._load_error(
+                        impl.plugin_name,
+                        ValueError(
+                            f"{impl.function.__name__} implements {spec.hook} under another "
+                            f"name; registration hooks must be named {spec.hook}"
+                        ),
+                    )
+            for impl in impls:
+                others = [other.plugin for other in impls if other.plugin is not impl.plugin]
                 # Only this plugin's implementation (and every wrapper) runs.
                 caller = self.subset_hook_caller(spec.hook, remove_plugins=others)
                 try:
-                    caller(register=_registrar(registry, kind, plugin))
+                    caller(register=_registrar(registry, kind, impl.plugin_name))
                 except (DuplicateComponentError, InvalidComponentError):
                     raise  # already name the plugins involved
                 except Exception as exc:
-                    info = self.infos.get(plugin)
-                    raise PluginLoadError(
-                        plugin, info.distribution if info else "(not installed)", exc
-                    ) from exc
+                    raise self._load_error(impl.plugin_name, exc) from exc
         return registry
 
+    def _load_error(self, plugin: str, cause: BaseException) -> PluginLoadError:
+        info = self.infos.get(plugin)
+        return PluginLoadError(plugin, info.distribution if info else "(not installed)", cause)
 
-def _callers(hook: pluggy.HookCaller) -> list[tuple[str, list[object]]]:
-    """(plugin name, the other plugins to leave out) per plugin implementing `hook`.
 
-    In call order: pluggy calls the implementations from the end of the
-    list. Wrappers are never left out: they wrap every plugin's call.
+def _registering(hook: pluggy.HookCaller) -> list[pluggy.HookImpl]:
+    """The implementations of `hook` that are not wrappers, in the order pluggy calls them.
+
+    pluggy calls from the end of the list. Wrappers are left out here
+    because they are never left out of a call: they wrap every plugin's.
     """
-    impls = [i for i in reversed(hook.get_hookimpls()) if not (i.wrapper or i.hookwrapper)]
-    return [
-        (impl.plugin_name, [other.plugin for other in impls if other.plugin is not impl.plugin])
-        for impl in impls
-    ]
+    return [i for i in reversed(hook.get_hookimpls()) if not (i.wrapper or i.hookwrapper)]
 
 
 class EventRelay:

@@ -275,3 +275,15 @@ def test_the_relay_with_no_observers_does_nothing() -> None:
     relay = EventRelay(manager())
     relay.job_started("j1", "poc")
     relay.job_finished("j1", "poc", "aborted", "stopped by admin")
+
+
+def test_a_registration_hook_under_another_name_is_a_load_error_naming_the_plugin() -> None:
+    class Renamed:
+        @hookimpl(specname="fl_core_register_transports")
+        def transports(self, register: Register) -> None:
+            register("renamed", StubTransport)
+
+    pm = manager(("plain", Registering("plain", [])), ("renamed", Renamed()))
+    with pytest.raises(PluginLoadError, match="plugin 'renamed'") as info:
+        pm.registry()
+    assert "registration hooks must be named fl_core_register_transports" in str(info.value)
