@@ -8,6 +8,7 @@ There is no global manager. `make_plugin_manager()` builds one; its
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,12 +26,9 @@ from fl_core.errors import (
     UnknownComponentError,
 )
 from fl_core.spec import PROJECT, ComponentKind
-from fl_core.spec.events import EventHookSpecs
-from fl_core.spec.launcher import LauncherHookSpecs
-from fl_core.spec.pipe import PipeHookSpecs
-from fl_core.spec.security import SecurityHookSpecs
-from fl_core.spec.transport import TransportHookSpecs
-from fl_core.spec.workflow import WorkflowHookSpecs
+from fl_core.spec.kinds import HOOKSPECS, KINDS
+
+log = logging.getLogger(__name__)
 
 DISABLE_AUTOLOAD_ENV = "FL_CORE_DISABLE_PLUGIN_AUTOLOAD"
 """Set (to anything but empty) to skip entry-point discovery, as pytest does."""
@@ -38,23 +36,6 @@ PLUGINS_ENV = "FL_CORE_PLUGINS"
 """Comma-separated entry-point names to load even when autoload is disabled."""
 BLOCK_ENV = "FL_CORE_BLOCK_PLUGINS"
 """Comma-separated plugin names never to load."""
-
-_HOOK_OF_KIND: dict[ComponentKind, str] = {
-    ComponentKind.TRANSPORT: "fl_core_register_transports",
-    ComponentKind.LAUNCHER: "fl_core_register_launchers",
-    ComponentKind.WORKFLOW: "fl_core_register_workflows",
-    ComponentKind.PIPE: "fl_core_register_pipes",
-    ComponentKind.SECURITY: "fl_core_register_security_providers",
-}
-
-_HOOKSPECS = (
-    TransportHookSpecs,
-    LauncherHookSpecs,
-    WorkflowHookSpecs,
-    PipeHookSpecs,
-    SecurityHookSpecs,
-    EventHookSpecs,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +116,15 @@ class Registry:
     ) -> Any:
         """Build the component `name` of `kind` with `options`.
 
-        With `expect`, the result must be an instance of that interface.
+        The result must be an instance of `expect`, by default the kind's
+        interface (`fl_core.spec.kinds.KINDS`); otherwise the error names the
+        plugin whose factory built it.
         """
         component = self.check_available(kind, name)
         instance = component.factory(**dict(options or {}))
-        if expect is not None and not isinstance(instance, expect):
+        if expect is None:
+            expect = KINDS[component.kind].interface
+        if not isinstance(instance, expect):
             raise InvalidComponentError(
                 f"{component.kind} {name!r} from plugin {component.plugin!r} built a "
                 f"{type(instance).__name__}, which is not a {expect.__name__}",
@@ -155,7 +140,7 @@ class PluginManager(pluggy.PluginManager):
 
     def __init__(self) -> None:
         super().__init__(PROJECT)
-        for spec in _HOOKSPECS:
+        for spec in HOOKSPECS:
             self.add_hookspecs(spec)
         self.infos: dict[str, PluginInfo] = {}
 
@@ -184,25 +169,74 @@ class PluginManager(pluggy.PluginManager):
             raise PluginLoadError(name, info.distribution if info else "(unknown)", exc) from exc
 
     def registry(self) -> Registry:
-        """Ask every plugin for its components; a fresh `Registry` each call."""
+        """Ask every plugin for its components; a fresh `Registry` each call.
+
+        Each registration hook is called through pluggy once per plugin that
+        implements it, in pluggy's order (`tryfirst` first, `trylast` last),
+        with a `register` bound to that plugin, so every component keeps its
+        provenance while wrappers, tracing and call monitoring see the calls.
+        """
         registry = Registry()
-        for kind, hook_name in _HOOK_OF_KIND.items():
-            hook = getattr(self.hook, hook_name)
-            # Called one implementation at a time so each component is
-            # attributed to the plugin that registered it.
-            for impl in hook.get_hookimpls():
-                plugin = impl.plugin_name
-                register = _registrar(registry, kind, plugin)
+        for kind, spec in KINDS.items():
+            impls = _registering(getattr(self.hook, spec.hook))
+            for impl in impls:
+                # pluggy's subset caller leaves a plugin out only by this
+                # attribute; one implemented under another name (specname)
+                # would run in every other plugin's call, under their names.
+                if not hasattr(impl.plugin, spec.hook):
+                    raise self._load_error(
+                        impl.plugin_name,
+                        ValueError(
+                            f"{impl.function.__name__} implements {spec.hook} under another "
+                            f"name; registration hooks must be named {spec.hook}"
+                        ),
+                    )
+            for impl in impls:
+                others = [other.plugin for other in impls if other.plugin is not impl.plugin]
+                # Only this plugin's implementation (and every wrapper) runs.
+                caller = self.subset_hook_caller(spec.hook, remove_plugins=others)
                 try:
-                    impl.function(**{arg: register for arg in impl.argnames})
+                    caller(register=_registrar(registry, kind, impl.plugin_name))
                 except (DuplicateComponentError, InvalidComponentError):
                     raise  # already name the plugins involved
                 except Exception as exc:
-                    info = self.infos.get(plugin)
-                    raise PluginLoadError(
-                        plugin, info.distribution if info else "(not installed)", exc
-                    ) from exc
+                    raise self._load_error(impl.plugin_name, exc) from exc
         return registry
+
+    def _load_error(self, plugin: str, cause: BaseException) -> PluginLoadError:
+        info = self.infos.get(plugin)
+        return PluginLoadError(plugin, info.distribution if info else "(not installed)", cause)
+
+
+def _registering(hook: pluggy.HookCaller) -> list[pluggy.HookImpl]:
+    """The implementations of `hook` that are not wrappers, in the order pluggy calls them.
+
+    pluggy calls from the end of the list. Wrappers are left out here
+    because they are never left out of a call: they wrap every plugin's.
+    """
+    return [i for i in reversed(hook.get_hookimpls()) if not (i.wrapper or i.hookwrapper)]
+
+
+class EventRelay:
+    """Fires the notification hooks of a plugin manager (an `fl_core.spec.events.Events`).
+
+    Roles are handed one of these instead of the manager. Calls go through
+    pluggy, so ordering, wrappers and tracing apply as to any hook.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self._hook = pm.hook
+
+    def job_started(self, job_id: str, mode: str) -> None:
+        """Fire `fl_core_job_started`; an exception from a hook propagates and fails the job."""
+        self._hook.fl_core_job_started(job_id=job_id, mode=mode)
+
+    def job_finished(self, job_id: str, mode: str, status: str, reason: str) -> None:
+        """Fire `fl_core_job_finished`; the job has ended, so a failing hook is only logged."""
+        try:
+            self._hook.fl_core_job_finished(job_id=job_id, mode=mode, status=status, reason=reason)
+        except Exception:
+            log.exception("a fl_core_job_finished hook failed for job %s", job_id)
 
 
 def _registrar(registry: Registry, kind: ComponentKind, plugin: str) -> Callable[..., None]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pluggy
 
-from fl_core.plugins import _HOOKSPECS
+from fl_core.spec.kinds import HOOKSPECS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_every_hook_is_documented_with_its_exact_parameters() -> None:
     docs = "\n".join(p.read_text() for p in (REPO / "docs").rglob("*.md"))
     marker = pluggy.HookspecMarker("fl_core")
     checked = 0
-    for spec in _HOOKSPECS:
+    for spec in HOOKSPECS:
         for name, function in inspect.getmembers(spec, inspect.isfunction):
             if getattr(function, marker.project_name + "_spec", None) is None:
                 continue
@@ -66,7 +66,7 @@ def test_every_hook_is_documented_with_its_exact_parameters() -> None:
             params = [p for p in inspect.signature(function).parameters if p != "self"]
             signature = f"{name}({', '.join(params)})"
             assert signature in docs, f"docs/ does not document {signature}"
-    assert checked >= len(_HOOKSPECS)  # every spec class has at least one hook
+    assert checked >= len(HOOKSPECS)  # every spec class has at least one hook
 
 
 def test_every_spec_module_is_import_light() -> None:
@@ -77,3 +77,66 @@ def test_every_spec_module_is_import_light() -> None:
                 assert not node.module.startswith(
                     ("fl_core.roles", "fl_core.processes", "fl_core.cell")
                 ), path
+
+
+def test_every_component_kind_has_exactly_one_kind_entry_hook_and_interface() -> None:
+    from fl_core.spec import ComponentKind
+    from fl_core.spec.kinds import KINDS
+
+    assert list(KINDS) == list(ComponentKind)
+    hooks = [spec.hook for spec in KINDS.values()]
+    assert len(set(hooks)) == len(hooks)
+    interfaces = [spec.interface for spec in KINDS.values()]
+    assert len(set(interfaces)) == len(interfaces)
+    marker = pluggy.HookspecMarker("fl_core")
+    for kind, spec in KINDS.items():
+        assert spec.hook.startswith("fl_core_register_"), spec.hook
+        hook = getattr(spec.hookspecs, spec.hook, None)
+        assert hook is not None, f"{spec.hookspecs.__name__} declares no {spec.hook}"
+        assert getattr(hook, marker.project_name + "_spec", None) is not None, spec.hook
+        assert spec.interface.__module__ == spec.hookspecs.__module__, kind
+
+
+CONTRACT_OF_KIND = {
+    "transport": "TransportContract",
+    "launcher": "LauncherContract",
+    "workflow": "WorkflowContract",
+    "pipe": "PipeContract",
+    "security": "SecurityProviderContract",
+}
+
+
+def _contract_classes() -> set[tuple[str, str, str]]:
+    """(contract, component, plugin) of every test class that names what it tests."""
+    found: set[tuple[str, str, str]] = set()
+    for path in (REPO / "tests").rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            bases = {
+                b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases
+            }
+            values: dict[str, str] = {}
+            for statement in node.body:
+                if isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Constant):
+                    for target in statement.targets:
+                        if isinstance(target, ast.Name) and isinstance(statement.value.value, str):
+                            values[target.id] = statement.value.value
+            name = values.get("component") or values.get("launcher_name", "")
+            for contract in bases & set(CONTRACT_OF_KIND.values()):
+                found.add((contract, name, values.get("plugin", "")))
+    return found
+
+
+def test_every_builtin_component_runs_its_kinds_contract_through_its_factory() -> None:
+    from fl_core.plugins import make_plugin_manager
+
+    pm = make_plugin_manager()
+    builtin = {name for name, info in pm.infos.items() if info.distribution == "fl-core"}
+    covered = _contract_classes()
+    missing = [
+        f"{c.kind} {c.name!r} of {c.plugin}"
+        for c in pm.registry().components()
+        if c.plugin in builtin and (CONTRACT_OF_KIND[c.kind], c.name, c.plugin) not in covered
+    ]
+    assert missing == [], "no contract test class names these components and their plugin"

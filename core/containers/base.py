@@ -27,7 +27,6 @@ from dependency_injector import containers, providers
 
 from fl_core.config import ComponentChoice, JobConfig
 from fl_core.containers.parts import (
-    HookEvents,
     build_component,
     build_pipe,
     build_transport,
@@ -36,7 +35,7 @@ from fl_core.containers.parts import (
     transport_maker,
 )
 from fl_core.errors import ModeNotAvailableError
-from fl_core.plugins import make_plugin_manager
+from fl_core.plugins import EventRelay, make_plugin_manager
 from fl_core.roles.client_job.executors import build_executor
 from fl_core.spec import ComponentKind
 
@@ -63,7 +62,7 @@ class BaseContainer(containers.DeclarativeContainer):
 
     plugin_manager = providers.Singleton(make_plugin_manager)
     registry = providers.Singleton(registry_of, plugin_manager)
-    events = providers.Singleton(HookEvents, plugin_manager)
+    events = providers.Singleton(EventRelay, plugin_manager)
 
     security = providers.Singleton(
         build_component,

@@ -10,9 +10,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from fl_core.plugins import PluginManager, Registry
+from fl_core.plugins import Registry
 from fl_core.spec import ComponentKind
-from fl_core.spec.launcher import Launcher
 from fl_core.spec.pipe import Pipe, TransportMaker
 from fl_core.spec.security import SecurityProvider
 from fl_core.spec.transport import Transport
@@ -25,14 +24,7 @@ def build_component(
     registry: Registry, kind: str, name: str, options: Mapping[str, Any] | None
 ) -> Any:
     """Create the component `name` of `kind`, checked against the kind's interface."""
-    expect: dict[str, type] = {
-        ComponentKind.TRANSPORT: Transport,
-        ComponentKind.SECURITY: SecurityProvider,
-        ComponentKind.LAUNCHER: Launcher,
-        ComponentKind.PIPE: Pipe,
-        ComponentKind.WORKFLOW: Workflow,
-    }
-    return registry.create(kind, name, options or {}, expect=expect.get(kind))
+    return registry.create(kind, name, options or {})
 
 
 def build_transport(
@@ -94,24 +86,6 @@ def build_workflow(
     )
     assert isinstance(workflow, Workflow)
     return workflow
-
-
-class HookEvents:
-    """The notification hooks, called through pluggy, for roles that fire them."""
-
-    def __init__(self, pm: PluginManager) -> None:
-        self._hook = pm.hook
-
-    def job_started(self, *, job_id: str, mode: str) -> None:
-        """Fire `fl_core_job_started`; a hook's exception propagates and fails the job."""
-        self._hook.fl_core_job_started(job_id=job_id, mode=mode)
-
-    def job_finished(self, *, job_id: str, mode: str, status: str, reason: str) -> None:
-        """Fire `fl_core_job_finished`; a hook's exception is logged, not raised."""
-        try:
-            self._hook.fl_core_job_finished(job_id=job_id, mode=mode, status=status, reason=reason)
-        except Exception:
-            log.exception("a fl_core_job_finished hook failed")
 
 
 def registry_of(pm: Any) -> Registry:

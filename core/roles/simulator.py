@@ -31,7 +31,7 @@ from fl_core.roles.protocol.parent import JobState
 from fl_core.roles.protocol.script_errors import ScriptError
 from fl_core.roles.server_job.results import SiteFailure
 from fl_core.roles.server_job.runner import EventSink, ServerRunner
-from fl_core.spec.events import JobEvents
+from fl_core.spec.events import Events
 from fl_core.spec.transport import Transport
 from fl_core.spec.workflow import Workflow
 
@@ -82,7 +82,7 @@ class Simulator:
         scheme: str,
         workflow: Workflow,
         executors: ExecutorFactory,
-        events: JobEvents,
+        events: Events,
         clients: int,
         threads: int,
         workspace: Path,

@@ -11,6 +11,14 @@ the plugin a `register` callable; the plugin calls it once per component:
     def fl_core_register_transports(register):
         register("mytcp", make_mytcp, requires=("mylib",), install="pip install mylib")
 
+Each time a registry is built, every registration hook is called through
+pluggy once per plugin that implements it, with a `register` that belongs to
+that plugin (so each component is attributed to the plugin that gave it).
+Because the calls go through pluggy, `tryfirst`/`trylast` order the plugins,
+a wrapper (`@hookimpl(wrapper=True)`) sees each plugin's call, and
+`pm.trace` / `pm.add_hookcall_monitoring` see them all. The kinds, with
+their hooks and interfaces, are listed in `fl_core.spec.kinds.KINDS`.
+
 Importing this package never imports the runtime.
 """
 

@@ -1,10 +1,30 @@
-"""Notification hooks: plugins hear about jobs starting and finishing."""
+"""Notification hooks: plugins hear about jobs starting and finishing.
+
+The runtime fires them through an `Events` object it is handed (the plugin
+manager's `fl_core.plugins.EventRelay` in every mode), so a role never needs
+the plugin manager itself.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
 from fl_core.spec import hookspec
+
+
+class Events(Protocol):
+    """What a role calls to fire the notification hooks.
+
+    `job_started` lets an exception from a hook propagate: the spec says it
+    fails the job. `job_finished` never raises: the job has ended already, so
+    a failing hook is logged instead.
+    """
+
+    def job_started(self, job_id: str, mode: str) -> None:
+        """Fire `fl_core_job_started`; raises what a hook raised."""
+
+    def job_finished(self, job_id: str, mode: str, status: str, reason: str) -> None:
+        """Fire `fl_core_job_finished`; a hook's exception is logged, not raised."""
 
 
 class EventHookSpecs:
@@ -20,17 +40,3 @@ class EventHookSpecs:
     @hookspec
     def fl_core_job_finished(self, job_id: str, mode: str, status: str, reason: str) -> None:
         """Called in the server job when a job has ended (`status` finished/failed/aborted)."""
-
-
-class JobEvents(Protocol):
-    """How a role fires the notification hooks above, without holding a plugin manager.
-
-    The containers hand roles an implementation that calls the hooks through
-    pluggy (so `tryfirst`, wrappers and tracing apply).
-    """
-
-    def job_started(self, *, job_id: str, mode: str) -> None:
-        """Fire `fl_core_job_started`; an exception from a hook propagates (it fails the job)."""
-
-    def job_finished(self, *, job_id: str, mode: str, status: str, reason: str) -> None:
-        """Fire `fl_core_job_finished`; a hook's exception is logged, never raised."""

@@ -68,6 +68,6 @@ class Launcher(ABC):
 class LauncherHookSpecs:
     """Hooks for launcher plugins."""
 
-    @hookspec(historic=True)
+    @hookspec
     def fl_core_register_launchers(self, register: Register) -> None:
         """Register launcher factories; `factory(**options)` returns a `Launcher`."""

@@ -196,7 +196,7 @@ class Pipe(ABC):
 class PipeHookSpecs:
     """Hooks for pipe plugins."""
 
-    @hookspec(historic=True)
+    @hookspec
     def fl_core_register_pipes(self, register: Register) -> None:
         """Register pipe factories; `factory(**options)` returns an unopened `Pipe`.
 

@@ -42,7 +42,7 @@ class SecurityProvider(ABC):
 class SecurityHookSpecs:
     """Hooks for security plugins."""
 
-    @hookspec(historic=True)
+    @hookspec
     def fl_core_register_security_providers(self, register: Register) -> None:
         """Register security-provider factories.
 

@@ -178,11 +178,11 @@ class Transport(ABC):
 class TransportHookSpecs:
     """Hooks for transport plugins."""
 
-    @hookspec(historic=True)
+    @hookspec
     def fl_core_register_transports(self, register: Register) -> None:
         """Register transport factories.
 
-        Called once per plugin manager, when its registry is built. Call
+        Called each time a registry is built (see `fl_core.spec`). Call
         `register(name, factory)`; `factory(**options)` must return a
         `Transport`. Do not open sockets or start threads here: do that in
         `Transport.listen` / `connect`. A transport that listens for other

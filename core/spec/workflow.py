@@ -301,7 +301,7 @@ class Workflow(ABC):
 class WorkflowHookSpecs:
     """Hooks for workflow plugins."""
 
-    @hookspec(historic=True)
+    @hookspec
     def fl_core_register_workflows(self, register: Register) -> None:
         """Register workflow factories.
 

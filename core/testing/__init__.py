@@ -12,41 +12,83 @@
         assert result.status == "finished"
 
 `simulator_for` builds the real simulator container; pass `overrides` to put
-your own object into one slot (`{"transport": MyTransport()}`). For pytest
-fixtures, add `pytest_plugins = ["fl_core.testing.fixtures"]` to a conftest.
-A launcher plugin subclasses `fl_core.testing.LauncherContract`, a pipe plugin
-`fl_core.testing.PipeContract` (imported on first use, so importing this
-package does not import pytest).
+your own object into one slot (`{"transport": MyTransport()}`).
+
+The contract suites, one per plugin kind, build the component through the
+plugin's registered factory (`component`, `plugin`; see
+`fl_core.testing.registered`): `TransportContract` (with
+`SecureTransportContract` and `HostileInputContract`), `PipeContract`,
+`LauncherContract`, `WorkflowContract` and `SecurityProviderContract`.
+Subclass one as a `Test...` class. They are imported on first use, so
+importing this package imports neither pytest nor the runtime.
+
+The pytest fixtures (`fl_job`, `fl_simulator`, `fl_no_threads_left`) come
+with fl-core's pytest plugin, which pytest loads by itself
+(`fl_core.testing.pytest_plugin`); no conftest is needed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import yaml
-from dependency_injector import providers
+if TYPE_CHECKING:
+    import numpy as np
 
-from fl_core.config import JobConfig, load_job
-from fl_core.plugins import PluginManager, make_plugin_manager
-from fl_core.roles.simulator import Simulator
+    from fl_core.config import JobConfig
+    from fl_core.plugins import PluginManager
+    from fl_core.roles.simulator import Simulator
+    from fl_core.testing.launcher_contract import LauncherContract
+    from fl_core.testing.pipe_contract import PipeContract
+    from fl_core.testing.registered import component_factory, pipe_factory
+    from fl_core.testing.security_contract import SecurityProviderContract
+    from fl_core.testing.stream_contract import StreamContract
+    from fl_core.testing.transport_contract import TransportContract
+    from fl_core.testing.transport_contract_security import (
+        HostileInputContract,
+        SecureTransportContract,
+    )
+    from fl_core.testing.workflow_contract import WorkflowContract
 
-__all__ = ["LauncherContract", "PipeContract", "plugin_manager_with", "simulator_for", "write_job"]
+__all__ = [
+    "HostileInputContract",
+    "LauncherContract",
+    "PipeContract",
+    "SecureTransportContract",
+    "SecurityProviderContract",
+    "StreamContract",
+    "TransportContract",
+    "WorkflowContract",
+    "component_factory",
+    "pipe_factory",
+    "plugin_manager_with",
+    "simulator_for",
+    "write_job",
+]
+
+_LAZY = {
+    "HostileInputContract": "fl_core.testing.transport_contract_security",
+    "LauncherContract": "fl_core.testing.launcher_contract",
+    "PipeContract": "fl_core.testing.pipe_contract",
+    "SecureTransportContract": "fl_core.testing.transport_contract_security",
+    "SecurityProviderContract": "fl_core.testing.security_contract",
+    "StreamContract": "fl_core.testing.stream_contract",
+    "TransportContract": "fl_core.testing.transport_contract",
+    "WorkflowContract": "fl_core.testing.workflow_contract",
+    "component_factory": "fl_core.testing.registered",
+    "pipe_factory": "fl_core.testing.registered",
+}
+"""Names imported on first use: the suites need pytest, and the kit must stay cheap to import."""
 
 
 def __getattr__(name: str) -> Any:
-    """`LauncherContract` and `PipeContract`, imported lazily because they need pytest."""
-    if name == "LauncherContract":
-        from fl_core.testing.launcher_contract import LauncherContract
-
-        return LauncherContract
-    if name == "PipeContract":
-        from fl_core.testing.pipe_contract import PipeContract
-
-        return PipeContract
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """The contract suites and factories of `_LAZY`, imported on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(module), name)
 
 
 def plugin_manager_with(name: str, plugin: object, *, with_builtins: bool = False) -> PluginManager:
@@ -55,6 +97,8 @@ def plugin_manager_with(name: str, plugin: object, *, with_builtins: bool = Fals
     With `with_builtins`, every installed entry-point plugin is loaded too,
     so the plugin can be combined with the built-in transport and workflow.
     """
+    from fl_core.plugins import make_plugin_manager
+
     return make_plugin_manager(autoload=with_builtins, extra=[(name, plugin)])
 
 
@@ -72,6 +116,9 @@ def write_job(
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a job folder (job.yaml, train.py, initial_model.npz) and return it."""
+    import numpy as np
+    import yaml
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train.py").write_text(script)
     config: dict[str, Any] = {
@@ -107,7 +154,11 @@ def simulator_for(
     objects to use instead of what the registry would build.
     `extra_plugins` adds (name, module) plugins to the manager.
     """
+    from dependency_injector import providers
+
+    from fl_core.config import JobConfig, load_job
     from fl_core.containers.simulator import simulator_container
+    from fl_core.plugins import make_plugin_manager
 
     config = job if isinstance(job, JobConfig) else load_job(job)
     count = clients if clients is not None else config.min_clients
@@ -123,6 +174,4 @@ def simulator_for(
     )
     for slot, value in (overrides or {}).items():
         getattr(container, slot).override(providers.Object(value))
-    simulator = container.runner()
-    assert isinstance(simulator, Simulator)
-    return simulator
+    return container.runner()

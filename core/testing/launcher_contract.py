@@ -1,22 +1,21 @@
 """The launcher contract: one test suite that every `Launcher` must pass.
 
-Subclass `LauncherContract` in a test module and give it a `launcher`
-fixture returning the launcher to test. Set `launcher_name` (and
-`launcher_options`) to the component name your plugin registers, so the
-parent-death test can build the same launcher in a helper process through
-the plugin registry; or override `helper_launcher_code` to build it another
-way::
+Subclass `LauncherContract` in a test module and name the launcher as a job
+config would: `launcher_name` (its registered name), `launcher_options` and
+`plugin` (the entry-point name of the plugin that registers it, or
+`(name, hooks_module)`). The suite builds the launcher through that
+plugin's registered factory, in the test process and in the helper process
+of the parent-death test, so the hook and the options are under contract
+too::
 
-    import pytest
-    from fl_core.testing.launcher_contract import LauncherContract
-    from my_plugin.launcher import MyLauncher
+    from fl_core.testing import LauncherContract
 
     class TestMyLauncher(LauncherContract):
         launcher_name = "mine"
+        plugin = "my_plugin"
 
-        @pytest.fixture
-        def launcher(self):
-            return MyLauncher()
+Overriding the `launcher` fixture (and `helper_launcher_code`) builds the
+launcher another way.
 
 Every job the suite starts is a small Python program (run with this
 interpreter) that records the pids of itself and of any child it starts;
@@ -46,7 +45,9 @@ import pytest
 
 from fl_core.errors import FlCoreError
 from fl_core.pids import pid_alive
+from fl_core.spec import ComponentKind
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
+from fl_core.testing.registered import PluginRef, component_factory, plugin_source
 
 __all__ = ["ContractJob", "ContractJobs", "LauncherContract", "pid_running"]
 
@@ -210,6 +211,8 @@ class LauncherContract:
     """The component name, for building the launcher in a helper process."""
     launcher_options: ClassVar[Mapping[str, object]] = {}
     """Options for that component."""
+    plugin: ClassVar[PluginRef | None] = None
+    """The plugin that registers it; None: every installed plugin."""
     wait: ClassVar[float] = 10.0
     """The bound of every wait; reached only when something is broken."""
     concurrent_jobs: ClassVar[int] = 20
@@ -217,8 +220,16 @@ class LauncherContract:
 
     @pytest.fixture
     def launcher(self) -> Launcher:
-        """The launcher under test; a subclass must override this fixture."""
-        raise NotImplementedError("a LauncherContract subclass must provide a `launcher` fixture")
+        """The launcher under test: by default from the registered factory of `launcher_name`."""
+        if self.launcher_name is None:
+            raise NotImplementedError(
+                "a LauncherContract subclass must set `launcher_name` (and `plugin`) "
+                "or provide a `launcher` fixture"
+            )
+        make = component_factory(ComponentKind.LAUNCHER, self.launcher_name, self.plugin)
+        launcher = make(**self.launcher_options)
+        assert isinstance(launcher, Launcher)
+        return launcher
 
     @pytest.fixture
     def jobs(self, launcher: Launcher, tmp_path: Path) -> Iterator[ContractJobs]:
@@ -234,9 +245,9 @@ class LauncherContract:
         if self.launcher_name is None:
             pytest.skip("set launcher_name, or override helper_launcher_code")
         return (
-            "from fl_core.plugins import make_plugin_manager\n"
-            f"launcher = make_plugin_manager().registry().create("
-            f"'launcher', {self.launcher_name!r}, {dict(self.launcher_options)!r})\n"
+            "from fl_core.testing.registered import component_factory\n"
+            f"launcher = component_factory('launcher', {self.launcher_name!r}, "
+            f"{plugin_source(self.plugin)})(**{dict(self.launcher_options)!r})\n"
         )
 
     # --- exit codes, log, workspace, environment ------------------------------------

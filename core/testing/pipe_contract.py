@@ -1,6 +1,22 @@
 """The pipe contract: one test suite that every `Pipe` must pass.
 
-Subclass `PipeContract` in a test module and give it two fixtures:
+Subclass `PipeContract` in a test module and name the pipe as a job config
+would: `component` (its registered name) and `plugin` (the entry-point name
+of the plugin that registers it, or `(name, hooks_module)`). The suite then
+builds ends the way a client job does: the ACTIVE end from the registered
+factory with the `pipe_options` fixture's options (default none), given its
+transport maker (`Pipe.use_transports`) and a `PipeContext` (`prepare`); every
+PASSIVE end, in this process or a peer process, from the registered factory
+with nothing but the open ACTIVE end's `peer_options()`::
+
+    from fl_core.testing import PipeContract
+
+    class TestMyPipe(PipeContract):
+        component = "mypipe"
+        plugin = "my_plugin"
+        send_waits_for_receiver = True
+
+To build ends another way, give the class two fixtures instead:
 
 - `make_pipe`: a factory `(**options) -> Pipe`; each call returns a fresh,
   unopened end configured to meet the others (sharing a folder, an
@@ -9,13 +25,7 @@ Subclass `PipeContract` in a test module and give it two fixtures:
 - `peer_factory_code`: Python source that, run in a separate process, binds
   `make_pipe` (same signature) to build an end that meets the test's ends::
 
-    import pytest
-    from fl_core.testing import PipeContract
-    from my_plugin.pipe import MyPipe
-
     class TestMyPipe(PipeContract):
-        send_waits_for_receiver = True
-
         @pytest.fixture
         def make_pipe(self, tmp_path):
             return lambda **options: MyPipe(address=str(tmp_path / "sock"), **options)
@@ -28,8 +38,9 @@ Subclass `PipeContract` in a test module and give it two fixtures:
 Capability flags: `send_waits_for_receiver` (True if `send` returns False
 when nobody receives in time; a pipe that just publishes sets False).
 A case also builds an end in a peer process from nothing but an ACTIVE
-end's `peer_options()` (`pipe_class`, by default the end's own class,
-called with them), as a client job does for its training process.
+end's `peer_options()` (through the registered factory; with `make_pipe`,
+`pipe_class`, by default the end's own class, called with them), as a
+client job does for its training process.
 `big_model_bytes` sizes the large-model case; `wait` bounds every wait
 (reached only when something is broken). The ends a case opens are closed
 after it, so a suite run with `fl_no_threads_left` catches leaked threads.
@@ -40,6 +51,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -61,9 +73,10 @@ from fl_core.spec.pipe import (
     PipeMessage,
     PipeSide,
 )
+from fl_core.testing.registered import PluginRef, pipe_factory, plugin_source
 from fl_core.testing.stream_contract import RssPeak, wait_until
 
-__all__ = ["PipeContract", "PipeFactory"]
+__all__ = ["PipeContract", "PipeFactory", "RegisteredEnds"]
 
 PipeFactory = Callable[..., Pipe]
 """`make_pipe(**options)`: a fresh unopened end."""
@@ -127,8 +140,68 @@ def _same_body(got: object, sent: object) -> bool:
     return got == sent
 
 
+class RegisteredEnds:
+    """Pipe ends from a registered factory, built as a client job and its trainer build them.
+
+    Calling it builds an end to open ACTIVE: the factory with the given
+    options, then `use_transports` and `prepare` with a fresh folder and
+    token. `passive(**options)` builds an end from the newest open ACTIVE
+    end's `peer_options()` (with `options` over them); `peer_code()` is the
+    source that does the same in another process.
+    """
+
+    FQCN = "site-1.contract"
+
+    def __init__(
+        self, component: str, plugin: PluginRef | None, folder: Path, **options: Any
+    ) -> None:
+        self.component = component
+        self.plugin = plugin
+        self.folder = folder
+        self.options = options
+        self._make = pipe_factory(component, plugin)
+        self._made: list[Pipe] = []
+
+    def __call__(self, **options: Any) -> Pipe:
+        pipe = self._make(**{**self.options, **options})
+        folder = self.folder / f"end-{len(self._made)}"
+        folder.mkdir(parents=True)
+        pipe.prepare(PipeContext(folder=folder, fqcn=self.FQCN, token=secrets.token_hex(16)))
+        self._made.append(pipe)
+        return pipe
+
+    def peer_options(self) -> dict[str, Any]:
+        """The newest open ACTIVE end's `peer_options()`, as JSON carries them."""
+        for pipe in reversed(self._made):
+            try:
+                options = pipe.peer_options()
+            except PipeError:
+                continue  # not an open ACTIVE end
+            return dict(json.loads(json.dumps(options)))
+        pytest.fail("no ACTIVE end is open to take peer_options from")
+
+    def passive(self, **options: Any) -> Pipe:
+        """An end to open PASSIVE, meeting the newest open ACTIVE end."""
+        pipe = self._make(**{**self.peer_options(), **options})
+        self._made.append(pipe)
+        return pipe
+
+    def peer_code(self) -> str:
+        """Source binding `make_pipe(**options)` in a peer process, like `passive`."""
+        return (
+            "from fl_core.testing.registered import pipe_factory\n"
+            f"make_pipe = pipe_factory({self.component!r}, {plugin_source(self.plugin)}, "
+            f"**{self.peer_options()!r})\n"
+        )
+
+
 class PipeContract:
     """What every pipe must do; see the module docstring for how to use it."""
+
+    plugin: ClassVar[PluginRef | None] = None
+    """The plugin that registers the pipe; None: every installed plugin."""
+    component: ClassVar[str] = ""
+    """The pipe's registered name (what a job config writes)."""
 
     send_waits_for_receiver: ClassVar[bool] = False
     big_model_bytes: ClassVar[int] = 256 * 1024 * 1024
@@ -138,14 +211,30 @@ class PipeContract:
     """The class `peer_options()` are passed to in the peer process (default: the end's own)."""
 
     @pytest.fixture
-    def make_pipe(self) -> PipeFactory:
-        """Override: `(**options) -> Pipe`, a fresh unopened end meeting the others."""
-        raise NotImplementedError("a PipeContract subclass must define the make_pipe fixture")
+    def pipe_options(self) -> dict[str, Any]:
+        """The options of the ACTIVE ends the registered factory builds (default none)."""
+        return {}
+
+    @pytest.fixture
+    def make_pipe(self, tmp_path: Path, pipe_options: dict[str, Any]) -> PipeFactory:
+        """`(**options) -> Pipe`: by default `RegisteredEnds` of `component`."""
+        if not self.component:
+            raise NotImplementedError(
+                "a PipeContract subclass must set `component` (and `plugin`) "
+                "or define the make_pipe fixture"
+            )
+        return RegisteredEnds(self.component, self.plugin, tmp_path / "ends", **pipe_options)
 
     @pytest.fixture
     def peer_factory_code(self) -> str:
-        """Override: Python source binding `make_pipe(**options)` in a peer process."""
-        raise NotImplementedError("a PipeContract subclass must define peer_factory_code")
+        """Python source binding `make_pipe(**options)` in a peer process.
+
+        Empty by default: the peer builds its end from the open ACTIVE end's
+        `peer_options()` (`RegisteredEnds.peer_code`).
+        """
+        if not self.component:
+            raise NotImplementedError("a PipeContract subclass must define peer_factory_code")
+        return ""
 
     @pytest.fixture
     def ends(self, make_pipe: PipeFactory) -> Iterator[Callable[..., Pipe]]:
@@ -153,7 +242,10 @@ class PipeContract:
         opened: list[Pipe] = []
 
         def open_end(side: PipeSide, **options: Any) -> Pipe:
-            pipe = make_pipe(**options)
+            if side is PipeSide.PASSIVE and isinstance(make_pipe, RegisteredEnds):
+                pipe = make_pipe.passive(**options)
+            else:
+                pipe = make_pipe(**options)
             pipe.open(self.name, side)
             opened.append(pipe)
             return pipe
@@ -163,13 +255,18 @@ class PipeContract:
             pipe.close()
 
     @pytest.fixture
-    def peer(self, peer_factory_code: str) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    def peer(
+        self, peer_factory_code: str, make_pipe: PipeFactory
+    ) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         """`peer(action, **options)`: a process holding the PASSIVE end; killed after the test."""
         started: list[subprocess.Popen[bytes]] = []
 
         def start(action: str, factory: str = "", **options: Any) -> subprocess.Popen[bytes]:
+            code = factory or peer_factory_code
+            if not code and isinstance(make_pipe, RegisteredEnds):
+                code = make_pipe.peer_code()
             config = {
-                "factory": factory or peer_factory_code,
+                "factory": code,
                 "options": options,
                 "name": self.name,
                 "side": PipeSide.PASSIVE.value,
@@ -340,11 +437,14 @@ class PipeContract:
         active.open(self.name, PipeSide.ACTIVE)
         try:
             options = json.loads(json.dumps(active.peer_options()))
-            cls = self.pipe_class or type(active)
-            code = (
-                f"from {cls.__module__} import {cls.__qualname__} as _Pipe\n"
-                f"make_pipe = lambda **o: _Pipe(**{{**{options!r}, **o}})"
-            )
+            if isinstance(make_pipe, RegisteredEnds):
+                code = make_pipe.peer_code()  # the registered factory, as a trainer does
+            else:
+                cls = self.pipe_class or type(active)
+                code = (
+                    f"from {cls.__module__} import {cls.__qualname__} as _Pipe\n"
+                    f"make_pipe = lambda **o: _Pipe(**{{**{options!r}, **o}})"
+                )
             peer("sleep", factory=code)
             hello = active.receive(self.wait)
             assert hello is not None and hello.topic == "hello"

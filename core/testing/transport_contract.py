@@ -1,31 +1,34 @@
 """The transport contract: one test suite that every `Transport` must pass.
 
 Subclass `TransportContract` in a test module, set `listen_url` to a URL that
-binds a fresh address each time (port 0, an empty name), and give it a
-`transport_factory` fixture returning a callable that builds a fresh
-transport. pytest then runs every test of the suite against it::
+binds a fresh address each time (port 0, an empty name), and name the
+transport as a job config would: `component` (its registered name) and
+`plugin` (the entry-point name of the plugin that registers it, or
+`(name, hooks_module)` for one not installed). The suite then builds every
+transport through that plugin's registered factory, as the runtime does, so
+the hook and the factory's options are under contract too. pytest runs every
+test of the suite against it::
 
-    import pytest
-    from fl_core.testing.transport_contract import TransportContract
-    from my_plugin.transport import MyTransport
+    from fl_core.testing import TransportContract, HostileInputContract
 
-    class TestMyTransport(TransportContract):
+    class TestMyTransport(TransportContract, HostileInputContract):
         listen_url = "mytcp://127.0.0.1:0"
+        component = "mytcp"
+        plugin = "my_plugin"
 
-        @pytest.fixture
-        def transport_factory(self):
-            return lambda: MyTransport()
-
-The suite closes every transport it builds. Bodies are `bytes`, which every
-transport must carry; what `Transport.carries_objects` promises is read from
-the transport, not configured. Class attributes scale the suite down for slow
-or limited transports: `large_payload_bytes`, `ordered_frames`,
+Overriding the `transport_factory` fixture (a callable `(**options) ->
+Transport`) builds transports another way. The suite closes every transport
+it builds. Bodies are `bytes`, which every transport must carry; what
+`Transport.carries_objects` promises is read from the transport, not
+configured. Class attributes scale the suite down for slow or limited
+transports: `large_payload_bytes`, `ordered_frames`,
 `concurrent_requests`, `wait` (the bound of every wait) and `unreachable_url`.
 To mark one inherited test (`xfail`, `skip`), override it in the subclass with
 the marker and call `super()`.
 
 The helpers (`open_link`, `FrameRecorder`, `Acceptor`, `build_cell_tree`,
-`bytes_echo`, `deferring`) are public, for a transport's own extra tests.
+`bytes_echo`, `deferring`) are public, for a transport's own extra tests;
+they live in `fl_core.testing.transport_links`.
 """
 
 from __future__ import annotations
@@ -35,13 +38,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 import pytest
 
-from fl_core.cell.cell import DEFERRED, Cell, CellResources, Handler
-from fl_core.cell.channels import Channel
+from fl_core.cell.cell import Cell
 from fl_core.cell.message import Message
 from fl_core.errors import (
     CellError,
@@ -49,9 +50,26 @@ from fl_core.errors import (
     RequestTimeoutError,
     TargetUnreachableError,
 )
-from fl_core.spec.transport import Connection, Frame, Listener, Transport
+from fl_core.spec.transport import Connection, Frame, Transport
+from fl_core.testing.registered import TransportUnderTest
 from fl_core.testing.stream_contract import StreamContract, wait_until
+from fl_core.testing.transport_links import (
+    AUX,
+    TREE,
+    Acceptor,
+    CellTree,
+    FrameRecorder,
+    Link,
+    build_cell_tree,
+    bytes_echo,
+    call_within,
+    deferring,
+    open_link,
+    outcome,
+)
 
+# The helpers live in transport_links; they are re-exported here, where
+# transport tests have always imported them from.
 __all__ = [
     "AUX",
     "TREE",
@@ -66,206 +84,6 @@ __all__ = [
     "open_link",
 ]
 
-AUX = Channel.AUX_COMMUNICATION
-TREE = ("server", "server.j", "site-1", "site-1.j")
-"""The cells `build_cell_tree` makes: server ── server.j, server ── site-1 ── site-1.j."""
-
-T = TypeVar("T")
-
-
-# --- helpers: raw links ------------------------------------------------------------
-
-
-class FrameRecorder:
-    """Starts a connection and records what it delivers; thread-safe."""
-
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-        self.closes: list[BaseException | None] = []
-        self._changed = threading.Condition()
-
-    def start(self, conn: Connection) -> Connection:
-        """Start `conn` with this recorder's handlers and return it."""
-        conn.start(self._on_frame, self._on_close)
-        return conn
-
-    def _on_frame(self, frame: Frame) -> None:
-        with self._changed:
-            self.frames.append(frame)
-            self._changed.notify_all()
-
-    def _on_close(self, exc: BaseException | None) -> None:
-        with self._changed:
-            self.closes.append(exc)
-            self._changed.notify_all()
-
-    def wait_frames(self, count: int, timeout: float) -> list[Frame]:
-        """The first `count` frames; fails the test if they do not arrive in time."""
-        with self._changed:
-            if not self._changed.wait_for(lambda: len(self.frames) >= count, timeout):
-                pytest.fail(f"got {len(self.frames)} of {count} frames within {timeout:g} s")
-            return self.frames[:count]
-
-    def wait_closed(self, timeout: float) -> list[BaseException | None]:
-        """The `on_close` calls so far, once there is one; fails the test if none comes."""
-        with self._changed:
-            if not self._changed.wait_for(lambda: bool(self.closes), timeout):
-                pytest.fail(f"on_close was not called within {timeout:g} s")
-            return list(self.closes)
-
-
-class Acceptor:
-    """A listener's owner: starts each accepted connection with its own recorder.
-
-    By default it admits each connection at once, as a cell does after a
-    hello (`Connection.admit`). With `admit=False` it leaves them unadmitted
-    and records in `asked` every body size the transport asks its body-buffer
-    provider for (the provider offers no buffer, so the transport allocates).
-    """
-
-    def __init__(self, *, admit: bool = True) -> None:
-        self.accepted: queue.Queue[tuple[Connection, FrameRecorder]] = queue.Queue()
-        self.admit = admit
-        self.asked: list[int] = []
-
-    def _provide(self, headers: dict[str, str], size: int) -> memoryview | None:
-        self.asked.append(size)
-        return None
-
-    def __call__(self, conn: Connection) -> None:
-        if self.admit:
-            conn.admit()
-        else:
-            conn.receive_into(self._provide)
-        recorder = FrameRecorder()
-        recorder.start(conn)
-        self.accepted.put((conn, recorder))
-
-    def next(self, timeout: float) -> tuple[Connection, FrameRecorder]:
-        """The next accepted connection; fails the test if none comes in time."""
-        try:
-            return self.accepted.get(timeout=timeout)
-        except queue.Empty:
-            pytest.fail(f"the listener accepted no connection within {timeout:g} s")
-
-
-@dataclass
-class Link:
-    """Both ends of one connection, each started with a `FrameRecorder`."""
-
-    transport: Transport
-    listener: Listener
-    acceptor: Acceptor
-    client: Connection
-    client_seen: FrameRecorder
-    server: Connection
-    server_seen: FrameRecorder
-
-
-def open_link(transport: Transport, listen_url: str, timeout: float = 5.0) -> Link:
-    """Listen on `listen_url`, connect to the reported URL, and start both ends."""
-    acceptor = Acceptor()
-    listener = transport.listen(listen_url, acceptor)
-    client_seen = FrameRecorder()
-    client = client_seen.start(transport.connect(listener.url, timeout))
-    server, server_seen = acceptor.next(timeout)
-    return Link(transport, listener, acceptor, client, client_seen, server, server_seen)
-
-
-def _call_within(seconds: float, call: Callable[[], T]) -> T | BaseException:
-    """`call()`'s result or exception; fails the test if it has not returned in time."""
-    done: Future[T] = Future()
-
-    def run() -> None:
-        try:
-            done.set_result(call())
-        except BaseException as exc:
-            done.set_exception(exc)
-
-    # A daemon: if the call hangs, the test fails instead of hanging too.
-    caller = threading.Thread(target=run, name="contract-call", daemon=True)
-    caller.start()
-    caller.join(seconds)
-    if not done.done():
-        pytest.fail(f"the call did not return within {seconds:g} s")
-    error = done.exception()
-    return error if error is not None else done.result()
-
-
-# --- helpers: cells ----------------------------------------------------------------
-
-
-class CellTree:
-    """The cells of `TREE` over one transport, sharing one `CellResources`."""
-
-    def __init__(self, transport: Transport, resources: CellResources) -> None:
-        self.transport = transport
-        self.resources = resources
-        self.cells: dict[str, Cell] = {}
-        self.urls: dict[str, str] = {}
-
-    def __getitem__(self, name: str) -> Cell:
-        return self.cells[name]
-
-    def close(self) -> None:
-        """Close the cells, leaves first, then the shared resources (not the transport)."""
-        for cell in reversed(list(self.cells.values())):
-            cell.close()
-        self.resources.close()
-
-
-def bytes_echo(cell: Cell) -> Handler:
-    """A handler answering `b"<this cell>|<origin>|" + payload`."""
-
-    def handler(message: Message) -> object:
-        assert isinstance(message.payload, bytes | bytearray | memoryview | None)
-        return f"{cell.fqcn}|{message.origin}|".encode() + bytes(message.payload or b"")
-
-    return handler
-
-
-def build_cell_tree(transport: Transport, listen_url: str, timeout: float = 5.0) -> CellTree:
-    """server / server.j / site-1 / site-1.j over `transport`, each with `bytes_echo` on "echo".
-
-    server and site-1 listen on `listen_url` (which must bind a fresh address
-    each time); server.j and site-1 connect to server, site-1.j to site-1.
-    On failure the cells made so far are closed.
-    """
-    tree = CellTree(transport, CellResources())
-    parents = {"server.j": "server", "site-1": "server", "site-1.j": "site-1"}
-    try:
-        for name in TREE:
-            cell = Cell(name, transport, tree.resources)
-            tree.cells[name] = cell
-            cell.register_handler(AUX, "echo", bytes_echo(cell))
-            if name in parents:
-                cell.connect_parent(tree.urls[parents[name]], timeout=timeout)
-            if name in ("server", "site-1"):
-                tree.urls[name] = cell.listen(listen_url)
-    except BaseException:
-        tree.close()
-        raise
-    return tree
-
-
-def deferring(cell: Cell, topic: str) -> queue.Queue[Message]:
-    """Register a handler on `topic` that answers later; the queue gets each request."""
-    requests: queue.Queue[Message] = queue.Queue()
-
-    def handler(message: Message) -> object:
-        requests.put(message)
-        return DEFERRED
-
-    cell.register_handler(AUX, topic, handler)
-    return requests
-
-
-def _outcome(future: Future[T], timeout: float) -> T | BaseException:
-    try:
-        return future.result(timeout)
-    except Exception as exc:
-        return exc
-
 
 HEADERS = {"k": "v", "empty": "", "unicode": "grüße ✓", "spaces": "a b  c", "n": "42"}
 
@@ -273,7 +91,7 @@ HEADERS = {"k": "v", "empty": "", "unicode": "grüße ✓", "spaces": "a b  c", 
 # --- the suite ---------------------------------------------------------------------
 
 
-class TransportContract(StreamContract):
+class TransportContract(TransportUnderTest, StreamContract):
     """Tests every transport must pass; subclass it as `Test...` (see the module docstring).
 
     The streaming tests come from `StreamContract`.
@@ -296,11 +114,6 @@ class TransportContract(StreamContract):
     test class must also run `HostileInputContract` (admission and hostile
     bytes); only a transport whose peers all live in this process (the
     in-process one) declares False, and is exempt."""
-
-    @pytest.fixture
-    def transport_factory(self) -> Callable[[], Transport]:
-        """Override: return a callable that builds a fresh transport."""
-        pytest.fail(f"{type(self).__name__} must define a transport_factory fixture")
 
     @pytest.fixture
     def transport(self, transport_factory: Callable[[], Transport]) -> Iterator[Transport]:
@@ -427,7 +240,7 @@ class TransportContract(StreamContract):
             url = listener.url
             listener.close()
         timeout = min(1.0, self.wait)
-        result = _call_within(timeout + self.wait, lambda: transport.connect(url, timeout))
+        result = call_within(timeout + self.wait, lambda: transport.connect(url, timeout))
         if isinstance(result, Connection):
             result.close()
         assert isinstance(result, TargetUnreachableError), result
@@ -455,7 +268,7 @@ class TransportContract(StreamContract):
     ) -> None:
         link.listener.close()
         link.listener.close()  # idempotent
-        result = _call_within(
+        result = call_within(
             2 * self.wait, lambda: transport.connect(link.listener.url, min(1.0, self.wait))
         )
         if isinstance(result, Connection):
@@ -548,7 +361,7 @@ class TransportContract(StreamContract):
         future = tree["server"].request_async("server.j", AUX, "hold", b"", timeout=60.0)
         requests.get(timeout=self.wait)
         tree["server.j"].close()
-        error = _outcome(future, self.wait)
+        error = outcome(future, self.wait)
         assert isinstance(error, TargetUnreachableError), error
         assert error.fqcn == "server.j"
 
@@ -560,7 +373,7 @@ class TransportContract(StreamContract):
         future = tree["server.j"].request_async("site-1.j", AUX, "hold", b"", timeout=60.0)
         requests.get(timeout=self.wait)
         tree["site-1.j"].close()
-        error = _outcome(future, self.wait)
+        error = outcome(future, self.wait)
         assert isinstance(error, TargetUnreachableError), error
         assert error.fqcn == "site-1.j"
         assert "toward it closed" in error.detail
@@ -568,7 +381,7 @@ class TransportContract(StreamContract):
     def test_cells_time_out_a_request_nobody_answers(self, tree: CellTree) -> None:
         deferring(tree["server.j"], "never")
         future = tree["site-1.j"].request_async("server.j", AUX, "never", b"", timeout=0.3)
-        error = _outcome(future, self.wait)
+        error = outcome(future, self.wait)
         assert isinstance(error, RequestTimeoutError), error
         assert (error.fqcn, error.topic) == ("server.j", "never")
 
@@ -583,7 +396,7 @@ class TransportContract(StreamContract):
             child.register_handler(AUX, "echo", bytes_echo(child))
             child.connect_parent(url, timeout=self.wait)
             parent.close()
-            unreachable = _outcome(child.request_async("server", AUX, "echo", b"", 60.0), self.wait)
+            unreachable = outcome(child.request_async("server", AUX, "echo", b"", 60.0), self.wait)
             assert isinstance(unreachable, TargetUnreachableError), unreachable
             second = Cell("server", transport)
             assert second.listen(url) == url

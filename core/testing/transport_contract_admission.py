@@ -26,7 +26,8 @@ import pytest
 
 from fl_core.serialization.envelope import BodyKind, encode_frame_head
 from fl_core.spec.transport import HELLO_MAX_FRAME, Connection, Frame, Transport
-from fl_core.testing.transport_contract import Acceptor, FrameRecorder
+from fl_core.testing.registered import TransportUnderTest
+from fl_core.testing.transport_links import Acceptor, FrameRecorder
 
 __all__ = ["AdmissionCases"]
 
@@ -53,7 +54,7 @@ def _assert_far_end_closes(sock: socket.socket, wait: float) -> None:
         pytest.fail(f"the server kept an unadmitted connection open for {wait:g} s")
 
 
-class AdmissionCases:
+class AdmissionCases(TransportUnderTest):
     """Pre-hello limits every listening transport must keep (see the module docstring)."""
 
     listen_url: ClassVar[str] = ""

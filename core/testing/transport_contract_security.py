@@ -1,11 +1,11 @@
 """Contract suites for TLS and for hostile peers, mixed in next to `TransportContract`.
 
-`SecureTransportContract` is for transports that speak TLS. The subclass
-gives a `secure_transport_factory` fixture returning a callable
-`(credentials, require_client_cert) -> Transport`, and a `transport_factory`
-fixture for the plaintext transport (the one `TransportContract` asks for
-too). Certificates come from `fl_core.testing.pki.Pki`; a client presenting
-no certificate gets `Credentials` with an empty chain and key.
+`SecureTransportContract` is for transports that speak TLS. It builds them
+with `secure_transport_factory(credentials, require_client_cert)`, which by
+default passes those two options to the transport's registered factory (see
+`TransportContract`); the plaintext transport comes from `transport_factory`.
+Certificates come from `fl_core.testing.pki.Pki`; a client presenting no
+certificate gets `Credentials` with an empty chain and key.
 
 `HostileInputContract` is for transports that listen on TCP `host:port`
 sockets: raw bytes that are not frames (garbage, a truncated frame, an
@@ -13,20 +13,12 @@ oversized frame header) must get that socket closed, while a well-behaved
 client keeps working. It also holds the transport to the admission limits
 (`AdmissionCases` in `transport_contract_admission`: small frames, a hello
 timeout and a cap before a link is admitted), for which it builds transports
-as `transport_factory(hello_timeout=..., max_unadmitted=...)`. It needs
-`transport_factory` only::
+as `transport_factory(hello_timeout=..., max_unadmitted=...)`::
 
     class TestMyTransport(TransportContract, SecureTransportContract, HostileInputContract):
         listen_url = "mytcp://127.0.0.1:0"
-
-        @pytest.fixture
-        def transport_factory(self):
-            return MyTransport
-
-        @pytest.fixture
-        def secure_transport_factory(self):
-            return lambda creds, require: MyTransport(credentials=creds,
-                                                      require_client_cert=require)
+        component = "mytcp"
+        plugin = "my_plugin"
 
 A refused peer may see its `connect` raise `TargetUnreachableError`, or (TLS
 1.3 lets a client finish its handshake before the server has judged the
@@ -51,12 +43,11 @@ from fl_core.serialization.envelope import MAGIC, MAX_HEADER_SIZE, BodyKind, enc
 from fl_core.spec.security import Credentials
 from fl_core.spec.transport import Frame, Listener, Transport
 from fl_core.testing.pki import Pki
-from fl_core.testing.transport_contract import AUX, Acceptor, FrameRecorder, bytes_echo
+from fl_core.testing.registered import SecureFactory, TransportUnderTest
 from fl_core.testing.transport_contract_admission import AdmissionCases
+from fl_core.testing.transport_links import AUX, Acceptor, FrameRecorder, bytes_echo
 
 __all__ = ["HostileInputContract", "SecureTransportContract"]
-
-SecureFactory = Callable[[Credentials, bool], Transport]
 
 
 def _body(frame: Frame) -> bytes:
@@ -81,18 +72,13 @@ def _exchange(transport: Transport, listener: Listener, acceptor: Acceptor, wait
     assert seen.wait_closed(wait) == [None]
 
 
-class SecureTransportContract:
+class SecureTransportContract(TransportUnderTest):
     """TLS tests every TLS-capable transport must pass (see the module docstring)."""
 
     listen_url: ClassVar[str] = ""
     wait: ClassVar[float] = 5.0
     refused_connect_timeout: ClassVar[float] = 1.0
     """How long a connect that the other end refuses may try."""
-
-    @pytest.fixture
-    def secure_transport_factory(self) -> SecureFactory:
-        """Override: return `(credentials, require_client_cert) -> Transport`."""
-        pytest.fail(f"{type(self).__name__} must define a secure_transport_factory fixture")
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -237,11 +223,6 @@ class HostileInputContract(AdmissionCases):
 
     listen_url: ClassVar[str] = ""
     wait: ClassVar[float] = 5.0
-
-    @pytest.fixture
-    def transport_factory(self) -> Callable[[], Transport]:
-        """Override: return a callable that builds a fresh plaintext transport."""
-        pytest.fail(f"{type(self).__name__} must define a transport_factory fixture")
 
     def _assert_socket_closed(self, sock: socket.socket) -> None:
         """The far end closes `sock`: EOF or a reset, never a timeout."""

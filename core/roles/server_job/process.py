@@ -28,7 +28,7 @@ from fl_core.roles.protocol.parent import Field, JobState, ParentTopic, direct_t
 from fl_core.roles.protocol.task import Topic
 from fl_core.roles.server_job.runner import ServerRunner
 from fl_core.roles.server_parent.job_store import KEPT_ROUND_TIMES
-from fl_core.spec.events import JobEvents
+from fl_core.spec.events import Events
 from fl_core.spec.transport import Transport
 from fl_core.spec.workflow import Workflow, WorkflowEvent
 
@@ -60,7 +60,7 @@ class ServerJob:
         *,
         transport: Transport,
         workflow: Workflow,
-        events: JobEvents,
+        events: Events,
         mode: str,
     ) -> None:
         self.federation = federation

@@ -21,11 +21,10 @@ WAIT = 10.0
 
 
 class TestProcessLauncherContract(LauncherContract):
-    launcher_name = "process"
+    """The contract through the factory `launcher_process` registers."""
 
-    @pytest.fixture
-    def launcher(self) -> Launcher:
-        return ProcessLauncher()
+    launcher_name = "process"
+    plugin = "launcher_process"
 
 
 # --- the hook and options ---------------------------------------------------------

@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fl_core.errors import ConfigError
 from fl_core.plugins import Registry, make_plugin_manager
 from fl_core.spec.pipe import PeerGoneError, Pipe, PipeError, PipeMessage, PipeSide
-from fl_core.testing.pipe_contract import PipeContract, PipeFactory
+from fl_core.testing.pipe_contract import PipeContract
 from fl_plugins.pipe_cell import hooks
 from fl_plugins.pipe_cell.pipe import CellPipe
 
@@ -22,53 +22,25 @@ FQCN = "site-1.job1"
 TOKEN = "s3cret-token"
 
 
-class _Published(CellPipe):
-    """A cell pipe whose ACTIVE end writes its real URL to `where`, for PASSIVE ends to read.
-
-    The contract builds the peer process's factory before any end is open,
-    and the ACTIVE end listens on a port the OS picks: the file bridges the two.
-    """
-
-    def __init__(self, where: str, **options: object) -> None:
-        self.where = where
-        url = None
-        if Path(where).exists():
-            url = Path(where).read_text()
-        super().__init__(url=url, **options)  # type: ignore[arg-type]
-
-    def open(self, name: str, side: PipeSide) -> None:
-        if side is PipeSide.ACTIVE:
-            self.url = f"{self.transport_name}://127.0.0.1:0"
-        super().open(name, side)
-        if side is PipeSide.ACTIVE:
-            Path(self.where).write_text(self.address)
-
-
 @pytest.fixture(params=["tcp", "grpc"])
 def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 class TestCellPipeContract(PipeContract):
-    pipe_class = CellPipe
+    """The contract through the factory `pipe_cell` registers, over each transport.
+
+    The trainer's end is built from the client job's end's `peer_options()`,
+    which carry the URL the client job's cell really listens on.
+    """
+
+    component = "cell"
+    plugin = "pipe_cell"
     send_waits_for_receiver = True
 
     @pytest.fixture
-    def make_pipe(self, tmp_path: Path, transport: str) -> PipeFactory:
-        where = str(tmp_path / "url")
-        return lambda **options: _Published(
-            where, fqcn=FQCN, token=TOKEN, transport=transport, **options
-        )
-
-    @pytest.fixture
-    def peer_factory_code(self, tmp_path: Path, transport: str) -> str:
-        where = str(tmp_path / "url")
-        return (
-            "from fl_plugins.pipe_cell.pipe import CellPipe\n"
-            "from pathlib import Path\n"
-            f"make_pipe = lambda **o: CellPipe(fqcn={FQCN!r}, token={TOKEN!r}, "
-            f"transport={transport!r}, url=Path({where!r}).read_text(), **o)\n"
-        )
+    def pipe_options(self, transport: str) -> dict[str, Any]:
+        return {"transport": transport}
 
 
 # --- the hook and options ---------------------------------------------------------

@@ -27,6 +27,16 @@ WAIT = 30.0
 
 
 class TestFilePipeContract(PipeContract):
+    """The contract through the factory `pipe_file` registers; the client job picks the root."""
+
+    component = "file"
+    plugin = "pipe_file"
+    send_waits_for_receiver = False
+
+
+class TestFilePipeContractWithARoot(PipeContract):
+    """The contract with ends built by hand around one root folder."""
+
     send_waits_for_receiver = False
 
     @pytest.fixture

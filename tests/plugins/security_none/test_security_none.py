@@ -7,6 +7,7 @@ import pytest
 from fl_core.errors import ConfigError
 from fl_core.plugins import Registry, make_plugin_manager
 from fl_core.spec.security import SecurityProvider
+from fl_core.testing.security_contract import SecurityProviderContract
 from fl_plugins.security_none import hooks
 from fl_plugins.security_none.hooks import NoSecurity
 
@@ -43,3 +44,12 @@ def test_options_are_refused_naming_the_option(registry: Registry) -> None:
     with pytest.raises(ConfigError, match="`none` takes no options") as info:
         registry.create("security", "none", {"cert": "x.pem"})
     assert info.value.key == "components.security.options.cert"
+
+
+class TestNoSecurityContract(SecurityProviderContract):
+    """The contract through the factory `security_none` registers: it claims no identities."""
+
+    component = "none"
+    plugin = "security_none"
+    authenticates = False
+    allowed = (("site-1", "submit_job", "job1"), ("stranger", "abort_job", "server"))

@@ -27,7 +27,7 @@ def test_hook_registers_sag_with_a_plain_pluggy_manager() -> None:
     def collect(name: str, factory: Callable[..., Any], **_: object) -> None:
         registered[name] = factory
 
-    pm.hook.fl_core_register_workflows.call_historic(kwargs={"register": collect})
+    pm.hook.fl_core_register_workflows(register=collect)
 
     assert list(registered) == ["sag"]
     workflow = registered["sag"](min_clients=2, rounds=3, task_timeout=5)
