@@ -261,10 +261,13 @@ def session_from_environment(environ: Mapping[str, str] | None = None) -> PipeSe
         raise _fail(f"'options' must be a JSON object, got {type(options).__name__}")
     from fl_core.plugins import make_plugin_manager
 
+    registry = make_plugin_manager().registry()
     try:
-        pipe = make_plugin_manager().registry().create("pipe", component, options, expect=Pipe)
+        pipe = registry.create("pipe", component, options, expect=Pipe)
     except FlCoreError as exc:
         raise _fail(f"cannot build pipe {component!r}: {exc}") from exc
+    # A pipe over cells makes its transport by name, as everything else does.
+    pipe.use_transports(lambda name, opts: registry.create("transport", name, opts))
     try:
         pipe.open(pipe_name, PipeSide.PASSIVE)
     except FlCoreError as exc:

@@ -102,6 +102,8 @@ def build_executor(
     def make_pipe() -> Pipe:
         made = registry.create(ComponentKind.PIPE, pipe.name, pipe.options, expect=Pipe)
         assert isinstance(made, Pipe)
+        # A pipe over cells makes its transport by name, as everything else does.
+        made.use_transports(lambda name, options: registry.create("transport", name, options))
         return made
 
     launcher = check_executor(job, registry)
