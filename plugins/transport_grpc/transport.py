@@ -473,12 +473,12 @@ class GrpcTransport(Transport):
         while self._connections and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for conn in list(self._connections):
-            conn._abort()
+            conn.abort()
         # Stopping a server with no grace cancels whatever streams it still runs.
         await asyncio.gather(*(s.stop(None) for s in servers), return_exceptions=True)
         await asyncio.gather(*self._stopping, *self._tasks, return_exceptions=True)
         for conn in list(self._connections):
-            conn._lost(CellError("the grpc transport closed"))
+            conn.lost(CellError("the grpc transport closed"))
         for listener in listeners:
             listener.server = None
         self._closing.clear()
