@@ -137,9 +137,13 @@ def _make_pipe(kind: str, options: dict[str, Any]) -> Any:
         from fl_plugins.pipe_file.pipe import FilePipe
 
         return FilePipe(**options)
+    from fl_core.plugins import make_plugin_manager
     from fl_plugins.pipe_cell.pipe import CellPipe
 
-    return CellPipe(**{"transport": kind, **options})
+    pipe = CellPipe(**{"transport": kind, **options})
+    registry = make_plugin_manager().registry()
+    pipe.use_transports(lambda name, opts: registry.create("transport", name, opts))
+    return pipe
 
 
 # --- roles -------------------------------------------------------------------------

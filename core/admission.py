@@ -6,20 +6,24 @@ and holds at most `max_unadmitted` such links per listener, closing the
 oldest when one more arrives (so a flood cannot lock out a real peer that
 says hello within milliseconds). Transports built on an asyncio loop can
 give each listener one `Admission` and have their connections meet
-`UnadmittedLink`; it is touched only on the loop thread.
+`UnadmittedLink`; it is touched only on the loop thread. Their connections
+can derive from `LoopConnection`, which has the `admit` / `refuse` half of
+that and the loop plumbing it needs, so each transport writes only its wire.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from fl_core.errors import CellError
+from fl_core.spec.transport import Connection
 
-__all__ = ["Admission", "UnadmittedLink", "check_limits"]
+__all__ = ["Admission", "LoopConnection", "UnadmittedLink", "check_limits"]
 
 
 def check_limits(
@@ -115,3 +119,73 @@ class Admission:
         why = f"it did not say hello within {self._hello_timeout:g} s"
         self._log.warning("%s: closed the connection from %s: %s", self._name, conn.peer, why)
         conn.refuse(CellError(f"{self._name}: closed the link from {conn.peer}: {why}"))
+
+
+class LoopConnection(Connection):
+    """A `Connection` whose link lives on an asyncio loop: admission and loop plumbing.
+
+    It is the `UnadmittedLink` an `Admission` tracks. A subclass passes its
+    loop and whether the link starts admitted (an accepted one does not),
+    implements `abort` and `lost`, and has `lost` report `refusal` when there
+    is one, so the link's owner learns why it was refused.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, admitted: bool) -> None:
+        self._loop = loop
+        self.admitted = admitted
+        """False until the owner of an accepted link calls `admit`."""
+        self.on_admitted: list[Callable[[Any], None]] = []
+        """Callbacks `f(conn)`, on the loop thread, once an accepted link is admitted."""
+        self.on_lost: list[Callable[[Any], None]] = []
+        """Callbacks `f(conn)` the transport uses to forget this connection."""
+        self._refusal: BaseException | None = None
+
+    @property
+    def refusal(self) -> BaseException | None:
+        """Why the link was refused (`refuse`), if it was."""
+        return self._refusal
+
+    def admit(self) -> None:
+        """Lift the pre-hello limits (see `Connection.admit`); idempotent."""
+        if self.admitted:
+            return
+        self.admitted = True  # read on the loop thread before each frame
+        self._call_on_loop(self._admitted_on_loop)
+
+    def _admitted_on_loop(self) -> None:
+        for admitted in self.on_admitted:
+            admitted(self)
+
+    def refuse(self, why: BaseException) -> None:
+        """End the link now (on the loop thread); its owner's `on_close` gets `why`."""
+        if self._refusal is None:
+            self._refusal = why
+        self.abort()
+
+    @abstractmethod
+    def abort(self) -> None:
+        """End the link now, on the loop thread, whatever is queued; `lost` follows."""
+
+    @abstractmethod
+    def lost(self, exc: BaseException | None) -> None:
+        """The link is gone (on the loop thread): forget it and tell its owner; idempotent.
+
+        `exc` is why (None for an orderly close); a transport that stops calls
+        it for links that outlived their protocol.
+        """
+
+    def _on_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _call_on_loop(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the loop: now if this is the loop's thread, else soon."""
+        if self._on_loop_thread():
+            callback()
+            return
+        try:
+            self._loop.call_soon_threadsafe(callback)
+        except RuntimeError:
+            pass  # the loop is gone, and the link with it

@@ -140,3 +140,32 @@ def test_every_builtin_component_runs_its_kinds_contract_through_its_factory() -
         if c.plugin in builtin and (CONTRACT_OF_KIND[c.kind], c.name, c.plugin) not in covered
     ]
     assert missing == [], "no contract test class names these components and their plugin"
+
+
+def test_no_plugin_imports_another_plugin() -> None:
+    # Plugins meet through the spec and the registry; an import between two
+    # would tie one to the other being installed (the cell pipe once did).
+    offenders = []
+    for folder in sorted(p for p in (REPO / "plugins").iterdir() if p.is_dir()):
+        for path in sorted(folder.rglob("*.py")):
+            package = ["fl_plugins", *path.relative_to(REPO / "plugins").parent.parts]
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names: list[str] = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    base = package[: len(package) - node.level + 1] if node.level else []
+                    module = ".".join([*base, *([node.module] if node.module else [])])
+                    names = [f"{module}.{alias.name}" for alias in node.names]
+                elif (
+                    isinstance(node, ast.Call)
+                    and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                ):
+                    names = [str(node.args[0].value)]
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "fl_plugins" and len(parts) > 1 and parts[1] != folder.name:
+                        offenders.append(f"{path.relative_to(REPO)}: {name}")
+    assert offenders == []

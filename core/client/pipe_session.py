@@ -263,7 +263,7 @@ def session_from_environment(environ: Mapping[str, str] | None = None) -> PipeSe
     from fl_core.containers.trainer import trainer_pipe
 
     try:
-        pipe = trainer_pipe(component, options)
+        pipe = trainer_pipe(component, options)  # handed the installed transports
     except FlCoreError as exc:
         raise _fail(f"cannot build pipe {component!r}: {exc}") from exc
     try:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from fl_core.config._checks import describe, is_int
+from fl_core.config._checks import MAX_SECONDS, describe, is_int, is_seconds
 from fl_core.errors import ConfigError
 from fl_core.spec.security import Credentials
 
-__all__ = ["check_options", "take_credentials"]
+# The seconds bound and the value describer are the config files' own, so a
+# plugin checking an option by hand says what the core says for the same value.
+__all__ = ["MAX_SECONDS", "check_options", "describe", "is_seconds", "take_credentials"]
 
 MAX_OPTION_INT = 2**63 - 1
 """The largest integer option (sizes in bytes can be large; a C int64 holds it)."""

@@ -40,7 +40,9 @@ when nobody receives in time; a pipe that just publishes sets False).
 A case also builds an end in a peer process from nothing but an ACTIVE
 end's `peer_options()` (through the registered factory; with `make_pipe`,
 `pipe_class`, by default the end's own class, called with them), as a
-client job does for its training process.
+client job does for its training process. Like the runtime, the peer
+process hands every end it builds the installed transports
+(`Pipe.use_transports`).
 `big_model_bytes` sizes the large-model case; `wait` bounds every wait
 (reached only when something is broken). The ends a case opens are closed
 after it, so a suite run with `fl_no_threads_left` catches leaked threads.
@@ -88,9 +90,14 @@ PEER = textwrap.dedent(
     from fl_core.model import FLModel
     from fl_core.spec.pipe import PipeMessage, PipeSide
 
+    from fl_core.plugins import make_plugin_manager
+
     config = json.loads(sys.argv[1])
     exec(config["factory"])
     pipe = make_pipe(**config["options"])
+    # As the training process does: transports by name from what is installed.
+    registry = make_plugin_manager().registry()
+    pipe.use_transports(lambda name, opts: registry.create("transport", name, opts))
     pipe.open(config["name"], PipeSide(config["side"]))
     if not pipe.send(PipeMessage("hello"), config["wait"]):
         sys.exit("nobody took the hello")

@@ -16,22 +16,15 @@ _OPTIONS = {
     "heartbeat_timeout": float,
     "max_payload": int,
 }
-"""What a job config may set (YAML types); see `CellPipe`."""
-_TRANSPORTS = ("tcp", "grpc")
+"""What a job config may set (YAML types); see `CellPipe`. `transport` is any installed
+transport's name: the registry (through `use_transports`) knows which are, not this plugin."""
 
 
 def _make_cell(**options: Any) -> Pipe:
     from fl_core.config.options import check_options
-    from fl_core.errors import ConfigError
 
     check_options("pipe", "cell", options, _OPTIONS)
     # fqcn and token may be left out: the client job fills them in (`CellPipe.prepare`).
-    if options.get("transport", "tcp") not in _TRANSPORTS:
-        raise ConfigError(
-            "job.yaml",
-            "components.pipe.options.transport",
-            f"must be one of {', '.join(_TRANSPORTS)}, got {options['transport']!r}",
-        )
     from fl_plugins.pipe_cell.pipe import CellPipe
 
     return CellPipe(**options)

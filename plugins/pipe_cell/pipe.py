@@ -2,12 +2,19 @@
 
 The ACTIVE end (the client job) owns a cell named `fqcn` that listens on
 `url`; its real URL is `address` once open, to hand to the trainer. The
-PASSIVE end (the trainer) owns a cell named `<fqcn>.trainer`, connects to the
-ACTIVE cell as its child and introduces itself with a `pipe_hello` request
-carrying the pipe's name and `token`. The ACTIVE end admits one trainer: a
-hello with a wrong token or a wrong name, or one while a trainer is already
-admitted, is refused (the PASSIVE `open` raises `PipeError` saying why), and
-any other message from a cell that was not admitted is refused too.
+PASSIVE end (the trainer) owns a cell named `<fqcn>.trainer`, joins the
+ACTIVE cell as its child by proving the pipe's `token` (the cell's
+challenge/response: the token never travels), and introduces itself with a
+`pipe_hello` request carrying the pipe's name. The ACTIVE end admits one
+trainer: a cell that cannot prove the token, a hello with a wrong name, or one
+while a trainer is already admitted, is refused (the PASSIVE `open` raises
+`PipeError` saying why), and any other message from a cell that was not
+admitted is refused too.
+
+Each end's cell runs over the transport named by the `transport` option, made
+by the maker the runtime hands over in `use_transports` (any installed
+transport that reaches across processes); the PASSIVE end's `url` is the
+ACTIVE end's `address`.
 
 Every message is a cell request on `Channel.AUX_COMMUNICATION`, topic
 `pipe_msg`: the body is the cell payload (None, bytes, JSON, an FLModel,
@@ -29,7 +36,6 @@ and the peer closed, was silent for `heartbeat_timeout` (counted from
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -38,12 +44,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fl_core.cell.cell import DEFERRED, Cell
-from fl_core.cell.channels import Channel
 from fl_core.cell.incoming import IncomingPayload
 from fl_core.cell.message import Header, Message
 from fl_core.cell.payload import PayloadKind, PayloadLimits, encode_payload, kind_of
 from fl_core.cell.streams import StreamSettings
-from fl_core.errors import CellError, RemoteError, RequestTimeoutError, TargetUnreachableError
+from fl_core.errors import CellError, RemoteError, RequestTimeoutError
 from fl_core.spec.pipe import (
     DEFAULT_MAX_PAYLOAD,
     MAX_JSON_PAYLOAD,
@@ -53,27 +58,30 @@ from fl_core.spec.pipe import (
     PipeError,
     PipeMessage,
     PipeSide,
+    TransportMaker,
     check_heartbeats,
 )
 from fl_core.spec.transport import Transport
+from fl_plugins.pipe_cell.wire import (
+    BEAT,
+    CHANNEL,
+    CLOSE,
+    HELLO,
+    MSG,
+    TRAINER,
+    from_request,
+    join,
+    make_transport,
+    refusal,
+    to_headers,
+    topic_of,
+    trainer_keys,
+)
 
-__all__ = ["TRANSPORTS", "CellPipe"]
+__all__ = ["CellPipe"]
 
 log = logging.getLogger(__name__)
 
-TRANSPORTS = ("tcp", "grpc")
-"""The wire transports a cell pipe can run over."""
-CHANNEL = Channel.AUX_COMMUNICATION
-HELLO, MSG, BEAT, CLOSE = "pipe_hello", "pipe_msg", "pipe_heartbeat", "pipe_close"
-TRAINER = "trainer"
-"""The last part of the PASSIVE cell's FQCN."""
-_NAME = "pipe.name"
-_TOKEN = "pipe.token"
-_TOPIC = "pipe.topic"
-_HEADER = "pipe.h."
-NAME_GRACE = 2.0
-"""Seconds a PASSIVE end retries when its cell name is taken: a trainer that just
-failed or closed may still hold it until the ACTIVE cell sees its link close."""
 MAX_QUEUED = 64
 """Messages an end holds for `receive`; a sender waits for each, so more means trouble."""
 
@@ -85,16 +93,6 @@ class _Queued:
     request: Message | None
     deadline: float
     refusal: str = ""
-
-
-def _make_transport(name: str) -> Transport:
-    if name == "tcp":
-        from fl_plugins.transport_tcp.transport import TcpTransport
-
-        return TcpTransport()
-    from fl_plugins.transport_grpc.transport import GrpcTransport
-
-    return GrpcTransport()
 
 
 class CellPipe(Pipe):
@@ -117,8 +115,8 @@ class CellPipe(Pipe):
         max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         check_heartbeats("cell", heartbeat_interval, heartbeat_timeout)
-        if transport not in TRANSPORTS:
-            raise PipeError(f"cell pipe: transport must be one of {TRANSPORTS}, not {transport!r}")
+        if not transport:
+            raise PipeError("cell pipe: transport must name an installed transport")
         self.fqcn = fqcn
         self.url = url
         self.transport_name = transport
@@ -133,6 +131,7 @@ class CellPipe(Pipe):
         self._admitted = False
         self._cell: Cell | None = None
         self._transport: Transport | None = None
+        self._make_transport: TransportMaker | None = None
         self._address = ""
         self._cond = threading.Condition()
         self._queue: deque[_Queued] = deque()
@@ -148,6 +147,10 @@ class CellPipe(Pipe):
     def address(self) -> str:
         """The ACTIVE cell's real listen URL (after `open`): the PASSIVE end's `url`."""
         return self._address
+
+    def use_transports(self, make: TransportMaker) -> None:
+        """Keep the maker that builds this end's transport, by the `transport` option, at `open`."""
+        self._make_transport = make
 
     def prepare(self, context: PipeContext) -> None:
         """Take the client job's cell name where the options gave none, and always its token.
@@ -191,7 +194,7 @@ class CellPipe(Pipe):
         limits = PayloadLimits(
             max_size=max(self.max_payload, DEFAULT_MAX_PAYLOAD), max_json_size=MAX_JSON_PAYLOAD
         )
-        transport = _make_transport(self.transport_name)
+        transport = make_transport(self._make_transport, self.transport_name, pipe=name)
         try:
             cell = Cell(own, transport, streams=StreamSettings(limits=limits))
         except CellError as exc:
@@ -207,10 +210,19 @@ class CellPipe(Pipe):
             self._admitted = side is PipeSide.PASSIVE  # its peer is its parent cell
         try:
             if side is PipeSide.ACTIVE:
+                cell.require_proof(trainer_keys(self._peer, self._token))
                 cell.register_handler(CHANNEL, HELLO, self._on_hello)
                 self._address = cell.listen(self.url or f"{self.transport_name}://127.0.0.1:0")
             else:
-                self._connect(cell)
+                assert self.url
+                join(
+                    cell,
+                    self.url,
+                    active=self._peer,
+                    pipe=name,
+                    token=self._token,
+                    timeout=self.heartbeat_timeout,
+                )
         except BaseException:
             with self._cond:
                 self._closed = True  # a failed open leaves nothing running and no way back
@@ -223,39 +235,6 @@ class CellPipe(Pipe):
             target=self._beat, name=f"fl-pipe-cell-{name}-{side}", daemon=True
         )
         self._beater.start()
-
-    def _connect(self, cell: Cell) -> None:
-        """Connect to the ACTIVE cell (retrying until `heartbeat_timeout`) and say hello."""
-        assert self.url
-        deadline = time.monotonic() + self.heartbeat_timeout
-        refused_until = time.monotonic() + NAME_GRACE
-        while True:
-            try:
-                cell.connect_parent(self.url, timeout=self.heartbeat_timeout, reconnect=False)
-                break
-            except TargetUnreachableError as exc:  # not up yet, maybe: try again
-                if time.monotonic() >= deadline:
-                    raise PipeError(
-                        f"pipe {self._name!r} (passive side): cannot reach the active side at "
-                        f"{self.url}: {exc}"
-                    ) from exc
-                time.sleep(0.1)
-            except CellError as exc:  # it refused: the name is taken, maybe by a link closing
-                if time.monotonic() < min(deadline, refused_until):
-                    time.sleep(0.1)
-                    continue
-                raise PipeError(
-                    f"pipe {self._name!r} (passive side): the active side at {self.url} "
-                    f"refused this end's cell: {exc}"
-                ) from exc
-        headers = {_NAME: self._name, _TOKEN: self._token.decode()}
-        try:
-            cell.request(self._peer, CHANNEL, HELLO, None, self.heartbeat_timeout, headers)
-        except CellError as exc:
-            raise PipeError(
-                f"pipe {self._name!r} (passive side): the active side {self._peer} "
-                f"refused this end: {exc}"
-            ) from exc
 
     def close(self) -> None:
         """Tell the peer, stop heartbeats, close the cell and its transport; idempotent."""
@@ -302,10 +281,8 @@ class CellPipe(Pipe):
         bound = self.max_json if kind_of(message.body) is PayloadKind.JSON else self.max_payload
         if size > bound:
             raise PipeError(f"{where}: a body of {size} bytes is over max_payload ({bound} bytes)")
-        headers = {_TOPIC: message.topic}
-        headers.update({_HEADER + key: value for key, value in message.headers.items()})
         try:
-            cell.request(self._peer, CHANNEL, MSG, message.body, timeout, headers)
+            cell.request(self._peer, CHANNEL, MSG, message.body, timeout, to_headers(message))
         except RequestTimeoutError:
             return False
         except RemoteError as exc:
@@ -372,14 +349,9 @@ class CellPipe(Pipe):
             if time.monotonic() >= item.deadline:
                 return None  # its sender gave up while it travelled
             raise PipeError(
-                f"pipe {self._name!r}: message {request.get(_TOPIC)!r} broke in transit: {exc}"
+                f"pipe {self._name!r}: message {topic_of(request)!r} broke in transit: {exc}"
             ) from exc
-        headers = {
-            key[len(_HEADER) :]: value
-            for key, value in request.headers.items()
-            if key.startswith(_HEADER)
-        }
-        message = PipeMessage(request.get(_TOPIC), headers, body)
+        message = from_request(request, body)
         try:
             cell.reply(request)
         except CellError:
@@ -441,14 +413,8 @@ class CellPipe(Pipe):
             self._cond.notify_all()
 
     def _on_hello(self, message: Message) -> object:
-        token = message.get(_TOKEN).encode()
-        problem = ""
-        if not hmac.compare_digest(token, self._token):
-            problem = "the token it presented is wrong"
-        elif message.get(_NAME) != self._name:
-            problem = f"it asked for pipe {message.get(_NAME)!r}"
-        elif message.origin != self._peer:
-            problem = f"it is {message.origin}, not {self._peer}"
+        # Only a cell that proved the token is a child here (`trainer_keys`).
+        problem = refusal(message, pipe=self._name, trainer=self._peer)
         with self._cond:
             if not problem and (self._admitted or self._gone or self._closed):
                 problem = "a trainer was admitted already"
@@ -497,7 +463,7 @@ class CellPipe(Pipe):
         refusal = ""
         if size > bound:
             refusal = (
-                f"pipe {self._name!r} ({self._side} side): message {message.get(_TOPIC)!r} "
+                f"pipe {self._name!r} ({self._side} side): message {topic_of(message)!r} "
                 f"has a body of {size} bytes, over max_payload ({bound} bytes)"
             )
         with self._cond:

@@ -39,12 +39,12 @@ import logging
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Callable
 from typing import Any, Final
 
 import grpc
 from grpc import aio
 
+from fl_core.admission import LoopConnection
 from fl_core.errors import CellError, TargetUnreachableError
 from fl_core.serialization import WireFormatError
 from fl_core.serialization.envelope import (
@@ -53,7 +53,6 @@ from fl_core.serialization.envelope import (
 )
 from fl_core.spec.transport import (
     CloseHandler,
-    Connection,
     Frame,
     FrameHandler,
 )
@@ -72,7 +71,7 @@ CLOSE_GRACE: Final = 2.0
 """Seconds a closing client waits for the server to end the stream before cancelling it."""
 
 
-class GrpcConnection(Connection):
+class GrpcConnection(LoopConnection):
     """One link to a peer; created by `GrpcTransport`, never by users."""
 
     def __init__(
@@ -85,7 +84,7 @@ class GrpcConnection(Connection):
         admitted: bool = True,
         fragment: int | None = None,
     ) -> None:
-        self._loop = loop
+        super().__init__(loop, admitted=admitted)
         self._peer = peer
         self._fragment = fragment
         self._max_body_size = max_body_size
@@ -104,32 +103,8 @@ class GrpcConnection(Connection):
         self._wake = asyncio.Event()
         self._start_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.on_lost: list[Callable[[GrpcConnection], None]] = []
-        """Callbacks `f(conn)` the transport uses to forget this connection."""
-        self.admitted = admitted
-        """False until the owner of an accepted link calls `admit`."""
-        self.on_admitted: list[Callable[[GrpcConnection], None]] = []
-        """Callbacks `f(conn)`, on the loop thread, once an accepted link is admitted."""
-        self._refusal: BaseException | None = None
 
     # --- the Connection interface ---------------------------------------------
-
-    def admit(self) -> None:
-        """Lift the pre-hello limits (see `Connection.admit`); idempotent."""
-        if self.admitted:
-            return
-        self.admitted = True  # read on the loop thread before each frame
-        self._call_on_loop(self._admitted_on_loop)
-
-    def _admitted_on_loop(self) -> None:
-        for admitted in self.on_admitted:
-            admitted(self)
-
-    def refuse(self, why: BaseException) -> None:
-        """End the link now (on the loop thread); `on_close(why)` follows."""
-        if self._refusal is None:
-            self._refusal = why
-        self._abort()
 
     @property
     def peer(self) -> str:
@@ -220,21 +195,6 @@ class GrpcConnection(Connection):
             view = view.cast("B")
         return encode_messages(head, view, self._fragment)
 
-    def _on_loop_thread(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            return False
-
-    def _call_on_loop(self, callback: Callable[[], None]) -> None:
-        if self._on_loop_thread():
-            callback()
-            return
-        try:
-            self._loop.call_soon_threadsafe(callback)
-        except RuntimeError:
-            pass  # the loop is gone, and the link with it
-
     def _enqueue(self, data: list[bytes], size: int) -> None:
         if self._finished:
             self._dequeued(size)  # lost meanwhile; on_close tells the owner
@@ -300,12 +260,12 @@ class GrpcConnection(Connection):
                 self._dequeued(len(data))
         await self._end_writing()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         """End the link now, whatever is queued; `on_close` reports an error."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
         else:
-            self._lost(CellError("the grpc transport closed"))
+            self.lost(CellError("the grpc transport closed"))
 
     def _failure(
         self, reader: asyncio.Task[bool], writer: asyncio.Task[None]
@@ -327,13 +287,14 @@ class GrpcConnection(Connection):
 
     # --- ending --------------------------------------------------------------------
 
-    def _lost(self, exc: BaseException | None) -> None:
+    def lost(self, exc: BaseException | None) -> None:
+        """The link is gone: forget it and tell its owner `exc` (or the refusal); idempotent."""
         with self._cond:
             if self._finished:
                 return
             self._finished = True
             self._closed = True
-            self._close_exc = self._refusal if self._refusal is not None else exc
+            self._close_exc = self.refusal if self.refusal is not None else exc
             self._cond.notify_all()
             started = self._started
         self._outbox.clear()
@@ -415,7 +376,7 @@ class ServerConnection(GrpcConnection):
         except asyncio.CancelledError:
             # The peer went away (or the transport aborts this link).
             await _cancel(reader, writer)
-            self._lost(self._unreachable("the stream was cancelled: the peer went away"))
+            self.lost(self._unreachable("the stream was cancelled: the peer went away"))
             if self._refusal is None or self._context is None:
                 raise
             # Refused here (see `refuse`): end the RPC with a status the peer
@@ -431,7 +392,7 @@ class ServerConnection(GrpcConnection):
             assert self._context is not None
             self._context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
             self._context.set_details(str(error))
-        self._lost(error)
+        self.lost(error)
 
 
 class ClientConnection(GrpcConnection):
@@ -496,16 +457,16 @@ class ClientConnection(GrpcConnection):
                         await asyncio.wait((reader,))
                 call.cancel()  # a no-op once the server has ended it
                 await _cancel(reader)
-                self._lost(None)
+                self.lost(None)
                 return
             await _cancel(reader, writer)
             error = self._failure(reader, writer)
             if isinstance(error, WireFormatError):
                 self._warn(error)
                 call.cancel()
-            self._lost(error)  # None: the server ended the stream in order
+            self.lost(error)  # None: the server ended the stream in order
         except asyncio.CancelledError:
             await _cancel(reader, writer)
             call.cancel()
-            self._lost(CellError(f"grpc: the link to {self._peer} was aborted"))
+            self.lost(CellError(f"grpc: the link to {self._peer} was aborted"))
             raise

@@ -88,17 +88,21 @@ from fl_plugins.transport_grpc.connection import (
     GrpcConnection,
     ServerConnection,
 )
+from fl_plugins.transport_grpc.dial import (
+    ACCEPTED,
+    BACKOFF_MAX,
+    BACKOFF_START,
+    METHOD,
+    SERVICE,
+    address,
+    dial,
+    identity,
+)
 from fl_plugins.transport_grpc.fragments import FRAGMENT
 
 log = logging.getLogger("fl_plugins.transport_grpc")
 
 SCHEME: Final = "grpc"
-SERVICE: Final = "fl_core.Link"
-METHOD: Final = "Frames"
-ACCEPTED: Final = ("fl-core-link", "accepted")
-"""Initial metadata a listener sends when it takes a stream: the connect handshake."""
-BACKOFF_START: Final = 0.05
-BACKOFF_MAX: Final = 1.0
 KEEPALIVE_TIME: Final = 30.0
 KEEPALIVE_TIMEOUT: Final = 10.0
 RECEIVE_WINDOW: Final = 1024 * 1024
@@ -122,20 +126,12 @@ def parse_url(url: str) -> tuple[str, int]:
     return parsed.hostname, port
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _peer_address(peer: str) -> str:
     """gRPC's `ipv4:127.0.0.1:5000` / `ipv6:%5B::1%5D:5000` -> `127.0.0.1:5000` / `[::1]:5000`."""
     for prefix in ("ipv4:", "ipv6:"):
         if peer.startswith(prefix):
             return urllib.parse.unquote(peer[len(prefix) :])
     return peer
-
-
-def _identity(data: bytes) -> bytes:
-    return data
 
 
 def _option_error(name: str, problem: str) -> ConfigError:
@@ -309,26 +305,26 @@ class GrpcTransport(Transport):
             await conn.serve()
 
         handler = grpc.stream_stream_rpc_method_handler(
-            frames, request_deserializer=_identity, response_serializer=_identity
+            frames, request_deserializer=identity, response_serializer=identity
         )
         server = aio.server(options=self._server_options)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),)
         )
-        address = _address(host, port)
+        target = address(host, port)
         problem = ""
         try:
             if self._credentials is None:
-                bound = server.add_insecure_port(address)
+                bound = server.add_insecure_port(target)
             else:
                 creds = tls_material.server_credentials(
                     self._credentials, self._require_client_cert
                 )
-                bound = server.add_secure_port(address, creds)
+                bound = server.add_secure_port(target, creds)
         except RuntimeError as exc:  # gRPC's way of saying the address is taken or bad
             problem = str(exc)
         else:
-            problem = "" if bound else f"gRPC could not bind {address}"
+            problem = "" if bound else f"gRPC could not bind {target}"
         if problem:
             await server.stop(None)
             # No gRPC object may stay reachable from the error's traceback:
@@ -336,7 +332,7 @@ class GrpcTransport(Transport):
             del server
             raise CellError(f"cannot listen on {url}: {problem}")
         await server.start()
-        listener = GrpcListener(self, server, f"{SCHEME}://{_address(host, bound)}")
+        listener = GrpcListener(self, server, f"{SCHEME}://{address(host, bound)}")
         self._listeners.add(listener)
         return listener
 
@@ -382,33 +378,16 @@ class GrpcTransport(Transport):
     async def _connect_once(
         self, host: str, port: int, url: str, timeout: float
     ) -> ClientConnection:
-        loop = asyncio.get_running_loop()
-        address = _address(host, port)
-        if self._credentials is None:
-            channel = aio.insecure_channel(address, options=self._channel_options)
-        else:
-            creds = tls_material.channel_credentials(self._credentials)
-            channel = aio.secure_channel(address, creds, options=self._channel_options)
-        cancelled = False
-        try:
-            call, why = await self._open_stream(channel, loop.time() + timeout)
-        except asyncio.CancelledError:
-            # The transport is closing, or the caller stopped waiting. Not
-            # re-raised here: this exception's traceback holds the call.
-            call, why, cancelled = None, "", True
-        except BaseException:
-            await channel.close()
-            raise
-        if call is None:
-            await channel.close()
-            # Raised outside any handler and with no gRPC object left in this frame:
-            # a traceback that kept one alive would keep gRPC's poller thread too.
-            del channel
-            if cancelled:
-                raise asyncio.CancelledError
-            raise TargetUnreachableError(url, f"could not connect within {timeout:g} s ({why})")
+        channel, call = await dial(
+            host,
+            port,
+            url,
+            timeout,
+            credentials=self._credentials,
+            options=self._channel_options,
+        )
         conn = ClientConnection(
-            loop,
+            asyncio.get_running_loop(),
             channel,
             call,
             url,
@@ -418,40 +397,6 @@ class GrpcTransport(Transport):
         self._track(conn)
         self._spawn(conn.run())
         return conn
-
-    async def _open_stream(
-        self, channel: aio.Channel, deadline: float
-    ) -> tuple[aio.StreamStreamCall[bytes, bytes] | None, str]:
-        """Open the link's call; (call, "") once a listener took it, else (None, why not)."""
-        loop = asyncio.get_running_loop()
-        delay = BACKOFF_START
-        why = "nobody answered"
-        while True:
-            call: aio.StreamStreamCall[bytes, bytes] = channel.stream_stream(
-                f"/{SERVICE}/{METHOD}",
-                request_serializer=_identity,
-                response_deserializer=_identity,
-            )(wait_for_ready=True)
-            code = grpc.StatusCode.UNKNOWN
-            try:
-                async with asyncio.timeout_at(deadline):
-                    metadata = await call.initial_metadata()
-                    if ACCEPTED in tuple(metadata or ()) and not call.done():
-                        return call, ""
-                    code = await call.code()
-                    why = f"{code.name}: {await call.details()}"
-            except TimeoutError:
-                call.cancel()
-                return None, why
-            except aio.AioRpcError as exc:
-                code, why = exc.code(), f"{exc.code().name}: {exc.details()}"
-            call.cancel()
-            if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED):
-                return None, f"not an fl-core grpc listener: {why}"
-            if loop.time() + delay >= deadline:
-                return None, why
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
 
     # --- closing ---------------------------------------------------------------------
 
@@ -473,12 +418,12 @@ class GrpcTransport(Transport):
         while self._connections and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for conn in list(self._connections):
-            conn._abort()
+            conn.abort()
         # Stopping a server with no grace cancels whatever streams it still runs.
         await asyncio.gather(*(s.stop(None) for s in servers), return_exceptions=True)
         await asyncio.gather(*self._stopping, *self._tasks, return_exceptions=True)
         for conn in list(self._connections):
-            conn._lost(CellError("the grpc transport closed"))
+            conn.lost(CellError("the grpc transport closed"))
         for listener in listeners:
             listener.server = None
         self._closing.clear()

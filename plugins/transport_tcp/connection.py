@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from fl_core.admission import LoopConnection
 from fl_core.errors import CellError, TargetUnreachableError
 from fl_core.serialization import WireFormatError
 from fl_core.serialization.envelope import (
@@ -42,7 +43,6 @@ from fl_core.spec.transport import (
     HELLO_MAX_FRAME,
     BodyBufferProvider,
     CloseHandler,
-    Connection,
     Frame,
     FrameHandler,
 )
@@ -58,7 +58,7 @@ HIGH_WATER: Final = 4 * 1024 * 1024
 which a sending thread blocks."""
 
 
-class TcpConnection(Connection):
+class TcpConnection(LoopConnection):
     """One link to a peer over TCP; created by `TcpTransport`, never by users."""
 
     def __init__(
@@ -70,7 +70,7 @@ class TcpConnection(Connection):
         send_timeout: float,
         admitted: bool = True,
     ) -> None:
-        self._loop = loop
+        super().__init__(loop, admitted=admitted)
         self._peer = peer
         self._max_body_size = max_body_size
         self._send_timeout = send_timeout
@@ -86,15 +86,8 @@ class TcpConnection(Connection):
         self._paused = False
         self._queued = 0
         self._body_buffer: BodyBufferProvider | None = None
-        self.admitted = admitted
-        """False until the owner of an accepted link calls `admit`."""
-        self._refusal: BaseException | None = None
         self.raw: asyncio.Transport | None = None
         """The socket's transport while a TLS handshake runs (aborting it ends the link)."""
-        self.on_lost: list[Callable[[TcpConnection], None]] = []
-        """Callbacks `f(conn)` the transport uses to forget this connection."""
-        self.on_admitted: list[Callable[[TcpConnection], None]] = []
-        """Callbacks `f(conn)`, on the loop thread, once an accepted link is admitted."""
 
     # --- the Connection interface ---------------------------------------------
 
@@ -147,23 +140,6 @@ class TcpConnection(Connection):
                 self._queued -= size
             raise self._unreachable("the transport is closed") from None
 
-    def admit(self) -> None:
-        """Lift the pre-hello limits (see `Connection.admit`); idempotent."""
-        if self.admitted:
-            return
-        self.admitted = True  # read on the loop thread before each frame
-        self._call_on_loop(self._admitted_on_loop)
-
-    def _admitted_on_loop(self) -> None:
-        for admitted in self.on_admitted:
-            admitted(self)
-
-    def refuse(self, why: BaseException) -> None:
-        """Abort the link now (on the loop thread); `on_close(why)` follows."""
-        if self._refusal is None:
-            self._refusal = why
-        self._abort()
-
     def receive_into(self, provider: BodyBufferProvider) -> None:
         """Receive bodies into buffers `provider` offers (see `Connection.receive_into`)."""
         self._body_buffer = provider
@@ -206,21 +182,6 @@ class TcpConnection(Connection):
             raise CellError(f"tcp to {self._peer}: cannot send this frame: {exc}") from exc
         return head, view
 
-    def _on_loop_thread(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            return False
-
-    def _call_on_loop(self, callback: Callable[[], None]) -> None:
-        if self._on_loop_thread():
-            callback()
-            return
-        try:
-            self._loop.call_soon_threadsafe(callback)
-        except RuntimeError:
-            pass  # the loop is gone, and with it the socket
-
     def _write_queued(self, head: bytes, body: memoryview, size: int) -> None:
         with self._cond:
             self._queued -= size
@@ -262,19 +223,20 @@ class TcpConnection(Connection):
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """End the link now, whatever is queued; `lost` follows."""
         if self._transport is not None:
             self._transport.abort()
         elif self.raw is not None:
             self.raw.abort()  # the TLS handshake fails, and reports the loss
         else:
-            self._lost(None)
+            self.lost(None)
 
     def _close_transport(self) -> None:
         if self._transport is not None:
             self._transport.close()
         else:
-            self._lost(None)
+            self.lost(None)
 
     def _set_paused(self, paused: bool) -> None:
         with self._cond:
@@ -306,13 +268,14 @@ class TcpConnection(Connection):
             # Never raise into the loop: one bad handler must not stop the link.
             log.exception("tcp: the frame handler for %s failed", self._peer)
 
-    def _lost(self, exc: BaseException | None) -> None:
+    def lost(self, exc: BaseException | None) -> None:
+        """The link is gone: forget it and tell its owner `exc` (or the refusal); idempotent."""
         with self._cond:
             if self._finished:
                 return
             self._finished = True
             self._closed = True
-            self._close_exc = exc if exc is not None else self._refusal
+            self._close_exc = exc if exc is not None else self.refusal
             self._cond.notify_all()
             started = self._started
         for forget in self.on_lost:
@@ -399,7 +362,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
             self._error = WireFormatError(f"truncated frame: {self._describe_partial()}")
             self._warn(self._error)
         self._body = self._body_view = None
-        self.conn._lost(self._error or exc)
+        self.conn.lost(self._error or exc)
 
     # --- parsing ---------------------------------------------------------------------
 

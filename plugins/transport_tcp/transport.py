@@ -227,11 +227,11 @@ class TcpTransport(Transport):
                 "tcp: closed the connection from %s: TLS handshake failed: %s", peer, reason
             )
             raw.abort()
-            conn._lost(exc)
+            conn.lost(exc)
             return
         except asyncio.CancelledError:
             raw.abort()
-            conn._lost(None)
+            conn.lost(None)
             raise
         assert tls is not None
         protocol.connection_made(tls)
@@ -303,10 +303,10 @@ class TcpTransport(Transport):
         while self._connections and loop.time() < deadline:
             await asyncio.sleep(0.01)
         for conn in list(self._connections):
-            conn._abort()
+            conn.abort()
         await asyncio.sleep(0)  # let connection_lost callbacks run
         for conn in list(self._connections):
-            conn._lost(CellError("the tcp transport closed"))
+            conn.lost(CellError("the tcp transport closed"))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

@@ -9,10 +9,10 @@ model and the round's metrics.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
+from fl_core.config.options import MAX_SECONDS, describe, is_seconds
 from fl_core.errors import ConfigError, JobFailedError
 from fl_core.model import FLModel, Params, ParamsType
 from fl_core.spec.workflow import (
@@ -36,14 +36,10 @@ DEFAULT_TASK_NAME = "train"
 _OPTIONS = ("task_timeout", "task_name", "min_responses")
 
 
-def _describe(value: object) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
 def _positive_int(key: str, value: object) -> int:
     # bool is an int subclass; `rounds: true` in YAML is a mistake, not 1.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(SOURCE, key, f"expected an integer >= 1, got {_describe(value)}")
+        raise ConfigError(SOURCE, key, f"expected an integer >= 1, got {describe(value)}")
     if value < 1:
         raise ConfigError(SOURCE, key, f"expected an integer >= 1, got {value}")
     return value
@@ -71,23 +67,20 @@ class ScatterAndGather(Workflow):
         self.min_clients = _positive_int("min_clients", min_clients)
         self.rounds = _positive_int("rounds", rounds)
         key = "workflow.options."
-        if (
-            isinstance(task_timeout, bool)
-            or not isinstance(task_timeout, int | float)
-            or not math.isfinite(task_timeout)
-            or task_timeout <= 0
-        ):
+        # Bounded like every time in a config: a huge one overflows the clock's arithmetic.
+        if not is_seconds(task_timeout):
             raise ConfigError(
                 SOURCE,
                 key + "task_timeout",
-                f"expected a number of seconds > 0, got {_describe(task_timeout)}",
+                f"expected a number of seconds > 0 and <= {MAX_SECONDS:g}, "
+                f"got {describe(task_timeout)}",
             )
         self.task_timeout = float(task_timeout)
         if not isinstance(task_name, str) or not task_name:
             raise ConfigError(
                 SOURCE,
                 key + "task_name",
-                f"expected a non-empty string, got {_describe(task_name)}",
+                f"expected a non-empty string, got {describe(task_name)}",
             )
         self.task_name = task_name
         if min_responses is None:

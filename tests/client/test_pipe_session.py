@@ -66,7 +66,9 @@ TRAINER = textwrap.dedent(
 
 
 def _create(name: str, options: dict[str, Any]) -> Pipe:
-    pipe: Pipe = make_plugin_manager().registry().create("pipe", name, options, expect=Pipe)
+    registry = make_plugin_manager().registry()
+    pipe: Pipe = registry.create("pipe", name, options, expect=Pipe)
+    pipe.use_transports(lambda kind, opts: registry.create("transport", kind, opts))
     return pipe
 
 

@@ -18,7 +18,7 @@ import pytest
 from grpc import aio
 
 from fl_core.serialization.envelope import BodyKind, encode_frame_head
-from fl_plugins.transport_grpc.transport import METHOD, SERVICE
+from fl_plugins.transport_grpc.dial import METHOD, SERVICE
 
 WAIT = 10.0
 STREAMS = 8

@@ -11,6 +11,7 @@ from typing import Any
 import pluggy
 import pytest
 
+from fl_core.config.options import MAX_SECONDS
 from fl_core.errors import ConfigError
 from fl_core.spec.workflow import Workflow, WorkflowHookSpecs
 from fl_core.testing import plugin_manager_with
@@ -75,6 +76,9 @@ def test_defaults() -> None:
         ({"task_timeout": True}, "workflow.options.task_timeout"),
         ({"task_timeout": math.inf}, "workflow.options.task_timeout"),
         ({"task_timeout": math.nan}, "workflow.options.task_timeout"),
+        ({"task_timeout": 10**30}, "workflow.options.task_timeout"),
+        ({"task_timeout": 1e30}, "workflow.options.task_timeout"),
+        ({"task_timeout": 10**5000}, "workflow.options.task_timeout"),
         ({"task_name": 3}, "workflow.options.task_name"),
         ({"task_name": ""}, "workflow.options.task_name"),
         ({"min_responses": 0}, "workflow.options.min_responses"),
@@ -96,3 +100,12 @@ def test_bad_settings_raise_config_error_naming_the_key(
     assert info.value.source == "job.yaml"
     assert info.value.key == key
     assert info.value.problem
+
+
+def test_a_task_timeout_is_bounded_like_every_time_in_a_config() -> None:
+    # Beyond the bound the run's clock arithmetic overflows; the check says so up front.
+    assert hooks.make_sag(min_clients=1, rounds=1, task_timeout=MAX_SECONDS).task_timeout == (
+        MAX_SECONDS
+    )
+    with pytest.raises(ConfigError, match=r"seconds > 0 and <= 1e\+09, got 10{30} \(int\)"):
+        hooks.make_sag(min_clients=1, rounds=1, task_timeout=10**30)

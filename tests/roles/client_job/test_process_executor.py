@@ -86,6 +86,7 @@ def make_executor(
         def make_pipe() -> Pipe:
             pipe = registry.create("pipe", pipe_name, chosen, expect=Pipe)
             assert isinstance(pipe, Pipe)
+            pipe.use_transports(lambda name, opts: registry.create("transport", name, opts))
             return pipe
 
         launcher = registry.create("launcher", "process", {}, expect=Launcher)
