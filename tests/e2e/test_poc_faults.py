@@ -32,6 +32,7 @@ import pytest
 from fl_core.cell.channels import Channel
 from fl_core.cli.poc_federation import write_credentials
 from fl_core.config.federation import federation_yaml, load_federation
+from fl_core.containers.poc import admin_client
 from fl_core.errors import RemoteError
 from fl_core.roles.admin.client import AdminClient, AdminRequestError
 from fl_core.roles.protocol.parent import AdminTopic, ParentTopic
@@ -219,7 +220,7 @@ class Federation:
     def admin(self) -> AdminClient:
         """An admin connected to the current SP."""
         if self._admin is None:
-            self._admin = AdminClient(self.config, wait=WAIT).connect()
+            self._admin = admin_client(self.config, wait=WAIT).connect()
         return self._admin
 
     def drop_admin(self) -> None:

@@ -26,9 +26,9 @@ from fl_core.cell.cell import Cell
 from fl_core.cell.channels import Channel
 from fl_core.cli import poc_federation as poc
 from fl_core.config.federation import FederationConfig
+from fl_core.containers.poc import admin_client
 from fl_core.credentials import read_secret
 from fl_core.errors import CellError, RemoteError
-from fl_core.roles.admin.client import AdminClient
 from fl_core.roles.protocol.parent import Field, ParentTopic
 from fl_core.roles.protocol.task import Topic
 from fl_core.testing import write_job
@@ -130,7 +130,7 @@ def test_nobody_without_a_secret_gets_into_the_federation(
             "  script: train.py\n", f"  script: train.py\n  args: ['{hold}']\n"
         )
     )
-    with AdminClient(config) as admin:
+    with admin_client(config) as admin:
         job_id = admin.submit(job)
         # Every process of the job is up once each site's script holds its task.
         for site in config.sites:
@@ -204,7 +204,7 @@ def test_no_secret_is_in_any_argv_or_log(federation: FederationConfig, tmp_path:
             "  script: train.py\n", f"  script: train.py\n  args: ['{hold}']\n"
         )
     )
-    with AdminClient(config) as admin:
+    with admin_client(config) as admin:
         job_id = admin.submit(job)
         wait_for("the job's processes", lambda: len(federation_pids(config)) >= 5)
         wait_for("the job to run", lambda: admin.status(job_id)["state"] == "running")
