@@ -269,7 +269,7 @@ def role_executor(kind: str, workdir: str, size: int) -> None:
 
     from fl_core.config import LaunchMode
     from fl_core.plugins import make_plugin_manager
-    from fl_core.roles.client_job.in_process import Assignment, Outcome
+    from fl_core.roles.client_job.in_process import Assignment, TaskOutcome
     from fl_core.roles.client_job.process_executor import ProcessExecutor
     from fl_core.spec.launcher import Launcher
     from fl_core.spec.pipe import Pipe
@@ -295,7 +295,7 @@ def role_executor(kind: str, workdir: str, size: int) -> None:
         pipe_name=name,
         logs=lambda site, key, value, step: None,
     )
-    outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+    outcomes: queue.SimpleQueue[TaskOutcome] = queue.SimpleQueue()
     task = Assignment("task-1", "train", 1, _model(size, TASK_VALUE))
     _say(ready_rss=_rss_now())
     start = time.perf_counter()

@@ -2,7 +2,7 @@
 
 When the training script runs as its own process, its client job (the ACTIVE
 end) and the script (the PASSIVE end) talk through a `Pipe`. These are the
-topics (`Topic`) on that pipe:
+topics (`PipeTopic`) on that pipe:
 
 - `task` (ACTIVE -> PASSIVE): headers `task_id`, `task_name`, `round`, and
   `params_format: torch` if the site's last result was sent as torch tensors;
@@ -52,7 +52,7 @@ __all__ = [
     "TORCH",
     "NoTaskError",
     "PipeSession",
-    "Topic",
+    "PipeTopic",
     "session_from_environment",
 ]
 
@@ -74,7 +74,7 @@ client job that is gone ends the attempt at once (`PeerGoneError`)."""
 _ENV_KEYS = {"name", "options", "pipe", "site", "job_id"}
 
 
-class Topic(enum.StrEnum):
+class PipeTopic(enum.StrEnum):
     """The topics on the pipe between a client job and its training process."""
 
     TASK = "task"
@@ -148,13 +148,13 @@ class PipeSession(ClientSession):
                 return None
 
     def _take(self, message: PipeMessage) -> FLModel | None:
-        if message.topic == Topic.END:
+        if message.topic == PipeTopic.END:
             self._ended = True
             return None
-        if message.topic != Topic.TASK:
+        if message.topic != PipeTopic.TASK:
             raise FlCoreError(
                 f"pipe session (site {self._site}): unexpected topic {message.topic!r} from the "
-                f"client job; expected {Topic.TASK.value!r} or {Topic.END.value!r}"
+                f"client job; expected {PipeTopic.TASK.value!r} or {PipeTopic.END.value!r}"
             )
         task_id = message.headers.get("task_id")
         if not task_id:
@@ -182,7 +182,7 @@ class PipeSession(ClientSession):
         headers = {"task_id": task_id}
         if sent_torch:
             headers[PARAMS_FORMAT] = TORCH
-        self._deliver(PipeMessage(Topic.RESULT, headers, model))
+        self._deliver(PipeMessage(PipeTopic.RESULT, headers, model))
 
     def is_running(self) -> bool:
         """Whether there is a task for the script: waits for the next one, or for `end`.
@@ -206,7 +206,7 @@ class PipeSession(ClientSession):
 
     def log(self, key: str, value: float, step: int | None) -> None:
         """Send the metric to the client job."""
-        self._deliver(PipeMessage(Topic.LOG, {}, {"key": key, "value": value, "step": step}))
+        self._deliver(PipeMessage(PipeTopic.LOG, {}, {"key": key, "value": value, "step": step}))
 
     def _deliver(self, message: PipeMessage) -> None:
         while not self._pipe.send(message, _SEND_SLICE):

@@ -22,7 +22,7 @@ from fl_core.client.pipe_session import (
     ENV_VAR,
     NoTaskError,
     PipeSession,
-    Topic,
+    PipeTopic,
     session_from_environment,
 )
 from fl_core.errors import FlCoreError
@@ -132,7 +132,7 @@ def _task(active: Pipe, task_id: str, round_: int, params: dict[str, np.ndarray]
     # A cell pipe's ACTIVE end cannot reach a trainer that has not connected yet.
     wait_until(active.peer_alive, WAIT, "the trainer to open its end")
     headers = {"task_id": task_id, "task_name": "train", "round": str(round_)}
-    assert active.send(PipeMessage(Topic.TASK, headers, FLModel(params=params)), WAIT)
+    assert active.send(PipeMessage(PipeTopic.TASK, headers, FLModel(params=params)), WAIT)
 
 
 def test_a_trainer_process_answers_two_tasks_logs_and_ends(
@@ -148,10 +148,10 @@ def test_a_trainer_process_answers_two_tasks_logs_and_ends(
         for i, params in enumerate(rounds):
             _task(active, f"task-{i}", i, params)
             logged = _next(active)
-            assert logged.topic == Topic.LOG
+            assert logged.topic == PipeTopic.LOG
             assert logged.body == {"key": "loss", "value": 0.25 * (i + 1), "step": i}
             result = _next(active)
-            assert result.topic == Topic.RESULT
+            assert result.topic == PipeTopic.RESULT
             assert result.headers == {"task_id": f"task-{i}"}
             assert isinstance(result.body, FLModel)
             assert result.body.params.keys() == params.keys()
@@ -160,7 +160,7 @@ def test_a_trainer_process_answers_two_tasks_logs_and_ends(
                 assert got.dtype == sent.dtype and got.shape == sent.shape
                 np.testing.assert_array_equal(got, sent + 1)
             assert result.body.meta == {"num_samples": 10 + i}
-        assert active.send(PipeMessage(Topic.END), WAIT)
+        assert active.send(PipeMessage(PipeTopic.END), WAIT)
         code, out, err = _finish(proc)
         assert code == 0, err
         assert json.loads(out) == {
@@ -181,8 +181,8 @@ def test_the_client_job_going_away_ends_the_trainer_cleanly(
     proc = _start(tmp_path, json.dumps(env))
     try:
         _task(active, "task-0", 0, {"w": np.zeros(3)})
-        assert _next(active).topic == Topic.LOG
-        assert _next(active).topic == Topic.RESULT
+        assert _next(active).topic == PipeTopic.LOG
+        assert _next(active).topic == PipeTopic.RESULT
         active.close()
         code, out, err = _finish(proc)
         assert code == 0, err

@@ -41,7 +41,7 @@ class Assignment:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class TaskOutcome:
     """What a script made of a task: a result, or a failure with its traceback."""
 
     result: FLModel | None = None
@@ -49,7 +49,7 @@ class Outcome:
     detail: str = ""
 
 
-Done = Callable[[Outcome], None]
+Done = Callable[[TaskOutcome], None]
 LogSink = Callable[[str, str, float, int | None], None]
 
 
@@ -78,7 +78,7 @@ class _Session(ClientSession):
         """The round of the last result the script sent."""
         self.hold = False
         """Keep the result until the script has ended (`fail_on_script_error`, per_task)."""
-        self.held: tuple[Done, Outcome] | None = None
+        self.held: tuple[Done, TaskOutcome] | None = None
 
     @property
     def site_name(self) -> str:
@@ -113,7 +113,7 @@ class _Session(ClientSession):
         _, done = current
         # The runtime gets its own dicts: arrays the script still reaches
         # through its FLModel then count as referenced (see the aggregator).
-        outcome = Outcome(
+        outcome = TaskOutcome(
             result=replace(
                 model,
                 params=dict(model.params),
@@ -266,7 +266,7 @@ class _Once:
         self._called = False
         self.timer: TimerHandle | None = None
 
-    def __call__(self, outcome: Outcome) -> None:
+    def __call__(self, outcome: TaskOutcome) -> None:
         with self._lock:
             if self._called:
                 return
@@ -351,19 +351,19 @@ class InProcessExecutor:
                     once.inbox.put((task, once_done))
                     return
                 stopped = once.finished.phrase(_when_gone(once))
-        once_done(Outcome(reason=stopped))
+        once_done(TaskOutcome(reason=stopped))
 
     def _arm_timeout(self, done: _Once) -> None:
         limit = self._task_timeout
         if limit is not None:
             reason = f"the script did not send a result within {limit:g} s"
-            done.timer = self._timer.call_later(limit, lambda: done(Outcome(reason=reason)))
+            done.timer = self._timer.call_later(limit, lambda: done(TaskOutcome(reason=reason)))
 
     def _worker(self) -> None:
         while (item := self._work.get()) is not None:
             session, done = item
             if self._stopped is not None:
-                done(Outcome(reason=self._stopped))
+                done(TaskOutcome(reason=self._stopped))
                 self._idle(session.site_name)
                 continue
             self._arm_timeout(done)
@@ -411,17 +411,17 @@ class InProcessExecutor:
         if leftover is not None:
             _, pending_done = leftover
             if ending is None:
-                pending_done(Outcome(reason="the script ended without calling flare.send()"))
+                pending_done(TaskOutcome(reason="the script ended without calling flare.send()"))
             else:
                 # An exception while the task is in hand is the task's failure, as it reads.
                 reason = (
                     ending.last_line if ending.raised else ending.phrase("before it sent a result")
                 )
-                pending_done(Outcome(reason=reason, detail=ending.detail))
+                pending_done(TaskOutcome(reason=reason, detail=ending.detail))
         elif held is not None:  # per_task with fail_on_script_error: its end decides
             held_done, result = held
             if ending is not None:
-                result = Outcome(
+                result = TaskOutcome(
                     reason=ending.phrase("after sending its result"), detail=ending.detail
                 )
             held_done(result)
@@ -459,7 +459,7 @@ class InProcessExecutor:
             if item is not None:
                 failed = True
                 reason = ended.phrase(_when_gone(session))
-                item[1](Outcome(reason=reason, detail=ended.detail))
+                item[1](TaskOutcome(reason=reason, detail=ended.detail))
 
     def stop(self, reason: str, grace: float = 5.0) -> list[str]:
         """End the job for every script; returns the threads still running after `grace` s.

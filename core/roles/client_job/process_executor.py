@@ -40,10 +40,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from fl_core.client.pipe_session import ENV_VAR, PARAMS_FORMAT, TORCH, Topic
+from fl_core.client.pipe_session import ENV_VAR, PARAMS_FORMAT, TORCH, PipeTopic
 from fl_core.config import LaunchMode
 from fl_core.pids import describe_exit
-from fl_core.roles.client_job.in_process import Assignment, Done, LogSink, Outcome
+from fl_core.roles.client_job.in_process import Assignment, Done, LogSink, TaskOutcome
 from fl_core.roles.client_job.trainer_process import TrainerProcess, close_pipe, outcome_of
 from fl_core.roles.protocol.script_errors import ScriptError, ScriptErrorSink, last_line
 from fl_core.spec.launcher import Launcher, LaunchSpec, ProcessType
@@ -62,7 +62,7 @@ class _Failed(Exception):
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
-        self.outcome = Outcome(reason=reason, detail=detail)
+        self.outcome = TaskOutcome(reason=reason, detail=detail)
 
 
 _Item = tuple[Assignment, Done] | Callable[[], None] | None
@@ -151,7 +151,7 @@ class ProcessExecutor:
                     thread.start()
                 inbox.put((task, done))
                 return
-        done(Outcome(reason=stopped))
+        done(TaskOutcome(reason=stopped))
 
     def finish(self, site: str, then: Callable[[], None]) -> None:
         """No more work for `site`: its process is told `end`, then `then()` is called.
@@ -206,7 +206,7 @@ class ProcessExecutor:
                 task, done = item
                 del item
                 if self._stopped is not None:
-                    self._report(site, done, Outcome(reason=self._stopped))
+                    self._report(site, done, TaskOutcome(reason=self._stopped))
                     continue
                 pending = [task]
                 del task  # `_run_task` drops the model once the script has it
@@ -219,14 +219,14 @@ class ProcessExecutor:
                         outcome = failed.outcome
                     except Exception as exc:  # a bug here must fail the task, not hang the site
                         log.exception("%s: the process executor failed", site)
-                        outcome = Outcome(reason=f"the process executor failed: {exc}")
+                        outcome = TaskOutcome(reason=f"the process executor failed: {exc}")
                     if outcome.result is None and self._stopped is not None:
-                        outcome = Outcome(reason=self._stopped, detail=outcome.detail)
+                        outcome = TaskOutcome(reason=self._stopped, detail=outcome.detail)
                     if end and outcome.result is not None and self.fail_on_script_error:
                         # Its exit decides whether the result counts.
                         error, end = self._end(site, patient=True), False
                         if error is not None:
-                            outcome = Outcome(reason=error.describe())
+                            outcome = TaskOutcome(reason=error.describe())
                     # Else the result first: ending a per_task process may take up to grace.
                     self._report(site, done, outcome)
                     if end:
@@ -237,7 +237,9 @@ class ProcessExecutor:
                 if callable(item):
                     self._call(site, item)
                 else:
-                    self._report(site, item[1], Outcome(reason=self._stopped or "the job ended"))
+                    self._report(
+                        site, item[1], TaskOutcome(reason=self._stopped or "the job ended")
+                    )
 
     @staticmethod
     def _call(site: str, then: Callable[[], None]) -> None:
@@ -247,7 +249,7 @@ class ProcessExecutor:
             log.exception("%s: a finish callback failed", site)
 
     @staticmethod
-    def _report(site: str, done: Done, outcome: Outcome) -> None:
+    def _report(site: str, done: Done, outcome: TaskOutcome) -> None:
         try:
             done(outcome)
         except Exception:
@@ -265,7 +267,7 @@ class ProcessExecutor:
             if item is not None:
                 return item
 
-    def _run_task(self, site: str, pending: list[Assignment]) -> Outcome:
+    def _run_task(self, site: str, pending: list[Assignment]) -> TaskOutcome:
         task = pending.pop()
         if self._stopping.is_set():  # it may have waited for a slot while the job ended
             raise _Failed(self._stopped or "the job ended")
@@ -285,7 +287,7 @@ class ProcessExecutor:
         if site in self._torch_sites:
             headers[PARAMS_FORMAT] = TORCH  # it sent tensors last time
         log.debug("%s: handing task %s to training process %d", site, task.task_id, trainer.number)
-        self._hand_over(trainer, PipeMessage(Topic.TASK, headers, task.model), deadline)
+        self._hand_over(trainer, PipeMessage(PipeTopic.TASK, headers, task.model), deadline)
         task_id = task.task_id
         round_number = task.round_number
         del task  # the script has the model now; this process need not keep it
@@ -411,7 +413,7 @@ class ProcessExecutor:
 
     def _wait_result(
         self, site: str, trainer: TrainerProcess, task_id: str, deadline: float
-    ) -> Outcome:
+    ) -> TaskOutcome:
         silent = drained = False
         while True:
             try:

@@ -20,7 +20,7 @@ from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
 from fl_core.errors import CellError, RequestTimeoutError, TargetUnreachableError
 from fl_core.model import FLModel, MetaKey
-from fl_core.roles.client_job.in_process import Assignment, Outcome
+from fl_core.roles.client_job.in_process import Assignment, TaskOutcome
 from fl_core.roles.protocol.script_errors import ScriptError
 from fl_core.roles.protocol.task import Outcome as OutcomeKind
 from fl_core.roles.protocol.task import TaskHeader, TaskKind, Topic
@@ -182,7 +182,7 @@ class ClientRunner:
         ids = replace(task, model=FLModel())
         self.executor.execute(self.site, task, lambda outcome: self._submit(ids, outcome))
 
-    def _submit(self, task: Assignment, outcome: Outcome) -> None:
+    def _submit(self, task: Assignment, outcome: TaskOutcome) -> None:
         log.debug(
             "%s: task %s done (%s), sending the result",
             self.site,

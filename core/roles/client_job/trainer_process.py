@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fl_core.client.pipe_session import PARAMS_FORMAT, TORCH, Topic
+from fl_core.client.pipe_session import PARAMS_FORMAT, TORCH, PipeTopic
 from fl_core.model import FLModel
 from fl_core.pids import read_tail
-from fl_core.roles.client_job.in_process import LogSink, Outcome
+from fl_core.roles.client_job.in_process import LogSink, TaskOutcome
 from fl_core.spec.launcher import JobHandle
 from fl_core.spec.pipe import Pipe, PipeError, PipeMessage
 
@@ -88,7 +88,7 @@ class TrainerProcess:
         try:
             # Over a cell pipe a send waits for the script's receive: one try per slice,
             # so a `stop` meanwhile ends the wait (a send not taken is dropped by the peer).
-            while not self.pipe.send(PipeMessage(Topic.END), _SLICE * 4):
+            while not self.pipe.send(PipeMessage(PipeTopic.END), _SLICE * 4):
                 if time.monotonic() >= deadline or stopping.is_set():
                     return False
                 if self.handle.poll() is not None:
@@ -100,13 +100,13 @@ class TrainerProcess:
 
 def outcome_of(
     message: PipeMessage, site: str, task_id: str, logs: LogSink, torch_sites: set[str]
-) -> Outcome | None:
+) -> TaskOutcome | None:
     """What one message from a site's training script means: an outcome, or None to wait on.
 
     A log line goes to `logs`; a result for `task_id` is the outcome, and
     its format (torch or numpy) is noted in `torch_sites`.
     """
-    if message.topic == Topic.LOG:
+    if message.topic == PipeTopic.LOG:
         body = message.body
         if (
             isinstance(body, dict)
@@ -119,21 +119,23 @@ def outcome_of(
             log.warning("%s: the training script sent a malformed log message", site)
         return None
     answered = message.headers.get("task_id")
-    if message.topic == Topic.RESULT:
+    if message.topic == PipeTopic.RESULT:
         if answered != task_id:
             log.warning("%s: a result for task %r, not %r, ignored", site, answered, task_id)
             return None
         if not isinstance(message.body, FLModel):
             got = type(message.body).__name__
-            return Outcome(reason=f"the training script sent a {got} as its result, not a model")
+            return TaskOutcome(
+                reason=f"the training script sent a {got} as its result, not a model"
+            )
         if message.headers.get(PARAMS_FORMAT) == TORCH:
             torch_sites.add(site)
         else:
             torch_sites.discard(site)
-        return Outcome(result=message.body)
-    if message.topic == Topic.FAILED:
+        return TaskOutcome(result=message.body)
+    if message.topic == PipeTopic.FAILED:
         body = message.body if isinstance(message.body, dict) else {}
-        return Outcome(
+        return TaskOutcome(
             reason=f"the training script failed: {body.get('reason', 'no reason given')}",
             detail=str(body.get("traceback", "")),
         )

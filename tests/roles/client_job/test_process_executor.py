@@ -17,7 +17,7 @@ from fl_core.config import LaunchMode
 from fl_core.model import FLModel
 from fl_core.pids import pid_alive
 from fl_core.plugins import Registry, make_plugin_manager
-from fl_core.roles.client_job.in_process import Assignment, Outcome
+from fl_core.roles.client_job.in_process import Assignment, TaskOutcome
 from fl_core.roles.client_job.process_executor import ProcessExecutor
 from fl_core.spec.launcher import Launcher
 from fl_core.spec.pipe import Pipe
@@ -127,11 +127,11 @@ def _task(number: int, params: dict[str, np.ndarray] | None = None) -> Assignmen
     return Assignment(f"task-{number}", "train", number, model)
 
 
-def _run(executor: ProcessExecutor, task: Assignment, site: str = "site-1") -> Outcome:
-    got: list[Outcome] = []
+def _run(executor: ProcessExecutor, task: Assignment, site: str = "site-1") -> TaskOutcome:
+    got: list[TaskOutcome] = []
     done = threading.Event()
 
-    def finish(outcome: Outcome) -> None:
+    def finish(outcome: TaskOutcome) -> None:
         got.append(outcome)
         done.set()
 
@@ -171,7 +171,7 @@ def test_per_task_starts_a_fresh_process_for_each_task_and_waits_for_its_exit(
 
 def test_each_site_gets_its_own_process(make_executor: Callable[..., ProcessExecutor]) -> None:
     executor = make_executor(ECHO)
-    outcomes: dict[str, Outcome] = {}
+    outcomes: dict[str, TaskOutcome] = {}
     done = threading.Barrier(3)
 
     def run(site: str) -> None:
@@ -291,7 +291,7 @@ def test_stop_fails_the_running_task_and_ends_the_process_and_its_children(
         time.sleep(600)
         """
     )
-    got: list[Outcome] = []
+    got: list[TaskOutcome] = []
     executor.execute("site-1", _task(1), got.append)
     wait_until(lambda: len(_pids(tmp_path)) == 2, WAIT, "the script and its child to start")
     assert executor.stop("the job was aborted", 1.0) == []
@@ -363,7 +363,7 @@ def test_stop_ends_a_hand_over_to_a_script_that_never_receives(
 ) -> None:
     # With the cell pipe the hand-over waits for the script's receive(), which never comes.
     executor = make_executor("flare.init()\ntime.sleep(600)\n")
-    got: list[Outcome] = []
+    got: list[TaskOutcome] = []
     with caplog.at_level(logging.DEBUG, logger="fl_core.roles.client_job.process_executor"):
         executor.execute("site-1", _task(1), got.append)
         wait_until(
@@ -445,11 +445,11 @@ def test_threads_bounds_how_many_sites_run_at_once(
         LaunchMode.PER_TASK,
         threads=1,
     )
-    outcomes: dict[str, Outcome] = {}
+    outcomes: dict[str, TaskOutcome] = {}
     finished = threading.Event()
 
-    def record(site: str) -> Callable[[Outcome], None]:
-        def done(outcome: Outcome) -> None:
+    def record(site: str) -> Callable[[TaskOutcome], None]:
+        def done(outcome: TaskOutcome) -> None:
             outcomes[site] = outcome
             if len(outcomes) == 3:
                 finished.set()
@@ -498,7 +498,7 @@ def test_a_per_task_result_is_handed_on_before_the_process_is_ended(
     seen: list[bool] = []
     done = threading.Event()
 
-    def finish(outcome: Outcome) -> None:
+    def finish(outcome: TaskOutcome) -> None:
         assert outcome.result is not None, outcome.reason
         seen.append(pid_alive(int(outcome.result.meta["pid"])))
         done.set()
@@ -513,7 +513,7 @@ def test_a_failing_callback_does_not_stop_the_site_from_answering(
 ) -> None:
     executor = make_executor(ECHO)
 
-    def broken(outcome: Outcome) -> None:
+    def broken(outcome: TaskOutcome) -> None:
         raise RuntimeError("the runner broke")
 
     executor.execute("site-1", _task(1), broken)
