@@ -26,6 +26,7 @@ from typing import Any
 from dependency_injector import containers, providers
 
 from fl_core.config import ComponentChoice, JobConfig
+from fl_core.config.site import DEFAULT_LAUNCHER
 from fl_core.containers.parts import (
     build_component,
     build_pipe,
@@ -38,9 +39,6 @@ from fl_core.errors import ModeNotAvailableError
 from fl_core.plugins import EventRelay, make_plugin_manager
 from fl_core.roles.client_job.executors import build_executor
 from fl_core.spec import ComponentKind
-
-DEFAULT_LAUNCHER = "process"
-"""What starts training processes when the job names no launcher."""
 
 __all__ = [
     "DEFAULT_LAUNCHER",
