@@ -11,7 +11,7 @@ processes; a job adds its workflow, executor, pipe and training launcher.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from dependency_injector import providers
 
@@ -134,27 +134,43 @@ def process_settings(
     job: JobConfig | None,
     mode: str,
     run: Mapping[str, Any],
+    defaults: Mapping[str, ComponentChoice] = DEFAULTS,
 ) -> dict[str, Any]:
     """The configuration of a process container (see `fl_core.containers.base`)."""
     data = settings(
-        job, DEFAULTS, {"mode": mode, "identity": "", **run}, fixed_components(federation)
+        job, defaults, {"mode": mode, "identity": "", **run}, fixed_components(federation)
     )
-    launcher = federation.launcher if federation is not None else DEFAULTS["launcher"]
+    launcher = federation.launcher if federation is not None else defaults["launcher"]
     data["federation"] = {"launcher": {"name": launcher.name, "options": dict(launcher.options)}}
     return data
+
+
+_C = TypeVar("_C", bound=ProcessContainer)
+
+
+def process_container(
+    cls: type[_C],
+    mode: str,
+    defaults: Mapping[str, ComponentChoice],
+    job: JobConfig | None,
+    federation: FederationConfig | None,
+    run: Mapping[str, Any],
+) -> _C:
+    """A `cls` container for one process of `federation` (and `job`), in `mode`."""
+    container = cls()
+    if job is not None:
+        container.job.override(providers.Object(job))
+    if federation is not None:
+        container.federation.override(providers.Object(federation))
+    container.config.from_dict(process_settings(federation, job, mode, run, defaults))
+    return container
 
 
 def poc_container(
     job: JobConfig | None = None, *, federation: FederationConfig | None = None, **run: Any
 ) -> PocContainer:
     """A container for a POC process; `run` holds its `identity` (cell name) and `site`."""
-    container = PocContainer()
-    if job is not None:
-        container.job.override(providers.Object(job))
-    if federation is not None:
-        container.federation.override(providers.Object(federation))
-    container.config.from_dict(process_settings(federation, job, "poc", run))
-    return container
+    return process_container(PocContainer, "poc", DEFAULTS, job, federation, run)
 
 
 def admin_client(federation: FederationConfig, **options: Any) -> AdminClient:

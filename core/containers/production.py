@@ -14,8 +14,8 @@ from dependency_injector import providers
 
 from fl_core.config import ComponentChoice, JobConfig
 from fl_core.config.federation import FederationConfig
-from fl_core.containers.base import DEFAULT_LAUNCHER, not_available, settings
-from fl_core.containers.poc import ProcessContainer, fixed_components
+from fl_core.containers.base import DEFAULT_LAUNCHER, not_available
+from fl_core.containers.poc import ProcessContainer, process_container
 
 DEFAULTS: Mapping[str, ComponentChoice] = {
     "transport": ComponentChoice("grpc", {}),
@@ -38,12 +38,4 @@ def production_container(
     job: JobConfig | None = None, *, federation: FederationConfig | None = None, **run: Any
 ) -> ProductionContainer:
     """A container for a production process (see `fl_core.containers.poc.poc_container`)."""
-    container = ProductionContainer()
-    if job is not None:
-        container.job.override(providers.Object(job))
-    if federation is not None:
-        container.federation.override(providers.Object(federation))
-    fixed = fixed_components(federation)
-    data = settings(job, DEFAULTS, {"mode": "production", "identity": "", **run}, fixed)
-    container.config.from_dict(data)
-    return container
+    return process_container(ProductionContainer, "production", DEFAULTS, job, federation, run)

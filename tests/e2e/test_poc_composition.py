@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from .test_poc_cli import wait_final
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello-numpy"
@@ -55,17 +56,6 @@ def running_poc(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path
     finally:
         stopped = run_cli("poc", "stop", "--workspace", str(ws))
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-
-
-def wait_final(ws: Path, job_id: str, timeout: float = 120.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        proc = run_cli("job", "status", job_id, "--workspace", str(ws))
-        assert proc.returncode == 0, proc.stderr
-        record: dict[str, object] = json.loads(proc.stdout)
-        if record["state"] in ("finished", "failed", "aborted") or time.monotonic() > deadline:
-            return record
-        time.sleep(0.3)
 
 
 def test_event_hooks_fire_in_the_server_job_of_a_poc(tmp_path: Path) -> None:
