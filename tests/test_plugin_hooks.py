@@ -13,7 +13,7 @@ from fl_core.errors import DuplicateComponentError, InvalidComponentError, Plugi
 from fl_core.plugins import EventRelay, PluginManager, make_plugin_manager
 from fl_core.spec import Register, hookimpl
 from fl_core.spec.events import Events
-from fl_core.spec.security import Credentials, SecurityProvider
+from fl_core.spec.security import Credentials, Identity, SecurityProvider
 from fl_core.spec.transport import Connection, Listener, Transport
 
 
@@ -205,8 +205,8 @@ def test_create_still_takes_an_explicit_interface() -> None:
         def credentials(self, identity: str) -> Credentials | None:
             return None
 
-        def authorize(self, actor: str, action: str, resource: str) -> bool:
-            return False
+        def authorize(self, actor: Identity, action: str, owner: Identity | None = None) -> str:
+            return "refused"
 
     class Provides:
         @hookimpl

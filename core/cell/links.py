@@ -23,8 +23,9 @@ from fl_core.cell.door import Door
 from fl_core.cell.fqcn import SEPARATOR, is_under, validate
 from fl_core.cell.message import Header
 from fl_core.cell.parent import CONTROL, HELLO_OK, HELLO_REJECTED, ParentLink, connect_direct
-from fl_core.cell.proof import AdmissionRefused, KeyLookup
+from fl_core.cell.proof import KeyLookup
 from fl_core.errors import CellError, TargetUnreachableError
+from fl_core.spec.security import AdmissionRefused, Identity
 from fl_core.spec.transport import (
     BodyBufferProvider,
     Connection,
@@ -34,9 +35,15 @@ from fl_core.spec.transport import (
     Transport,
 )
 
-__all__ = ["LinkEvents", "Links"]
+__all__ = ["LinkEvents", "Links", "PeerCheck"]
 
 log = logging.getLogger("fl_core.cell")
+
+
+PeerCheck = Callable[["bytes | None", str], Identity]
+"""`admit(certificate, name) -> Identity`: who the peer of an accepted link claiming
+`name` is, given the certificate its transport verified; raises `AdmissionRefused`
+(see `fl_core.spec.security.SecurityProvider.admit`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +74,8 @@ class Links:
         self._direct: dict[str, Connection] = {}  # direct links, either way, by far end
         self._direct_keys: KeyLookup | None = None
         self._child_keys: KeyLookup | None = None
+        self._peer_check: PeerCheck | None = None
+        self._peers: dict[str, Identity] = {}  # who each accepted link proved to be
         self._parent: Connection | None = None
         self._parent_link: ParentLink | None = None
         self._listeners: list[Listener] = []
@@ -110,6 +119,34 @@ class Links:
     def require_proof(self, keys: KeyLookup) -> None:
         """Admit children only once they prove the key `keys(name)` gives."""
         self._child_keys = keys
+
+    def check_peers(self, admit: PeerCheck) -> None:
+        """Admit a link at any listener only if `admit(certificate, name)` accepts it.
+
+        Asked before any secret is checked, for children and direct links
+        alike: this is where a certificate's name is bound to the cells it
+        may be. Every frame an admitted child later sends or relays must
+        come from its own subtree, so the binding holds for what it forwards.
+        """
+        self._peer_check = admit
+
+    def peer_identity(self, name: str) -> Identity | None:
+        """Who the accepted link of the cell `name` proved to be (None if not known)."""
+        with self._lock:
+            return self._peers.get(name)
+
+    def close_peers(self, untrusted: Callable[[Identity], bool]) -> list[str]:
+        """Close every accepted link whose peer is `untrusted` now; their names."""
+        with self._lock:
+            names = [name for name, who in self._peers.items() if untrusted(who)]
+            conns = [self._children.get(n) or self._direct.get(n) for n in names]
+        for name, conn in zip(names, conns, strict=True):
+            log.warning(
+                "%s: closing the link of %s: its peer is no longer trusted", self.fqcn, name
+            )
+            if conn is not None:
+                conn.close()
+        return names
 
     def close_direct(self, name: str) -> None:
         """Close the direct link to `name`, if there is one."""
@@ -271,13 +308,28 @@ class Links:
 
     def _accept(self, conn: Connection) -> None:
         """A link that arrived at a listener: admit it at its hello, then check each frame."""
-        door = Door(self.fqcn, self._key_for)
+        proved: list[Identity] = []  # who the peer check says this link is
+
+        def key_for(name: str, direct: bool) -> bytes | None:
+            if self._peer_check is not None:
+                try:
+                    proved.append(self._peer_check(conn.peer_certificate, name))
+                except AdmissionRefused:
+                    raise
+                except Exception as exc:
+                    log.exception("%s: checking the certificate of %s failed", self.fqcn, name)
+                    raise AdmissionRefused(
+                        f"the certificate check failed: {type(exc).__name__}"
+                    ) from exc
+            return self._key_for(name, direct)
+
+        door = Door(self.fqcn, key_for)
         admitted: dict[str, str] = {}  # "name", and "direct" for a direct link
 
         def on_frame(frame: Frame) -> None:
             name = admitted.get("name")
             if name is None:
-                self._on_hello(conn, frame, door, admitted)
+                self._on_hello(conn, frame, door, admitted, proved)
             elif admitted.get("direct"):
                 self.from_direct(conn, name, frame)
             elif is_under(frame.headers.get(Header.ORIGIN, ""), name):
@@ -321,12 +373,19 @@ class Links:
         except Exception as exc:
             log.exception("%s: looking up the credential of %s failed", self.fqcn, name)
             raise AdmissionRefused(f"the credential check failed: {type(exc).__name__}") from exc
+        if key is None:
+            return None  # proved otherwise (its certificate): no secret to prove
         if not key:
             raise AdmissionRefused(f"{self.fqcn} has no credential for {name!r}")
         return key
 
     def _on_hello(
-        self, conn: Connection, frame: Frame, door: Door, admitted: dict[str, str]
+        self,
+        conn: Connection,
+        frame: Frame,
+        door: Door,
+        admitted: dict[str, str],
+        proved: list[Identity],
     ) -> None:
         """A frame of a link not yet admitted: its hello, or its answer to a challenge."""
         step = door.step(frame.headers)
@@ -344,6 +403,8 @@ class Links:
                 if not problem:
                     (self._direct if step.direct else self._children)[step.admit] = conn
                     admitted.update(name=step.admit, direct="1" if step.direct else "")
+                    if proved:
+                        self._peers[step.admit] = proved[-1]
         if problem:
             self._refuse_hello(conn, door.claimed, problem)
             return
@@ -377,6 +438,7 @@ class Links:
             for table in (self._children, self._direct):
                 for name in [n for n, c in table.items() if c is conn]:
                     del table[name]
+                    self._peers.pop(name, None)
         self._events.closed(conn, "the link to it closed" + (f" ({exc})" if exc else ""))
         if parent_link is not None:
             parent_link.lost()

@@ -24,7 +24,7 @@ import secrets
 from collections.abc import Callable
 from typing import Final
 
-from fl_core.errors import CellError
+from fl_core.spec.security import AdmissionRefused
 
 __all__ = [
     "CHALLENGE",
@@ -52,12 +52,9 @@ _NONCE_BYTES: Final = 16
 MAX_NONCE: Final = 128
 """Characters of a peer's nonce that are taken at all; a longer one is refused."""
 
-KeyLookup = Callable[[str], bytes]
-"""`keys(claimed name) -> secret` the peer must prove; raises `AdmissionRefused` to refuse."""
-
-
-class AdmissionRefused(CellError):
-    """A cell may not join under the name it claims; the message says why."""
+KeyLookup = Callable[[str], "bytes | None"]
+"""`keys(claimed name) -> secret` the peer must prove (None: nothing to prove, its
+certificate proved the name); raises `AdmissionRefused` to refuse."""
 
 
 def new_nonce() -> str:

@@ -121,6 +121,19 @@ class Connection(ABC):
         suits only transports whose peers are all in this process.
         """
 
+    @property
+    def peer_certificate(self) -> bytes | None:
+        """The peer's certificate (DER) as the TLS handshake verified it, or None.
+
+        None when the link has no TLS, or its peer presented no certificate.
+        A transport that speaks mutual TLS must give it on links its
+        listeners accepted (the security provider binds it to the cell name
+        the peer claims, see `SecurityProvider.admit`); on links made by
+        `connect()` it may give it too. The default suits transports
+        without TLS.
+        """
+        return None
+
     def receive_into(self, provider: BodyBufferProvider) -> None:  # noqa: B027 - optional
         """Offer buffers to receive frame bodies in place (optional).
 

@@ -9,8 +9,8 @@ startup kit built in `tmp_path`), and state what the provider claims:
   credentials whose certificate names them, and an actor it does not know is
   refused every action. A provider that does not authenticate (`none`) may
   hand out no credentials at all and allow everything.
-- `allowed` / `refused`: `(actor, action, resource)` triples that it must
-  allow or refuse.
+- `allowed` / `refused`: `(actor, action, owner)` triples (`Identity`s; the
+  owner is who submitted the job, or None) that it must allow or refuse.
 
     from fl_core.testing import SecurityProviderContract
 
@@ -19,7 +19,7 @@ startup kit built in `tmp_path`), and state what the provider claims:
         plugin = "my_plugin"
         authenticates = True
         known_identities = ("server", "site-1")
-        refused = (("site-1", "submit_job", "project"),)
+        refused = ((Identity("site-1", "org-a", "site"), "submit_job", None),)
 
         @pytest.fixture
         def provider_options(self, tmp_path):
@@ -44,12 +44,18 @@ from cryptography.x509.oid import NameOID
 
 from fl_core.errors import ConfigError, FlCoreError
 from fl_core.spec import ComponentKind
-from fl_core.spec.security import Credentials, SecurityProvider
+from fl_core.spec.security import (
+    AdmissionRefused,
+    Credentials,
+    Identity,
+    SecurityProvider,
+    SignatureError,
+)
 from fl_core.testing.registered import PluginRef, component_factory
 
 __all__ = ["SecurityProviderContract", "check_credentials"]
 
-ACTIONS = ("submit_job", "abort_job", "list_jobs", "download_result", "register_site")
+ACTIONS = ("submit_job", "abort_job", "view_job", "download_job", "list_sites", "shutdown")
 """Actions the suite asks about; a provider answers every action, known or not."""
 STRANGER = "stranger-never-provisioned"
 """An identity no provider was set up with."""
@@ -101,10 +107,10 @@ class SecurityProviderContract:
     """Whether the provider knows identities (and refuses strangers)."""
     known_identities: ClassVar[Sequence[str]] = ()
     """Identities the provider was set up with (by `provider_options`)."""
-    allowed: ClassVar[Sequence[tuple[str, str, str]]] = ()
-    """(actor, action, resource) the provider must allow."""
-    refused: ClassVar[Sequence[tuple[str, str, str]]] = ()
-    """(actor, action, resource) the provider must refuse."""
+    allowed: ClassVar[Sequence[tuple[Identity, str, Identity | None]]] = ()
+    """(actor, action, owner of the job or None) the provider must allow."""
+    refused: ClassVar[Sequence[tuple[Identity, str, Identity | None]]] = ()
+    """(actor, action, owner of the job or None) the provider must refuse."""
 
     @pytest.fixture
     def provider_options(self) -> dict[str, Any]:
@@ -175,29 +181,59 @@ class SecurityProviderContract:
 
     # --- authorization -------------------------------------------------------------
 
-    def test_authorize_answers_a_bool_for_every_action(self, provider: SecurityProvider) -> None:
-        for actor in (*self.known_identities, STRANGER):
+    def test_authorize_answers_a_reason_or_nothing_for_every_action(
+        self, provider: SecurityProvider
+    ) -> None:
+        owner = Identity("someone@example.org", "example")
+        actors = [Identity(name) for name in self.known_identities] + [Identity(STRANGER)]
+        actors += [actor for actor, _, _ in (*self.allowed, *self.refused)]
+        for actor in actors:
             for action in ACTIONS:
-                answer = provider.authorize(actor, action, "job-1")
-                assert type(answer) is bool, f"authorize({actor!r}, {action!r}) -> {answer!r}"
-                assert provider.authorize(actor, action, "job-1") is answer  # no coin flips
+                for whose in (None, owner):
+                    answer = provider.authorize(actor, action, whose)
+                    assert type(answer) is str, f"authorize({actor}, {action!r}) -> {answer!r}"
+                    assert provider.authorize(actor, action, whose) == answer  # no coin flips
 
-    def test_a_stranger_is_refused_everything(self, provider: SecurityProvider) -> None:
+    def test_a_stranger_is_refused_everything_with_a_reason(
+        self, provider: SecurityProvider
+    ) -> None:
         if not self.authenticates:
             pytest.skip("the provider does not authenticate: it cannot tell strangers apart")
         for action in ACTIONS:
-            assert provider.authorize(STRANGER, action, "job-1") is False, action
+            assert provider.authorize(Identity(STRANGER), action), action
 
     def test_what_the_provider_claims_to_allow_is_allowed(self, provider: SecurityProvider) -> None:
         if not self.allowed:
             pytest.skip("the class claims no allowed actions")
-        for actor, action, resource in self.allowed:
-            assert provider.authorize(actor, action, resource) is True, (actor, action, resource)
+        for actor, action, owner in self.allowed:
+            assert provider.authorize(actor, action, owner) == "", (actor, action, owner)
 
     def test_what_the_provider_claims_to_refuse_is_refused(
         self, provider: SecurityProvider
     ) -> None:
         if not self.refused:
             pytest.skip("the class claims no refused actions")
-        for actor, action, resource in self.refused:
-            assert provider.authorize(actor, action, resource) is False, (actor, action, resource)
+        for actor, action, owner in self.refused:
+            assert provider.authorize(actor, action, owner), (actor, action, owner)
+
+    # --- admission and signatures ----------------------------------------------------
+
+    def test_a_link_without_a_certificate_is_refused_by_a_provider_that_proves_names(
+        self, provider: SecurityProvider
+    ) -> None:
+        if not provider.proves_names:
+            pytest.skip("the provider proves no names from certificates")
+        for name in ("server", "site-1", *self.known_identities):
+            with pytest.raises(AdmissionRefused):
+                provider.admit(None, name)
+
+    def test_a_signature_it_makes_it_verifies_and_a_changed_byte_it_refuses(
+        self, provider: SecurityProvider
+    ) -> None:
+        signature = provider.sign(b"job manifest")
+        if signature is None:
+            assert provider.verify(b"job manifest", None) is None
+            return
+        assert provider.verify(b"job manifest", signature) is not None
+        with pytest.raises(SignatureError):
+            provider.verify(b"job manifesT", signature)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fl_core.spec import Register, hookimpl
-from fl_core.spec.security import Credentials, SecurityProvider
+from fl_core.spec.security import Credentials, Identity, SecurityProvider
 
 
 class NoSecurity(SecurityProvider):
@@ -14,8 +14,8 @@ class NoSecurity(SecurityProvider):
     def credentials(self, identity: str) -> Credentials | None:
         return None
 
-    def authorize(self, actor: str, action: str, resource: str) -> bool:
-        return True
+    def authorize(self, actor: Identity, action: str, owner: Identity | None = None) -> str:
+        return ""
 
 
 def _make_none(**options: Any) -> NoSecurity:

@@ -21,6 +21,7 @@ from fl_core.errors import ConfigError, ModeNotAvailableError
 from fl_core.roles.client_parent.process import ClientParent
 from fl_core.roles.server_parent.process import ServerParent
 from fl_core.roles.simulator import Simulator
+from fl_core.spec.security import Identity
 from fl_core.spec.transport import Connection, Frame, Listener, Transport
 from fl_core.testing import plugin_manager_with, write_job
 from fl_plugins.transport_inprocess.transport import InProcessTransport
@@ -93,7 +94,7 @@ def test_simulator_defaults_are_inprocess_and_none(tmp_path: Path) -> None:
     job = load_job(write_job(tmp_path / "job", script=SCRIPT))
     container = simulator_container(job, clients=2, threads=1, workspace=tmp_path)
     assert isinstance(container.transport(), InProcessTransport)
-    assert container.security().authorize("site-1", "submit", "job") is True
+    assert container.security().authorize(Identity("site-1"), "submit_job") == ""
 
 
 def test_production_refuses_until_it_is_built(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from fl_core.errors import ConfigError, FlCoreError
 from fl_core.spec import Register, hookimpl
-from fl_core.spec.security import Credentials, SecurityProvider
+from fl_core.spec.security import Credentials, Identity, SecurityProvider
 from fl_core.testing.pki import Pki
 from fl_core.testing.security_contract import SecurityProviderContract, check_credentials
 
@@ -80,10 +80,12 @@ class KitProvider(SecurityProvider):
             raise FlCoreError(f"no certificate for {identity!r} in this kit")
         return known.credentials
 
-    def authorize(self, actor: str, action: str, resource: str) -> bool:
-        if actor not in self.identities:
-            return False
-        return action == "list_jobs" or actor == "server"
+    def authorize(self, actor: Identity, action: str, owner: Identity | None = None) -> str:
+        if actor.name not in self.identities:
+            return f"{actor.name} is not in this kit"
+        if action == "view_job" or actor.name == "server":
+            return ""
+        return f"only the server has the right {action!r}"
 
 
 def make_kit_provider(**options: Any) -> KitProvider:
@@ -104,8 +106,8 @@ class TestAnAuthenticatingProvider(SecurityProviderContract):
     plugin = ("kit_plugin", KitPlugin())
     authenticates = True
     known_identities = ("server", "client", "client.job3")
-    allowed = (("client", "list_jobs", "job-1"), ("server", "submit_job", "job-1"))
-    refused = (("client", "submit_job", "job-1"),)
+    allowed = ((Identity("client"), "view_job", None), (Identity("server"), "submit_job", None))
+    refused = ((Identity("client"), "submit_job", None),)
 
     @pytest.fixture
     def provider_options(self, tmp_path: Path) -> dict[str, Any]:

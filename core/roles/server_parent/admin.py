@@ -30,6 +30,7 @@ from fl_core.roles.protocol.parent import (
     json_object,
 )
 from fl_core.roles.server_parent.job_store import JobRecord
+from fl_core.spec.security import Identity
 
 if TYPE_CHECKING:
     from fl_core.config.job import JobConfig
@@ -37,6 +38,19 @@ if TYPE_CHECKING:
     from fl_core.roles.server_parent.job_run import JobRun
 
 log = logging.getLogger("fl_core.roles.server_parent.engine")
+
+RIGHTS: dict[AdminTopic, str] = {
+    AdminTopic.SUBMIT: "submit_job",
+    AdminTopic.LIST: "view_job",
+    AdminTopic.STATUS: "view_job",
+    AdminTopic.LOGS: "view_job",
+    AdminTopic.ABORT: "abort_job",
+    AdminTopic.DOWNLOAD: "download_job",
+    AdminTopic.READ: "download_job",
+    AdminTopic.SITES: "list_sites",
+    AdminTopic.SHUTDOWN: "shutdown",
+}
+"""The right each admin request needs (what `authorization.yaml` grants to roles)."""
 
 LOG_TAIL = 64 * 1024
 """Bytes of a log that `job logs` returns."""
@@ -67,19 +81,33 @@ class AdminService:
         def guarded(message: Message) -> object:
             if not message.origin.startswith(ADMIN_PREFIX) or "." in message.origin:
                 raise FlCoreError(f"{message.origin} is not an admin")
-            # Every admin action goes past the security provider (`none` allows all).
-            resource = _resource(topic, message)
-            if not self.engine.security.authorize(message.origin, str(topic), resource):
-                log.warning("refused %s: %s on %s", message.origin, topic, resource)
-                raise FlCoreError(f"{message.origin} may not {topic} {resource}: not authorized")
+            # Every admin action goes past the security provider (`none` allows all),
+            # as the identity the admin's link proved (its certificate, in production).
+            actor = self.actor(message.origin)
+            record = self._record(message) if _about_a_job(topic) else None
+            owner = Identity(record.submitter, record.submitter_org) if record else None
+            right = RIGHTS[topic]
+            reason = self.engine.security.authorize(actor, right, owner)
+            if reason:
+                what = f"job {record.job_id}" if record else "the federation"
+                log.warning("refused %s: %s on %s: %s", actor, right, what, reason)
+                self.engine.audit(actor, right, what, f"refused: {reason}")
+                raise FlCoreError(f"{actor} may not {right} ({what}): {reason}")
             return handler(message)
 
         return guarded
 
+    def actor(self, origin: str) -> Identity:
+        """Who the admin cell `origin` proved to be (by name alone without certificates)."""
+        return self.engine.cell.links.peer_identity(origin) or Identity(origin)
+
     def _on_submit(self, message: Message) -> object:
         if not isinstance(message.payload, bytes | bytearray | memoryview):
             raise FlCoreError("a job package must be sent as bytes (a zip of the job folder)")
-        record = self.engine.store.submit(bytes(message.payload), self._check)
+        actor = self.actor(message.origin)
+        record = self.engine.store.submit(
+            bytes(message.payload), self._check, submitter=actor.name, submitter_org=actor.org
+        )
         log.info("job %s (%s) submitted", record.job_id, record.name)
         self.engine.wake()
         return {Field.JOB_ID: record.job_id}
@@ -87,7 +115,8 @@ class AdminService:
     def _check(self, job: JobConfig) -> None:
         """Refuse at submit what could never run here: too many sites, unknown plugins."""
         sites = self.engine.config.sites
-        if job.min_clients > len(sites):
+        # Without a fixed list (production: any site the CA certified) sites come and go.
+        if sites and job.min_clients > len(sites):
             raise ConfigError(
                 str(job.source),
                 "min_clients",
@@ -98,8 +127,18 @@ class AdminService:
             self.engine.check_job(job)
 
     def _on_list(self, message: Message) -> object:
-        # Corrupt records are listed too, so that no job silently vanishes.
-        return {Field.JOBS: self.engine.shown(self.engine.store.entries())}
+        # Corrupt records are listed too, so that no job silently vanishes; a job
+        # the admin may not view (its right is "own" or "org") is left out.
+        actor = self.actor(message.origin)
+        entries = [
+            e
+            for e in self.engine.store.entries()
+            if not isinstance(e, JobRecord)
+            or not self.engine.security.authorize(
+                actor, RIGHTS[AdminTopic.STATUS], Identity(e.submitter, e.submitter_org)
+            )
+        ]
+        return {Field.JOBS: self.engine.shown(entries)}
 
     def _record(self, message: Message) -> JobRecord:
         data = json_object(message.payload, "admin request")
@@ -204,9 +243,6 @@ class AdminService:
         self.engine.stop("the federation is shutting down")
 
 
-def _resource(topic: AdminTopic, message: Message) -> str:
-    """What an admin action is about: `job <id>` for a job's, else the federation."""
-    if topic in (AdminTopic.SUBMIT, AdminTopic.LIST, AdminTopic.SITES, AdminTopic.SHUTDOWN):
-        return "federation"
-    data = message.payload if isinstance(message.payload, dict) else {}
-    return f"job {data.get(Field.JOB_ID, '')}"
+def _about_a_job(topic: AdminTopic) -> bool:
+    """Whether a request names one job (whose submitter the right may depend on)."""
+    return topic not in (AdminTopic.SUBMIT, AdminTopic.LIST, AdminTopic.SITES, AdminTopic.SHUTDOWN)

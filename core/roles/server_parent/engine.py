@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from fl_core.audit import AUDIT_FILE, AuditLog
 from fl_core.cell.cell import Cell
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
-from fl_core.cell.proof import AdmissionRefused
 from fl_core.config.federation import FederationConfig
 from fl_core.credentials import read_secret
 from fl_core.errors import FlCoreError
@@ -53,7 +53,7 @@ from fl_core.roles.server_parent.job_store import (
     UnknownJobError,
 )
 from fl_core.spec.launcher import Launcher
-from fl_core.spec.security import SecurityProvider
+from fl_core.spec.security import AdmissionRefused, Identity, SecurityProvider
 from fl_core.spec.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ class ServerEngine:
     ) -> None:
         self.config = config
         self.security = security
-        """Decides each admin action (`authorize(admin, action, resource)`)."""
+        """Proves who joins (`admit`) and decides each admin action (`authorize`)."""
+        self.audit_log = AuditLog(config.server_dir / AUDIT_FILE)
         self.check_job = check_job
         """What `fl-core job check` runs, against this server's plugins; run at submit."""
         self.transport = transport
@@ -96,10 +97,15 @@ class ServerEngine:
         self.python = python
         self.settings = config.server
         self.store = JobStore(config.server_dir / "jobs")
-        # Read now: a POC without its credentials must not start at all.
-        self._admin_key = read_secret(config.server_key_file("admin"))
-        self._site_keys = {site: read_secret(config.server_key_file(site)) for site in config.sites}
+        # Read now: a POC without its credentials must not start at all. Where
+        # certificates prove names (production), there are no shared secrets.
+        self._admin_key = b""
+        self._site_keys: dict[str, bytes] = {}
+        if not security.proves_names:
+            self._admin_key = read_secret(config.server_key_file("admin"))
+            self._site_keys = {s: read_secret(config.server_key_file(s)) for s in config.sites}
         self.cell = Cell("server", transport)
+        self.cell.links.check_peers(self._admit)
         self.cell.require_proof(self._key_of)
         self.url = ""
         self.driver = JobDriver(
@@ -167,8 +173,21 @@ class ServerEngine:
                 pass
             self.cell.close()
 
-    def _key_of(self, name: str) -> bytes:
+    def audit(self, who: object, action: str, target: str, result: str) -> None:
+        """Append one line to the server's `audit.jsonl`."""
+        self.audit_log.record(who, action, target, result)
+
+    def _admit(self, certificate: bytes | None, name: str) -> Identity:
+        try:
+            return self.security.admit(certificate, name)
+        except AdmissionRefused as exc:
+            self.audit(name, "join", "server", f"refused: {exc}")
+            raise
+
+    def _key_of(self, name: str) -> bytes | None:
         """The secret a cell joining as `name` must prove (see `fl_core.roles.protocol.parent`)."""
+        if self.security.proves_names and "." not in name:
+            return None  # an admin or a site: its certificate proved the name
         if name.startswith(ADMIN_PREFIX) and "." not in name:
             return self._admin_key
         if name in self._site_keys:
@@ -232,7 +251,7 @@ class ServerEngine:
         site = str(data.get(Field.SITE, ""))
         if site != message.origin:
             raise FlCoreError(f"{message.origin} sent a heartbeat for {site!r}")
-        if site not in self.config.sites:
+        if site not in self.config.sites and not self.security.proves_names:
             raise FlCoreError(f"{site} is not a site of federation {self.config.name}")
         url, pid = str(data.get(Field.URL, "")), data.get(Field.PID, 0)
         jobs = [str(j) for j in _list(data.get(Field.JOBS, []), "heartbeat jobs")]
@@ -243,11 +262,14 @@ class ServerEngine:
                 self._wake.notify_all()
         if not known:
             log.info("%s registered (client parent pid %s, %s)", site, pid, url)
+            self.audit(self.admin.actor(site), "join", "server", "registered")
         return {Field.HEARTBEAT_INTERVAL: self.settings.heartbeat_interval}
 
     def _watch(self) -> None:
         """Declare sites dead after `heartbeat_timeout` of silence."""
         while not self._stopping.wait(self.settings.heartbeat_interval / 2):
+            for name in self.cell.links.close_peers(self.security.revoked):
+                self.audit(name, "link", "server", "closed: its certificate was revoked")
             now = time.monotonic()
             with self._lock:
                 dead = [
@@ -261,6 +283,7 @@ class ServerEngine:
             for site in dead:
                 reason = f"{site} is dead: no heartbeat for {self.settings.heartbeat_timeout:g} s"
                 log.warning(reason)
+                self.audit(site, "leave", "server", reason)
                 for job in running:
                     if site in job.sites:
                         self.driver.tell_site_lost(job, site, reason)

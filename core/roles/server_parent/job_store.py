@@ -79,6 +79,8 @@ _CHECKS: Final[dict[str, _Check]] = {
     "started": _TIME,
     "ended": _TIME,
     "reason": _STR,
+    "submitter": _STR,
+    "submitter_org": _STR,
     "min_clients": _COUNT,
     "rounds": _COUNT,
     "sites": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "site names"),
@@ -113,6 +115,10 @@ class JobRecord:
     """Seconds the job may wait for its sites before it fails (the job config's option)."""
     round_seconds: list[float] = field(default_factory=list)
     """How long each of the last rounds took, oldest first; the last is round `round`."""
+    submitter: str = ""
+    """Who submitted the job: the admin's certificate name (its cell name without one)."""
+    submitter_org: str = ""
+    """The submitter's organisation ("" without certificates)."""
 
     def to_json(self) -> dict[str, object]:
         """The record as plain JSON types; `state` as its string value."""
@@ -185,7 +191,14 @@ class JobStore:
         for stale in self.root.glob(_STAGING + "*"):
             shutil.rmtree(stale, ignore_errors=True)
 
-    def submit(self, package: bytes, check: JobCheck | None = None) -> JobRecord:
+    def submit(
+        self,
+        package: bytes,
+        check: JobCheck | None = None,
+        *,
+        submitter: str = "",
+        submitter_org: str = "",
+    ) -> JobRecord:
         """Validate, unpack and store a job package; return its record (SUBMITTED).
 
         `check` runs on the job's config (the checks of `fl-core job check`
@@ -218,6 +231,8 @@ class JobStore:
                 min_clients=config.min_clients,
                 rounds=config.rounds,
                 schedule_timeout=config.schedule_timeout,
+                submitter=submitter,
+                submitter_org=submitter_org,
             )
             _write_record(staging / _RECORD, record)
             os.replace(staging, self.root / job_id)

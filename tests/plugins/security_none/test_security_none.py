@@ -6,7 +6,7 @@ import pytest
 
 from fl_core.errors import ConfigError
 from fl_core.plugins import Registry, make_plugin_manager
-from fl_core.spec.security import SecurityProvider
+from fl_core.spec.security import Identity, SecurityProvider
 from fl_core.testing.security_contract import SecurityProviderContract
 from fl_plugins.security_none import hooks
 from fl_plugins.security_none.hooks import NoSecurity
@@ -37,7 +37,7 @@ def test_no_credentials_means_plaintext(identity: str) -> None:
     [("site-1", "submit_job", "job1"), ("anyone", "abort", "server"), ("", "", "")],
 )
 def test_every_action_is_allowed(actor: str, action: str, resource: str) -> None:
-    assert NoSecurity().authorize(actor, action, resource) is True
+    assert NoSecurity().authorize(Identity(actor), action, Identity(resource)) == ""
 
 
 def test_options_are_refused_naming_the_option(registry: Registry) -> None:
