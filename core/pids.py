@@ -51,3 +51,18 @@ def write_pid(folder: Path) -> Path:
     tmp.write_text(f"{os.getpid()}\n")
     tmp.replace(path)
     return path
+
+
+STATUS_FILE = "status.json"
+"""What a parent process last said about itself (`fl-core status KIT` reads it)."""
+
+
+def write_status(folder: Path, data: dict[str, object]) -> None:
+    """Replace `folder/status.json` with `data` (and the time) in one step."""
+    import json
+    import time
+
+    path = folder / STATUS_FILE
+    tmp = path.with_name(STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps({**data, "time": time.time()}) + "\n")
+    tmp.replace(path)

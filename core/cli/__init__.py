@@ -5,6 +5,8 @@ fl-core run --mode poc JOB [--clients N] [--workspace DIR] [--transport tcp|grpc
 fl-core poc prepare|start|stop|status [--workspace DIR] ...
 fl-core job check JOB
 fl-core job submit|list|status|abort|logs|download ... [--workspace DIR]
+fl-core start|stop|status KIT
+fl-core job ... --kit ADMIN_KIT
 fl-core plugins
 fl-core version
 
@@ -24,6 +26,7 @@ from typing import TextIO
 
 from fl_core import __version__
 from fl_core.cli import signals as cli_signals
+from fl_core.cli.kits import add_kit_parsers, kit_command
 from fl_core.cli.poc import add_job_parsers, add_poc_parser, job_command, poc_command, run_poc
 from fl_core.cli.usage import UsageError
 from fl_core.errors import FlCoreError
@@ -85,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_job_parsers(job_sub)
     add_poc_parser(sub)
+    add_kit_parsers(sub)
 
     sub.add_parser("plugins", help="list installed plugins and their components")
     sub.add_parser("version", help="print the version")
@@ -123,6 +127,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             return _job_check(args, sys.stdout)
         if args.command == "poc":
             return poc_command(args, sys.stdout)
+        if args.command in ("start", "stop", "status"):
+            code: int = kit_command(args, sys.stdout)
+            return code
         if args.command == "plugins":
             return _plugins(sys.stdout)
         print(f"fl-core {__version__}")
@@ -162,18 +169,6 @@ def _plugins(out: TextIO) -> int:
     return EXIT_OK
 
 
-def _containers(mode: str):  # type: ignore[no-untyped-def]
-    from fl_core.containers.poc import poc_container
-    from fl_core.containers.production import production_container
-    from fl_core.containers.simulator import simulator_container
-
-    return {
-        "simulator": simulator_container,
-        "poc": poc_container,
-        "production": production_container,
-    }[mode]
-
-
 def _job_check(args: argparse.Namespace, out: TextIO) -> int:
     from fl_core.config import load_job
     from fl_core.config._checks import ConfigErrors
@@ -210,17 +205,21 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         return run_poc(args, out, sys.stderr)
     if args.transport is not None:
         raise UsageError("--transport applies to --mode poc only")
+    if args.mode == "production":
+        raise UsageError(
+            "production runs from startup kits, not from `run`: `fl-core provision PROJECT.yml "
+            "--out DIR`, `fl-core start KIT` on each machine, then "
+            "`fl-core job submit JOB --kit ADMIN_KIT` (see docs/production.md)"
+        )
     job = load_job(args.job)
     clients = args.clients if args.clients is not None else job.min_clients
     threads = (
         args.threads if args.threads is not None else max(1, min(clients, os.cpu_count() or 1))
     )
     workspace = args.workspace or Path("fl-workspace") / job.name
-    factory = _containers(args.mode)
-    if args.mode != "simulator":
-        factory(job, clients=clients, threads=threads, workspace=workspace).runner()
-        return EXIT_FAILED
+    from fl_core.containers.simulator import simulator_container
 
+    factory = simulator_container
     progress = _Progress(out, job.rounds, quiet=args.quiet)
     container = factory(job, clients=clients, threads=threads, workspace=workspace)
     container.on_event.override(progress)

@@ -86,6 +86,11 @@ def _workspace_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workspace", type=Path, default=DEFAULT_POC, help="the POC workspace (default: ./fl-poc)"
     )
+    parser.add_argument(
+        "--kit",
+        type=Path,
+        help="production: the admin's startup kit (from fl-core provision); replaces --workspace",
+    )
 
 
 def _positive(text: str) -> int:
@@ -169,11 +174,19 @@ def _line(out: TextIO, text: str) -> None:
 
 
 def job_command(args: argparse.Namespace, out: TextIO) -> int:
-    """Run an admin action of `fl-core job` against the POC in `--workspace`."""
+    """Run an admin action of `fl-core job` against the POC in `--workspace` (or `--kit`)."""
     from fl_core.config.federation import load_federation
     from fl_core.containers.poc import admin_client
 
-    config = load_federation(args.workspace)
+    if args.kit is not None:
+        from fl_core.config.kit import load_kit
+
+        kit = load_kit(args.kit)
+        if kit.kind != "admin":
+            raise UsageError(f"{kit.root} is the kit of {kit.role} {kit.name}, not an admin's")
+        config = load_federation(kit.federation_file)
+    else:
+        config = load_federation(args.workspace)
     with admin_client(config, wait=0.0) as admin:
         action = args.job_command
         if action == "submit":

@@ -56,9 +56,11 @@ CREDENTIALS_DIR: Final = "credentials"
 
 _SITE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _RESERVED: Final = frozenset({SERVER_DIR, ADMIN_DIR})
-_TOP_KEYS: Final = ("name", "transport", "security", "launcher", "server", "sites")
+_TOP_KEYS: Final = ("name", "mode", "transport", "security", "launcher", "server", "sites")
+MODES: Final = ("poc", "production")
 _SERVER_KEYS: Final = (
     "listen",
+    "url",
     "heartbeat_interval",
     "heartbeat_timeout",
     "max_jobs",
@@ -71,6 +73,9 @@ class ServerSettings:
     """How the server parent listens and watches its sites."""
 
     listen: str = "tcp://127.0.0.1:0"
+    url: str = ""
+    """Where participants reach the server parent (production: `grpc://HOST:PORT`);
+    "" means the URL it writes into its workspace once it listens (POC, one machine)."""
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0
     max_jobs: int = 2
@@ -86,6 +91,8 @@ class FederationConfig:
     """The folder holding the file; workspaces are relative to it."""
     name: str
     transport: ComponentChoice
+    mode: str = "poc"
+    """`poc` (one machine, shared secrets) or `production` (startup kits, PKI)."""
     security: ComponentChoice = field(default_factory=lambda: ComponentChoice("none", {}))
     launcher: ComponentChoice = field(default_factory=lambda: ComponentChoice("process", {}))
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -161,19 +168,31 @@ def parse_federation(data: object, source: Path) -> FederationConfig:
         ComponentChoice("process", {}),
     )
     server = check.attempt(lambda: _server(check, top.get("server") or {}), ServerSettings())
+    mode = check.attempt(lambda: _mode(check, top.get("mode", "poc")), "poc")
     none: tuple[str, ...] = ()
-    sites = check.attempt(lambda: _sites(check, top["sites"]), none) if "sites" in top else none
+    # Production needs no list: any site its CA certified may join.
+    listed = top.get("sites") if "sites" in top else none
+    if mode == "production" and listed in ([], None):
+        listed = none
+    sites = check.attempt(lambda: _sites(check, listed), none) if listed != none else none
     check.raise_errors()
     return FederationConfig(
         source=source,
         root=source.parent,
         name=name,
         transport=transport,
+        mode=mode,
         security=security,
         launcher=launcher,
         server=server,
         sites=sites,
     )
+
+
+def _mode(check: Checker, value: object) -> str:
+    if value not in MODES:
+        raise check.error("mode", f"expected one of {', '.join(MODES)}, got {describe(value)}")
+    return str(value)
 
 
 def _sites(check: Checker, raw_sites: object) -> tuple[str, ...]:
@@ -210,10 +229,11 @@ def _server(check: Checker, value: object) -> ServerSettings:
     defaults = ServerSettings()
     found: dict[str, Any] = {}
     inner = Checker(check.source)  # every bad setting is reported, not only the first
-    if "listen" in settings:
-        found["listen"] = inner.attempt(
-            lambda: check.string(settings["listen"], "server.listen"), defaults.listen
-        )
+    for key in ("listen", "url"):
+        if key in settings:
+            found[key] = inner.attempt(
+                partial(check.string, settings[key], f"server.{key}"), getattr(defaults, key)
+            )
     for key in ("heartbeat_interval", "heartbeat_timeout", "job_start_timeout"):
         if key in settings:
             found[key] = inner.attempt(
@@ -252,12 +272,15 @@ def federation_yaml(
     security: str = "none",
     launcher: str = "process",
     server: Mapping[str, Any] | None = None,
+    mode: str = "poc",
 ) -> str:
     """The text of a federation file (what `fl-core poc prepare` writes)."""
     # The default listen URL speaks the federation's transport.
     defaults = {**_as_dict(ServerSettings()), "listen": f"{transport}://127.0.0.1:0"}
+    del defaults["url"]  # one machine: participants read the URL the server writes
     data: dict[str, Any] = {
         "name": name,
+        **({"mode": mode} if mode != "poc" else {}),
         "transport": transport,
         "security": security,
         "launcher": launcher,

@@ -20,7 +20,7 @@ Tests override a slot with `container.transport.override(...)`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from dependency_injector import containers, providers
@@ -35,7 +35,6 @@ from fl_core.containers.parts import (
     registry_of,
     transport_maker,
 )
-from fl_core.errors import ModeNotAvailableError
 from fl_core.plugins import EventRelay, make_plugin_manager
 from fl_core.roles.client_job.executors import build_executor
 from fl_core.spec import ComponentKind
@@ -47,7 +46,6 @@ __all__ = [
     "build_pipe",
     "build_transport",
     "build_workflow",
-    "not_available",
     "settings",
 ]
 
@@ -109,15 +107,6 @@ class BaseContainer(containers.DeclarativeContainer):
         make_pipe=pipe.provider,
         make_launcher=launcher.provider,
     )
-
-
-def not_available(mode: str, reason: str) -> Callable[..., Any]:
-    """A runner factory for a mode whose runtime is not built yet: it refuses clearly."""
-
-    def refuse(*_: Any, **__: Any) -> Any:
-        raise ModeNotAvailableError(mode, reason)
-
-    return refuse
 
 
 def components(

@@ -76,7 +76,7 @@ def check_job(
     """
     from fl_core.containers.base import BaseContainer
     from fl_core.containers.poc import fixed_components, poc_container
-    from fl_core.containers.production import ProductionContainer, production_container
+    from fl_core.containers.production import production_container
     from fl_core.containers.simulator import simulator_container
     from fl_core.roles.client_job.executors import check_executor
 
@@ -89,8 +89,6 @@ def check_job(
         container = production_container(job, federation=federation)
     if registry is not None:
         container.registry.override(providers.Object(registry))
-    if isinstance(container, ProductionContainer):
-        container.runner()  # refuses clearly until the mode is built
     plugins = container.registry()
     errors: list[FlCoreError] = []
 

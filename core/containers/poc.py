@@ -87,6 +87,7 @@ class ProcessContainer(BaseContainer):
         BaseContainer.transport,
         job_launcher,
         site_config=site_config,
+        security=BaseContainer.security,
     )
     client_parent = providers.Factory(
         ClientParent,
@@ -104,6 +105,7 @@ class ProcessContainer(BaseContainer):
         workflow=BaseContainer.workflow,
         events=BaseContainer.events,
         mode=BaseContainer.config.run.mode,
+        security=BaseContainer.security,
     )
     client_job = providers.Factory(
         ClientJob,
@@ -111,10 +113,14 @@ class ProcessContainer(BaseContainer):
         BaseContainer.job,
         transport=BaseContainer.transport,
         executors=BaseContainer.executor.provider,
+        security=BaseContainer.security,
     )
 
     admin_client = providers.Factory(
-        AdminClient, federation, transports=BaseContainer.transport.provider
+        AdminClient,
+        federation,
+        transports=BaseContainer.transport.provider,
+        security=BaseContainer.security,
     )
 
 
@@ -174,8 +180,10 @@ def poc_container(
 
 
 def admin_client(federation: FederationConfig, **options: Any) -> AdminClient:
-    """An admin client of `federation`, wired by its container (what `fl-core job ...` uses)."""
-    container = poc_container(federation=federation, identity="admin")
+    """An admin client of `federation`, wired by its mode's container (`fl-core job ...`)."""
+    from fl_core.containers.production import federation_container
+
+    container = federation_container(federation, identity="admin")
     client = container.admin_client(**options)
     assert isinstance(client, AdminClient)
     return client

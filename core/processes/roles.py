@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fl_core.config import load_job
 from fl_core.config.federation import load_federation
-from fl_core.containers.poc import poc_container
+from fl_core.containers.production import federation_container
 from fl_core.roles.client_job.process import ClientJob, ClientJobArgs
 from fl_core.roles.client_parent.process import ClientParent
 from fl_core.roles.protocol.parent import DIRECT_TOKEN_ENV, JOB_SECRET_ENV
@@ -49,7 +49,7 @@ def server_parent(args: argparse.Namespace) -> int:
     """The server parent: cell `server`."""
     _logging("server")
     federation = load_federation(args.federation)
-    container = poc_container(federation=federation, identity="server")
+    container = federation_container(federation, identity="server")
     runner = container.server_parent()
     assert isinstance(runner, ServerParent)
     return runner.run(_stop_on_signals())
@@ -59,7 +59,7 @@ def client_parent(args: argparse.Namespace) -> int:
     """A client parent: cell `<site>`."""
     _logging(args.site)
     federation = load_federation(args.federation)
-    container = poc_container(federation=federation, identity=args.site, site=args.site)
+    container = federation_container(federation, identity=args.site, site=args.site)
     runner = container.client_parent()
     assert isinstance(runner, ClientParent)
     return runner.run(_stop_on_signals())
@@ -73,7 +73,7 @@ def server_job(args: argparse.Namespace) -> int:
         raise_missing(f"server job {args.job_id}", JOB_SECRET_ENV, "server parent")
     federation = load_federation(args.federation)
     job = load_job(args.job_dir)
-    container = poc_container(job, federation=federation, identity="server")
+    container = federation_container(federation, job, identity="server")
     job_args = ServerJobArgs(
         args.job_id,
         Path(args.job_dir),
@@ -96,7 +96,7 @@ def client_job(args: argparse.Namespace) -> int:
         raise_missing(f"client job {args.site}.{args.job_id}", DIRECT_TOKEN_ENV, "parent")
     federation = load_federation(args.federation)
     job = load_job(args.job_dir)
-    container = poc_container(job, federation=federation, identity=args.site, site=args.site)
+    container = federation_container(federation, job, identity=args.site, site=args.site)
     job_args = ClientJobArgs(
         args.site, args.job_id, Path(args.job_dir), Path(args.workspace), args.parent_url
     )

@@ -28,6 +28,7 @@ list when it changed) is fine.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ __all__ = [
     "SecurityProvider",
     "Signature",
     "SignatureError",
+    "admin_cell_prefix",
 ]
 
 
@@ -87,6 +89,16 @@ class Signature:
 
     certificate: bytes
     value: bytes
+
+
+def admin_cell_prefix(name: str) -> str:
+    """The cell name every admin cell of the certificate named `name` starts with.
+
+    An admin's certificate grants this name and names under it followed by
+    `-` (one per session): `admin-<16 hex digits of SHA-256(name)>`. A hash,
+    because an email address is not a valid cell name.
+    """
+    return "admin-" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 class AdmissionRefused(CellError):

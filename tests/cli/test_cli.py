@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import yaml
 
 from fl_core import __version__
@@ -90,11 +89,11 @@ def test_bad_workflow_option_names_the_option(tmp_path: Path) -> None:
     assert "workflow.options.task_timeout" in proc.stderr
 
 
-@pytest.mark.parametrize("mode", ["production"])
-def test_modes_not_built_yet_refuse_clearly(mode: str) -> None:
-    proc = fl_core("run", "--mode", mode, str(HELLO))
-    assert proc.returncode == 1
-    assert f"mode {mode!r} is not available yet" in proc.stderr
+def test_run_in_production_says_production_runs_from_kits() -> None:
+    proc = fl_core("run", "--mode", "production", str(HELLO))
+    assert proc.returncode == 2
+    assert "production runs from startup kits" in proc.stderr
+    assert "fl-core start KIT" in proc.stderr
 
 
 def test_third_party_workflow_runs_in_the_simulator(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,12 @@ from dependency_injector import providers
 
 from fl_core.cli import poc_federation as poc
 from fl_core.config import load_job
+from fl_core.config.federation import federation_yaml, load_federation
 from fl_core.containers.check import check_job
 from fl_core.containers.poc import poc_container
-from fl_core.containers.production import production_container
+from fl_core.containers.production import federation_container
 from fl_core.containers.simulator import simulator_container
-from fl_core.errors import ConfigError, ModeNotAvailableError
+from fl_core.errors import ConfigError
 from fl_core.roles.client_parent.process import ClientParent
 from fl_core.roles.server_parent.process import ServerParent
 from fl_core.roles.simulator import Simulator
@@ -97,11 +99,21 @@ def test_simulator_defaults_are_inprocess_and_none(tmp_path: Path) -> None:
     assert container.security().authorize(Identity("site-1"), "submit_job") == ""
 
 
-def test_production_refuses_until_it_is_built(tmp_path: Path) -> None:
-    job = load_job(write_job(tmp_path / "job", script=SCRIPT))
-    container = production_container(job)
-    with pytest.raises(ModeNotAvailableError, match="is not available yet"):
-        container.runner()
+def test_a_production_federation_gets_the_production_container_and_its_kit(
+    tmp_path: Path,
+) -> None:
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    text = federation_yaml("hospitals", [], transport="tcp", security="none", mode="production")
+    (kit / "federation.yaml").write_text(text)
+    federation = load_federation(kit)
+    container = federation_container(federation, identity="server")
+    assert container.config.run.mode() == "production"
+    # The security provider is built from the kit the federation was read from.
+    assert container.config.components.security.options() == {"kit": str(kit)}
+    poc = federation_container(replace(federation, mode="poc"), identity="server")
+    assert poc.config.run.mode() == "poc"
+    assert poc.config.components.security.options() == {}
 
 
 def test_the_simulator_runs_a_job_over_the_transport_the_job_names(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from fl_core.roles.protocol.parent import (
     AdminTopic,
     Field,
 )
+from fl_core.spec.security import SecurityProvider, admin_cell_prefix
 from fl_core.spec.transport import Transport
 
 __all__ = [
@@ -116,12 +117,19 @@ class AdminClient:
         timeout: float = REQUEST_TIMEOUT,
         transports: Callable[[], Transport],
         key_file: Path | None = None,
+        security: SecurityProvider | None = None,
     ) -> None:
         self.config = config
+        self.security = security
+        """Proves who this admin is (a certificate in production) and signs its jobs."""
         self.key_file = key_file or config.admin_key_file
         self.wait = wait
         self.timeout = timeout
-        self.name = f"{ADMIN_PREFIX}{secrets.token_hex(4)}"
+        me = security.identity() if security is not None else None
+        # With a certificate the name is bound to it: the server admits only cells
+        # under the certificate's own admin prefix.
+        prefix = admin_cell_prefix(me.name) if me is not None else ADMIN_PREFIX.rstrip("-")
+        self.name = f"{prefix}-{secrets.token_hex(4)}"
         self._transports = transports
         self._transport: Transport | None = None
         self._cell: Cell | None = None
@@ -137,7 +145,8 @@ class AdminClient:
         """
         if self._cell is not None:
             return self
-        key = read_secret(self.key_file)
+        proved = self.security is not None and self.security.proves_names
+        key = None if proved else read_secret(self.key_file)
         url = self._server_url()
         transport = self._transport or self._transports()
         self._transport = transport
@@ -159,6 +168,8 @@ class AdminClient:
         return self
 
     def _server_url(self) -> str:
+        if self.config.server.url:
+            return self.config.server.url
         url_file = self.config.url_file
         deadline = time.monotonic() + self.wait
         while True:

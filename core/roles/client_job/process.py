@@ -28,6 +28,7 @@ from fl_core.roles.client_job.executors import TaskExecutor
 from fl_core.roles.client_job.runner import ClientRunner
 from fl_core.roles.protocol.parent import Field, ParentTopic
 from fl_core.roles.protocol.task import Topic
+from fl_core.spec.security import SecurityProvider
 from fl_core.spec.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class ClientJob:
         *,
         transport: Transport,
         executors: ExecutorFactory,
+        security: SecurityProvider | None = None,
     ) -> None:
         self.federation = federation
         self.job = job
@@ -65,6 +67,8 @@ class ClientJob:
         self.transport = transport
         self.executors = executors
         self.cell = Cell(f"{args.site}.{args.job_id}", transport)
+        if security is not None:  # who may link here is bound to their certificates
+            self.cell.links.check_peers(security.admit)
 
     def run(self, token: str, stop: threading.Event) -> int:
         """Take part in the job until it ends; 0 when this site's part went well, else 1.

@@ -35,10 +35,11 @@ from fl_core.config.job import load_job
 from fl_core.config.site import SITE_FILE, SiteConfig
 from fl_core.credentials import read_secret
 from fl_core.errors import CellError, FlCoreError
-from fl_core.pids import describe_exit, read_tail
+from fl_core.pids import describe_exit, read_tail, write_status
 from fl_core.roles.protocol.job_package import unpack_job
 from fl_core.roles.protocol.parent import ABORT_GRACE, DIRECT_TOKEN_ENV, Field, ParentTopic
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
+from fl_core.spec.security import SecurityProvider
 from fl_core.spec.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,11 @@ class ClientEngine:
         *,
         python: str = sys.executable,
         site_config: SiteConfig | None = None,
+        security: SecurityProvider | None = None,
     ) -> None:
-        if site not in config.sites:
+        proved = security is not None and security.proves_names
+        # With certificates any site the CA certified may join: there is no fixed list.
+        if site not in config.sites and not proved:
             raise FlCoreError(
                 f"{site!r} is not a site of federation {config.name} "
                 f"(sites: {', '.join(config.sites)})"
@@ -111,9 +115,12 @@ class ClientEngine:
         self.workspace = config.site_dir(site)
         self.site_config = site_config or SiteConfig(self.workspace / SITE_FILE)
         """What this site allows, whatever the server asks (its own `site.yaml`)."""
+        self.security = security
         # Read now: a site without its credential must not start at all.
-        self._key = read_secret(config.site_key_file(site))
+        self._key = None if proved else read_secret(config.site_key_file(site))
         self.cell = Cell(site, transport)
+        if security is not None:
+            self.cell.links.check_peers(security.admit)
         self.cell.require_proof(self._key_of)
         self.url = ""
         self.server_url = ""
@@ -204,6 +211,11 @@ class ClientEngine:
     def _heartbeats(self) -> None:
         failing = False
         while not self._stopping.wait(self.interval):
+            with self._lock:
+                jobs = sorted(self._jobs)
+            write_status(
+                self.workspace, {"server": self.server_url, "connected": not failing, "jobs": jobs}
+            )
             try:
                 self._beat()
                 if failing:

@@ -75,7 +75,10 @@ class ClientParent:
 
 
 def server_url(federation: FederationConfig, timeout: float) -> str:
-    """The URL the server parent wrote once it listened, waiting up to `timeout` for it."""
+    """The server parent's URL: the federation's `server.url`, or else the one the
+    server parent wrote once it listened (one machine), waiting up to `timeout` for it."""
+    if federation.server.url:
+        return federation.server.url
     deadline = time.monotonic() + timeout
     while True:
         try:

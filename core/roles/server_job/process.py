@@ -29,6 +29,7 @@ from fl_core.roles.protocol.task import Topic
 from fl_core.roles.server_job.runner import ServerRunner
 from fl_core.roles.server_parent.job_store import KEPT_ROUND_TIMES
 from fl_core.spec.events import Events
+from fl_core.spec.security import SecurityProvider
 from fl_core.spec.transport import Transport
 from fl_core.spec.workflow import Workflow, WorkflowEvent
 
@@ -62,6 +63,7 @@ class ServerJob:
         workflow: Workflow,
         events: Events,
         mode: str,
+        security: SecurityProvider | None = None,
     ) -> None:
         self.federation = federation
         self.job = job
@@ -71,6 +73,8 @@ class ServerJob:
         self.events = events
         self.mode = mode
         self.cell = Cell(f"server.{args.job_id}", transport)
+        if security is not None:  # who may link here is bound to their certificates
+            self.cell.links.check_peers(security.admit)
         self._progress = 0
         self._round_started = time.monotonic()
         self._round_seconds: collections.deque[float] = collections.deque(maxlen=KEPT_ROUND_TIMES)
@@ -149,10 +153,13 @@ class ServerJob:
         # as relayed frames; only this job's client jobs get in, each proving
         # its site with a token derived from the secret. Nobody joins as a child.
         cell.require_proof(no_children(cell.fqcn))
-        cell.accept_direct(direct_keys(args.job_id, sites, secret))
-        scheme = args.parent_url.split("://", 1)[0]
-        direct_url = cell.listen(f"{scheme}://127.0.0.1:0")
-        cell.register_handler(Channel.SERVER_MAIN, Topic.DIRECT, lambda m: {"url": direct_url})
+        if self.federation.mode != "production":
+            # Across machines a job opens no port of its own (the server's one
+            # port is all a site reaches): the tree carries the job there.
+            cell.accept_direct(direct_keys(args.job_id, sites, secret))
+            scheme = args.parent_url.split("://", 1)[0]
+            direct_url = cell.listen(f"{scheme}://127.0.0.1:0")
+            cell.register_handler(Channel.SERVER_MAIN, Topic.DIRECT, lambda m: {"url": direct_url})
         status, reason = JobState.FAILED, ""
         try:
             cell.connect_parent(args.parent_url, reconnect=False, key=job_key(secret))

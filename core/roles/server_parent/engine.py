@@ -32,7 +32,7 @@ from fl_core.cell.message import Message
 from fl_core.config.federation import FederationConfig
 from fl_core.credentials import read_secret
 from fl_core.errors import FlCoreError
-from fl_core.pids import describe_exit
+from fl_core.pids import describe_exit, write_status
 from fl_core.roles.protocol.parent import (
     ABORT_GRACE,
     ADMIN_PREFIX,
@@ -109,7 +109,7 @@ class ServerEngine:
         self.cell.require_proof(self._key_of)
         self.url = ""
         self.driver = JobDriver(
-            config, self.cell, self.store, launcher, lambda: self.url, python=python
+            config, self.cell, self.store, launcher, lambda: on_this_host(self.url), python=python
         )
         self._lock = threading.Lock()
         self._sites: dict[str, SiteInfo] = {}
@@ -270,6 +270,9 @@ class ServerEngine:
         while not self._stopping.wait(self.settings.heartbeat_interval / 2):
             for name in self.cell.links.close_peers(self.security.revoked):
                 self.audit(name, "link", "server", "closed: its certificate was revoked")
+            with self._lock:
+                state = {"sites": sorted(self._sites), "jobs": sorted(self._running)}
+            write_status(self.config.server_dir, {"url": self.url, **state})
             now = time.monotonic()
             with self._lock:
                 dead = [
@@ -477,3 +480,12 @@ def _list(value: object, what: str) -> list[object]:
 
 
 __all__ = ["ServerEngine", "SiteInfo", "UnknownJobError"]
+
+
+def on_this_host(url: str) -> str:
+    """`url` as this machine's own processes dial it: a wildcard host becomes loopback."""
+    scheme, sep, rest = url.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if sep and colon and host in ("0.0.0.0", "[::]", "::", ""):
+        return f"{scheme}://127.0.0.1:{port}"
+    return url
