@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 ETC_NETNS = Path("/etc/netns")
+RUN_NETNS = Path("/var/run/netns")  # where `ip netns add` mounts each namespace
 # A proxy configured for the root namespace is unreachable from a host, and grpc
 # honours these variables: a client would try the proxy instead of the server.
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "grpc_proxy", "all_proxy", "no_proxy")
@@ -91,8 +92,6 @@ class Hosts:
             self.close()
             raise
 
-    # -- set-up ---------------------------------------------------------------------
-
     def _create(self) -> None:
         subnet = self._free_subnet()
         self._ip_run("netns", "add", self.switch)
@@ -131,8 +130,6 @@ class Hosts:
         if done.returncode != 0:
             raise NetnsError(f"`ip {' '.join(args)}` failed: {done.stderr.strip()}")
         return done
-
-    # -- use --------------------------------------------------------------------------
 
     def namespace(self, host: str) -> str:
         """The name of `host`'s network namespace (as `ip netns` lists it)."""
@@ -191,11 +188,23 @@ class Hosts:
         """Start `argv` in `host` in the background (text mode; Popen keywords pass through).
 
         `ip netns exec` execs the command, so the Popen's pid is the command's own.
+        Returns once that pid is inside the namespace (or has exited), so a
+        `pids()` or `close()` right after it cannot miss the process.
         """
         process: subprocess.Popen[str] = subprocess.Popen(
             self.command(host, argv), env=self.environment(env), cwd=cwd, text=True, **kwargs
         )
         self._popens.append(process)
+        target = os.stat(RUN_NETNS / self.namespace(host))
+        deadline = time.monotonic() + 30.0
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                net = os.stat(f"/proc/{process.pid}/ns/net")
+            except OSError:
+                continue  # exiting: poll() will say so
+            if (net.st_dev, net.st_ino) == (target.st_dev, target.st_ino):
+                break
+            time.sleep(0.005)
         return process
 
     def pids(self, host: str) -> list[int]:
@@ -205,8 +214,6 @@ class Hosts:
     def _pids(self, ns: str) -> list[int]:
         out = self._ip_run("netns", "pids", ns).stdout
         return sorted(int(word) for word in out.split())
-
-    # -- tear-down --------------------------------------------------------------------
 
     def __enter__(self) -> Hosts:
         return self

@@ -67,6 +67,7 @@ def test_hosts_reach_each_other_by_name_over_tcp(netns_hosts: HostsFactory) -> N
     # The peer address proves the bytes crossed the bridge, not a loopback.
     assert client.stdout.strip() == f"ping seen from {hosts.address(SERVER)}", client.stderr
     assert server.wait(WAIT) == 0
+    server.stdout.close()
     assert hosts.close() == []
 
 
@@ -152,6 +153,7 @@ def test_close_kills_a_process_that_ignores_sigterm(netns_hosts: HostsFactory) -
     )
     process = hosts.popen(SITE, [sys.executable, "-c", stubborn], stdout=subprocess.PIPE)
     assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    process.stdout.close()
     [left] = hosts.close()
     assert (left.pid, left.killed_by) == (process.pid, "SIGKILL")
     assert process.returncode == -signal.SIGKILL
