@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import secrets
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -25,13 +26,16 @@ from typing import Any, Final
 from fl_core.cell.cell import Cell
 from fl_core.cell.channels import Channel
 from fl_core.config.federation import FederationConfig
+from fl_core.config.job import load_job
 from fl_core.credentials import read_secret
 from fl_core.errors import CellError, FlCoreError, RemoteError, TargetUnreachableError
+from fl_core.roles.protocol.job_package import unpack_job
 from fl_core.roles.protocol.parent import (
     ADMIN_PREFIX,
     AdminTopic,
     Field,
 )
+from fl_core.roles.protocol.signed_job import sign_job
 from fl_core.spec.security import SecurityProvider, admin_cell_prefix
 from fl_core.spec.transport import Transport
 
@@ -208,13 +212,19 @@ class AdminClient:
 
     # --- requests ----------------------------------------------------------------
 
-    def _request(self, topic: AdminTopic, payload: object, timeout: float | None = None) -> object:
+    def _request(
+        self,
+        topic: AdminTopic,
+        payload: object,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> object:
         if self._cell is None:
             self.connect()
         assert self._cell is not None
         try:
             reply = self._cell.request(
-                "server", Channel.ADMIN, topic, payload, timeout=timeout or self.timeout
+                "server", Channel.ADMIN, topic, payload, timeout or self.timeout, headers
             )
         except RemoteError as exc:
             raise AdminRequestError(topic, exc.detail) from exc
@@ -223,9 +233,13 @@ class AdminClient:
         return reply.payload
 
     def _json(
-        self, topic: AdminTopic, payload: object, timeout: float | None = None
+        self,
+        topic: AdminTopic,
+        payload: object,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        reply = self._request(topic, payload, timeout)
+        reply = self._request(topic, payload, timeout, headers)
         if not isinstance(reply, dict):
             raise AdminRequestError(
                 topic, f"expected a JSON object from the server parent, got {type(reply).__name__}"
@@ -247,11 +261,22 @@ class AdminClient:
         from fl_core.roles.server_parent.job_store import pack_job
 
         package = pack_job(Path(job_dir))
-        reply = self._json(AdminTopic.SUBMIT, package, TRANSFER_TIMEOUT)
+        headers = self._signed(package) if self.security is not None else {}
+        reply = self._json(AdminTopic.SUBMIT, package, TRANSFER_TIMEOUT, headers)
         job_id = reply.get(Field.JOB_ID)
         if not isinstance(job_id, str) or not job_id:
             raise AdminRequestError(AdminTopic.SUBMIT, f"no job id in the reply {reply!r}")
         return job_id
+
+    def _signed(self, package: bytes) -> dict[str, str]:
+        """This admin's signature of the job as every site will unpack it."""
+        assert self.security is not None
+        if self.security.identity() is None:
+            return {}  # nothing to sign with (a POC)
+        with tempfile.TemporaryDirectory(prefix="fl-sign-") as tmp:
+            folder = Path(tmp) / "job"
+            unpack_job(package, folder)
+            return sign_job(self.security, folder, load_job(folder).name)
 
     def list(self) -> list[dict[str, Any]]:
         """Every job SP knows, oldest first (job records)."""

@@ -26,20 +26,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fl_core.audit import AUDIT_FILE, AuditLog
 from fl_core.cell.cell import DEFERRED, Cell
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
 from fl_core.cell.proof import AdmissionRefused
 from fl_core.config.federation import FederationConfig
-from fl_core.config.job import load_job
-from fl_core.config.site import SITE_FILE, SiteConfig
+from fl_core.config.job import JobConfig, load_job
+from fl_core.config.site import DEFAULT_LAUNCHER, SITE_FILE, SiteConfig
 from fl_core.credentials import read_secret
 from fl_core.errors import CellError, FlCoreError
 from fl_core.pids import describe_exit, read_tail, write_status
 from fl_core.roles.protocol.job_package import unpack_job
 from fl_core.roles.protocol.parent import ABORT_GRACE, DIRECT_TOKEN_ENV, Field, ParentTopic
+from fl_core.roles.protocol.signed_job import verify_job
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
-from fl_core.spec.security import SecurityProvider
+from fl_core.spec.security import Identity, SecurityProvider
 from fl_core.spec.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,7 @@ class ClientEngine:
         self.site_config = site_config or SiteConfig(self.workspace / SITE_FILE)
         """What this site allows, whatever the server asks (its own `site.yaml`)."""
         self.security = security
+        self.audit = AuditLog(self.workspace / AUDIT_FILE)
         # Read now: a site without its credential must not start at all.
         self._key = None if proved else read_secret(config.site_key_file(site))
         self.cell = Cell(site, transport)
@@ -255,13 +258,40 @@ class ClientEngine:
             shutil.rmtree(target)
         folder.mkdir(parents=True, exist_ok=True)
         unpack_job(bytes(message.payload), target)
-        refusal = self.site_config.refusal(load_job(target))
+        job = load_job(target)
+        try:
+            refusal = self.site_config.refusal(job)
+            signer = None
+            if refusal is None and self.security is not None:
+                # This site's own check of the admin's signature and its own policy:
+                # what the server says is not trusted for either.
+                signer, _ = verify_job(self.security, message.headers, target, job.name)
+                refusal = self._policy_refusal(signer, job, target) or None
+        except FlCoreError as exc:
+            refusal = str(exc)
         if refusal is not None:
             shutil.rmtree(target, ignore_errors=True)
             log.warning("%s: refused job %s: %s", self.site, job_id, refusal)
+            self.audit.record(message.origin, "deploy", f"job {job_id}", f"refused: {refusal}")
             raise FlCoreError(f"{self.site} refused job {job_id}: {refusal}")
+        self.audit.record(signer or message.origin, "deploy", f"job {job_id}", "accepted")
         log.info("%s: job %s deployed", self.site, job_id)
         return {}
+
+    def _policy_refusal(self, signer: Identity | None, job: JobConfig, folder: Path) -> str:
+        """Why this site's policy will not run `job` signed by `signer`, or ""."""
+        if signer is None or self.security is None:
+            return ""
+        asks = ["run_job"]
+        if any(folder.rglob("*.py")):
+            asks.append("byoc")  # the job brings code of its own
+        choice = job.components.get("launcher")
+        asks.append(f"launcher:{choice.name if choice is not None else DEFAULT_LAUNCHER}")
+        for action in asks:
+            reason = self.security.authorize(signer, action)
+            if reason:
+                return reason
+        return ""
 
     def _on_start_job(self, message: Message) -> object:
         data = message.payload if isinstance(message.payload, dict) else {}

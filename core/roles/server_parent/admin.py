@@ -29,8 +29,9 @@ from fl_core.roles.protocol.parent import (
     json_int,
     json_object,
 )
+from fl_core.roles.protocol.signed_job import verify_job
 from fl_core.roles.server_parent.job_store import JobRecord
-from fl_core.spec.security import Identity
+from fl_core.spec.security import Identity, SignatureError
 
 if TYPE_CHECKING:
     from fl_core.config.job import JobConfig
@@ -93,7 +94,10 @@ class AdminService:
                 log.warning("refused %s: %s on %s: %s", actor, right, what, reason)
                 self.engine.audit(actor, right, what, f"refused: {reason}")
                 raise FlCoreError(f"{actor} may not {right} ({what}): {reason}")
-            return handler(message)
+            result = handler(message)
+            if topic in (AdminTopic.ABORT, AdminTopic.DOWNLOAD, AdminTopic.SHUTDOWN):
+                self.engine.audit(actor, str(topic), f"job {record.job_id}" if record else "", "ok")
+            return result
 
         return guarded
 
@@ -105,9 +109,25 @@ class AdminService:
         if not isinstance(message.payload, bytes | bytearray | memoryview):
             raise FlCoreError("a job package must be sent as bytes (a zip of the job folder)")
         actor = self.actor(message.origin)
-        record = self.engine.store.submit(
-            bytes(message.payload), self._check, submitter=actor.name, submitter_org=actor.org
-        )
+
+        def verify(folder: Path, job: JobConfig) -> dict[str, str]:
+            signer, headers = verify_job(self.engine.security, message.headers, folder, job.name)
+            if signer is not None and (signer.name, signer.org) != (actor.name, actor.org):
+                raise SignatureError(f"the job was signed by {signer}, not by {actor}")
+            return headers
+
+        try:
+            record = self.engine.store.submit(
+                bytes(message.payload),
+                self._check,
+                submitter=actor.name,
+                submitter_org=actor.org,
+                verify=verify,
+            )
+        except FlCoreError as exc:
+            self.engine.audit(actor, "submit_job", "the federation", f"refused: {exc}")
+            raise
+        self.engine.audit(actor, "submit_job", f"job {record.job_id}", "submitted")
         log.info("job %s (%s) submitted", record.job_id, record.name)
         self.engine.wake()
         return {Field.JOB_ID: record.job_id}

@@ -82,6 +82,7 @@ class JobDriver:
     def deploy_and_watch(self, job: JobRun) -> tuple[JobState, str]:
         record = self.store.get(job.job_id)
         package = self.store.package(job.job_id)
+        signed = self.store.signed(job.job_id)  # each site checks the admin's signature itself
         deployed: list[str] = []
         refused: list[str] = []
         for site in job.sites:
@@ -94,7 +95,7 @@ class JobDriver:
                     ParentTopic.DEPLOY,
                     package,
                     DEPLOY_TIMEOUT,
-                    headers={Field.JOB_ID: job.job_id},
+                    headers={Field.JOB_ID: job.job_id, **signed},
                 )
                 deployed.append(site)
             except CellError as exc:

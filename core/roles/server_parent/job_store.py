@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _RECORD = "job.json"
 _PACKAGE = "package.zip"
+_SIGNED = "signed.json"  # the admin's signature headers, passed on to every site
 _STAGING = ".incoming-"
 _JOB_ID = re.compile(r"[0-9a-f]{12}")
 _ACTIVE = (JobState.DEPLOYING, JobState.RUNNING)
@@ -171,6 +172,8 @@ class CorruptJob:
 
 
 JobCheck = Callable[[JobConfig], None]
+JobVerify = Callable[[Path, JobConfig], dict[str, str]]
+"""`verify(unpacked job folder, its config) -> signature headers to keep`; raises to refuse."""
 """What a store runs on a job's config before it accepts the job; raises to refuse it."""
 
 
@@ -198,6 +201,7 @@ class JobStore:
         *,
         submitter: str = "",
         submitter_org: str = "",
+        verify: JobVerify | None = None,
     ) -> JobRecord:
         """Validate, unpack and store a job package; return its record (SUBMITTED).
 
@@ -215,6 +219,7 @@ class JobStore:
             job_dir = (staging / "job").resolve()
             try:
                 config = load_job(job_dir)
+                signed = verify(job_dir, config) if verify is not None else {}
                 if check is not None:
                     check(config)
             except ConfigError as exc:
@@ -223,6 +228,7 @@ class JobStore:
                 raise JobPackageError(f"job package: {exc}") from exc
             (staging / "workspace").mkdir()
             (staging / _PACKAGE).write_bytes(package)
+            (staging / _SIGNED).write_text(json.dumps(signed))
             record = JobRecord(
                 job_id=job_id,
                 name=config.name,
@@ -373,6 +379,14 @@ class JobStore:
     def package(self, job_id: str) -> bytes:
         """The package of `job_id` exactly as submitted, to deploy to sites."""
         return (self._dir(job_id) / _PACKAGE).read_bytes()
+
+    def signed(self, job_id: str) -> dict[str, str]:
+        """The headers with the admin's signature of `job_id` ({} if it was not signed)."""
+        try:
+            data = json.loads((self._dir(job_id) / _SIGNED).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     def recover(self) -> builtins.list[JobRecord]:
         """Fail every job that was deploying or running when the server parent stopped.
