@@ -25,7 +25,15 @@ from typing import Final
 
 from fl_core.errors import FlCoreError
 
-__all__ = ["CredentialError", "derive_key", "new_secret", "read_secret", "write_secret"]
+__all__ = [
+    "CredentialError",
+    "check_private",
+    "derive_key",
+    "new_secret",
+    "read_private_file",
+    "read_secret",
+    "write_secret",
+]
 
 SECRET_BYTES: Final = 32
 _MAX_FILE: Final = 1024
@@ -62,20 +70,11 @@ def write_secret(path: Path, secret: bytes) -> None:
 
 def read_secret(path: Path) -> bytes:
     """The secret in `path`; `CredentialError` saying what is wrong and how to fix it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise CredentialError(
-            path, "not found (a POC's credentials are written by `fl-core poc prepare`)"
-        ) from None
-    except OSError as exc:
-        raise CredentialError(path, f"cannot be read: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        _check_private(path, info, "file")
-        folder = os.stat(path.parent)
-        _check_private(path.parent, folder, "folder")
-        data = fh.read(_MAX_FILE + 1)
+    data = read_private_file(
+        path,
+        _MAX_FILE,
+        missing="not found (a POC's credentials are written by `fl-core poc prepare`)",
+    )
     text = data.decode("ascii", errors="replace").strip()
     if len(data) > _MAX_FILE or len(text) != 2 * SECRET_BYTES:
         raise CredentialError(path, f"expected {2 * SECRET_BYTES} hex digits")
@@ -85,7 +84,35 @@ def read_secret(path: Path) -> bytes:
         raise CredentialError(path, f"expected {2 * SECRET_BYTES} hex digits") from None
 
 
-def _check_private(path: Path, info: os.stat_result, what: str) -> None:
+def read_private_file(
+    path: Path, limit: int, *, missing: str = "not found", redo: str = "prepare the POC again"
+) -> bytes:
+    """Up to `limit` + 1 bytes of `path`, a private file in a private folder.
+
+    Refuses (`CredentialError`) a symlink, a file or folder that another user
+    owns or that others may read or change. `missing` is the problem reported
+    when the file does not exist; `redo` says how to make the file afresh, for
+    when its privacy may already be lost. The caller checks the size and content.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise CredentialError(path, missing) from None
+    except OSError as exc:
+        raise CredentialError(path, f"cannot be read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        check_private(path, os.fstat(fh.fileno()), "file", redo=redo)
+        check_private(path.parent, os.stat(path.parent), "folder", redo=redo)
+        return fh.read(limit + 1)
+
+
+def check_private(
+    path: Path, info: os.stat_result, what: str, *, redo: str = "prepare the POC again"
+) -> None:
+    """Refuse `path` (`what` is "file" or "folder") unless only this user owns and opens it.
+
+    `info` is its stat; the error gives the chmod that fixes it, or `redo`.
+    """
     if what == "file" and not stat.S_ISREG(info.st_mode):
         raise CredentialError(path, "is not a regular file")
     if info.st_uid != os.geteuid():
@@ -99,7 +126,7 @@ def _check_private(path: Path, info: os.stat_result, what: str) -> None:
             path,
             f"the {what} is open to others (mode {mode:04o}); "
             f"run `chmod {wanted:o} {path}` if nobody else has read it, "
-            "or prepare the POC again",
+            f"or {redo}",
         )
 
 
