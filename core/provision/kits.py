@@ -1,0 +1,241 @@
+"""Writing one participant's startup kit (layout: `fl_core.pki.kit`).
+
+A kit is everything one participant needs and nothing more: its own
+certificate and key, the root certificate to check its peers with, the
+revocation list, its config, its policy file and a README. The CA's key never
+goes into a kit.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from fl_core.config.federation import FEDERATION_FILE
+from fl_core.pki.identity import ADMIN_ROLES
+from fl_core.pki.kit import (
+    AUTHORIZATION_FILE,
+    CA_FILE,
+    CERT_FILE,
+    CREDENTIALS_DIR,
+    CRL_FILE,
+    KEY_FILE,
+    KIT_FILE,
+    README_FILE,
+    SITE_POLICY_FILE,
+)
+from fl_core.provision.ca import IssuedCertificate, ProvisionError
+from fl_core.provision.files import make_folder, write_file
+from fl_core.provision.project import Participant, Project
+
+__all__ = ["DEFAULT_RIGHTS", "authorization_text", "site_policy_text", "write_kit"]
+
+PRIVATE: Final = 0o600
+PUBLIC: Final = 0o644
+
+RIGHTS: Final = ("submit_job", "abort_job", "view_job", "download_job", "list_sites", "shutdown")
+DEFAULT_RIGHTS: Final[dict[str, dict[str, str]]] = {
+    "project_admin": dict.fromkeys(RIGHTS, "any"),
+    "org_admin": {
+        "submit_job": "none",
+        "abort_job": "org",
+        "view_job": "any",
+        "download_job": "org",
+        "list_sites": "any",
+        "shutdown": "none",
+    },
+    "lead": {
+        "submit_job": "any",
+        "abort_job": "own",
+        "view_job": "any",
+        "download_job": "own",
+        "list_sites": "any",
+        "shutdown": "none",
+    },
+    "member": {
+        "submit_job": "none",
+        "abort_job": "none",
+        "view_job": "any",
+        "download_job": "none",
+        "list_sites": "any",
+        "shutdown": "none",
+    },
+}
+"""The server's default rights (NVIDIA FLARE's default roles): role -> right -> scope."""
+
+
+def authorization_text() -> str:
+    """The server kit's `authorization.yaml`: the default rights, spelled out to edit."""
+    lines = [
+        "# Which admin may do what on this server: role -> right -> scope.",
+        "# An admin's role is the OU of its certificate (project_admin, org_admin, lead, member).",
+        "# Scopes: any (every job), org (jobs submitted by an admin of the same org),",
+        "#         own (jobs the admin submitted), none.",
+        "# Rights: submit_job, abort_job, view_job (list, status, logs), download_job,",
+        "#         list_sites, shutdown.",
+        "# A role not listed here has no rights. You may edit this file while the server runs;",
+        "# a broken edit is reported and the server keeps the rights it had.",
+        "roles:",
+    ]
+    for role, rights in DEFAULT_RIGHTS.items():
+        lines.append(f"  {role}:")
+        lines.extend(f"    {right}: {scope}" for right, scope in rights.items())
+    return "\n".join(lines) + "\n"
+
+
+def _submitters() -> list[str]:
+    return [role for role in ADMIN_ROLES if DEFAULT_RIGHTS[role]["submit_job"] != "none"]
+
+
+def site_policy_text(site: str) -> str:
+    """A site kit's `site_policy.yaml`: who may do what on this site, commented."""
+    submitters = _submitters()
+    allowed = "[" + ", ".join(f"{{role: {role}}}" for role in submitters) + "]"
+    return f"""\
+# What admins may do on {site}. The site checks every action itself, against the
+# identity in the requesting admin's signed request: the server cannot act for an admin.
+# Each entry is a list of matchers; one that matches allows the action:
+#   {{org: hospital-a}}          admins of that org
+#   {{role: lead}}               admins with that role
+#   {{name: alice@example.org}}  that admin
+#   any                        every admin the project's CA certified
+# By default, the admins whose role may submit jobs ({", ".join(submitters)}).
+run_job: {allowed}        # run a job on this site
+byoc: {allowed}           # run a job that brings its own code (any .py in the job)
+read_results: {allowed}   # read this site's logs and results
+abort_job: {allowed}      # abort this site's part of a job
+launchers: [process]      # what may start this site's job processes (process, docker)
+images: any               # container images jobs may use, when a launcher runs them
+"""
+
+
+def _kit_yaml(project: Project, participant: Participant) -> str:
+    data: dict[str, Any] = {
+        "project": project.name,
+        "name": participant.name,
+        "org": participant.org,
+        "role": participant.role,
+        "server": {"name": project.server.name, "host": project.host, "port": project.port},
+        "transport": project.transport,
+    }
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _federation_yaml(project: Project) -> str:
+    scheme = project.transport
+    data: dict[str, Any] = {
+        "name": project.name,
+        "transport": scheme,
+        "security": {"name": "pki"},
+        "launcher": "process",
+        "server": {
+            "listen": f"{scheme}://0.0.0.0:{project.port}",
+            "url": f"{scheme}://{project.host}:{project.port}",
+        },
+        "sites": [],
+    }
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def readme_text(project: Project, participant: Participant, encrypted: bool) -> str:
+    """The kit's README: what it is and how to start it."""
+    kit = participant.name
+    role = participant.role
+    server = f"{project.host}:{project.port}"
+    what = {
+        "server": f"the server of the federation {project.name!r}",
+        "site": f"the site {kit!r} ({participant.org}) of the federation {project.name!r}",
+    }.get(role, f"the admin {kit} ({role}, {participant.org}) of the federation {project.name!r}")
+    lines = [
+        f"# Startup kit: {kit}",
+        "",
+        f"This folder is {what}. Keep it private: `credentials/` holds the private key",
+        "that proves who you are. It must stay mode 0700 (its files 0600), owned by the",
+        "user who runs fl-core; fl-core refuses a key others could read.",
+        "",
+    ]
+    if role in ("server", "site"):
+        lines += [
+            "Start, watch and stop it (from the folder holding the kit):",
+            "",
+            f"    fl-core start {kit}",
+            f"    fl-core status {kit}",
+            f"    fl-core stop {kit}",
+            "",
+        ]
+    if role == "server":
+        lines += [
+            f"Sites and admins connect to {server} over {project.transport} with mutual TLS:",
+            f"open TCP port {project.port} on this machine's firewall, and only that one.",
+            f"Who may do what is in `{AUTHORIZATION_FILE}`; you may edit it while the server runs.",
+        ]
+    elif role == "site":
+        lines += [
+            f"The site connects out to the server at {server} ({project.transport}, mutual TLS);",
+            "it needs no open port. What admins may do on this site is in",
+            f"`{SITE_POLICY_FILE}`; edit it to restrict them.",
+        ]
+    else:
+        lines += [
+            f"Run every job command with this kit, from any machine that reaches {server}:",
+            "",
+            f"    fl-core job submit JOB --kit {kit}",
+            f"    fl-core job list --kit {kit}",
+            "",
+            "Jobs you submit are signed with your key; sites refuse a job nobody signed.",
+        ]
+    if encrypted:
+        lines += [
+            "",
+            "The private key is encrypted. Put its passphrase in an environment variable and",
+            "name it (`--passphrase-env VAR`, or the security option `passphrase_env`).",
+        ]
+    lines += [
+        "",
+        f"`{CRL_FILE}` lists revoked certificates. When the provisioner revokes one, copy",
+        f"the new `{CRL_FILE}` into this folder; a running server or site reads it again",
+        "without a restart.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_kit(
+    root: Path,
+    project: Project,
+    issued: IssuedCertificate,
+    ca_pem: bytes,
+    crl_pem: bytes,
+    *,
+    passphrase: bytes | None = None,
+) -> Path:
+    """Write `root/<name>/` for the participant `issued` certifies; returns the folder.
+
+    An existing folder of that name is replaced.
+    """
+    participant = next(p for p in project.participants if p.name == issued.record.name)
+    folder = root / participant.name
+    if folder.exists():
+        if not (folder / KIT_FILE).is_file():
+            # Only ever replace what provisioning wrote: this could be anything of the user's.
+            raise ProvisionError(
+                f"{folder} exists and is not a startup kit; move it away, then provision again"
+            )
+        shutil.rmtree(folder)
+    make_folder(folder)
+    private = folder / CREDENTIALS_DIR
+    make_folder(private)
+    write_file(private / CERT_FILE, issued.certificate_pem(), PRIVATE)
+    write_file(private / KEY_FILE, issued.key_pem(passphrase), PRIVATE)
+    write_file(private / CA_FILE, ca_pem, PRIVATE)
+    write_file(folder / CRL_FILE, crl_pem, PUBLIC)
+    write_file(folder / KIT_FILE, _kit_yaml(project, participant), PUBLIC)
+    write_file(folder / FEDERATION_FILE, _federation_yaml(project), PUBLIC)
+    if participant.role == "server":
+        write_file(folder / AUTHORIZATION_FILE, authorization_text(), PUBLIC)
+    elif participant.role == "site":
+        write_file(folder / SITE_POLICY_FILE, site_policy_text(participant.name), PUBLIC)
+    write_file(folder / README_FILE, readme_text(project, participant, bool(passphrase)), PUBLIC)
+    return folder
