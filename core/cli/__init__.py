@@ -7,10 +7,12 @@ fl-core job check JOB
 fl-core job submit|list|status|abort|logs|download ... [--workspace DIR]
 fl-core start|stop|status KIT
 fl-core job ... --kit ADMIN_KIT
+fl-core provision PROJECT.yml --out DIR [--add NAME | --revoke NAME | --new-ca]
 fl-core plugins
 fl-core version
 
-The POC and admin commands live in `fl_core.cli.poc`.
+The POC and admin commands live in `fl_core.cli.poc`, provisioning in
+`fl_core.cli.provision`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from fl_core import __version__
 from fl_core.cli import signals as cli_signals
 from fl_core.cli.kits import add_kit_parsers, kit_command
 from fl_core.cli.poc import add_job_parsers, add_poc_parser, job_command, poc_command, run_poc
+from fl_core.cli.provision import add_provision_parser, provision_command
 from fl_core.cli.usage import UsageError
 from fl_core.errors import FlCoreError
 
@@ -89,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     add_job_parsers(job_sub)
     add_poc_parser(sub)
     add_kit_parsers(sub)
+    add_provision_parser(sub)
 
     sub.add_parser("plugins", help="list installed plugins and their components")
     sub.add_parser("version", help="print the version")
@@ -130,6 +134,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command in ("start", "stop", "status"):
             code: int = kit_command(args, sys.stdout)
             return code
+        if args.command == "provision":
+            return provision_command(args, sys.stdout)
         if args.command == "plugins":
             return _plugins(sys.stdout)
         print(f"fl-core {__version__}")

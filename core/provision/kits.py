@@ -15,7 +15,6 @@ from typing import Any, Final
 import yaml
 
 from fl_core.config.federation import FEDERATION_FILE
-from fl_core.pki.identity import ADMIN_ROLES
 from fl_core.pki.kit import (
     AUTHORIZATION_FILE,
     CA_FILE,
@@ -86,29 +85,26 @@ def authorization_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _submitters() -> list[str]:
-    return [role for role in ADMIN_ROLES if DEFAULT_RIGHTS[role]["submit_job"] != "none"]
-
-
 def site_policy_text(site: str) -> str:
     """A site kit's `site_policy.yaml`: who may do what on this site, commented."""
-    submitters = _submitters()
-    allowed = "[" + ", ".join(f"{{role: {role}}}" for role in submitters) + "]"
+    run = "[{role: project_admin}, {role: lead}]"
+    manage = "[{role: project_admin}, {role: org_admin, jobs: org}, {role: lead, jobs: own}]"
     return f"""\
 # What admins may do on {site}. The site checks every action itself, against the
 # identity in the requesting admin's signed request: the server cannot act for an admin.
-# Each entry is a list of matchers; one that matches allows the action:
-#   {{org: hospital-a}}          admins of that org
-#   {{role: lead}}               admins with that role
-#   {{name: alice@example.org}}  that admin
-#   any                        every admin the project's CA certified
-# By default, the admins whose role may submit jobs ({", ".join(submitters)}).
-run_job: {allowed}        # run a job on this site
-byoc: {allowed}           # run a job that brings its own code (any .py in the job)
-read_results: {allowed}   # read this site's logs and results
-abort_job: {allowed}      # abort this site's part of a job
-launchers: [process]      # what may start this site's job processes (process, docker)
-images: any               # container images jobs may use, when a launcher runs them
+# Each action takes any, none, or a list of rules; a rule allows the admins it matches.
+# A rule matches when every key it gives does:
+#   name: alice@example.org     that admin (the email in its certificate)
+#   org: hospital-a             admins of that org
+#   role: lead                  admins with that role (project_admin, org_admin, lead, member)
+#   jobs: own | org | any       only jobs the admin submitted, or its org did (default any)
+# The defaults let the admins do here what the server's default rights let them do.
+run_job: {run}        # run a job on this site
+byoc: {run}           # run a job that brings its own code (any .py file in the job)
+read_results: {manage}   # read this site's logs and results
+abort_job: {manage}      # abort this site's part of a job
+launchers: [process]  # what may start this site's job processes (process, docker)
+images: any           # container images jobs may use here (names; * and ? match)
 """
 
 
