@@ -24,7 +24,7 @@ from fl_core.provision.ca import (
     Issued,
     ProvisionError,
 )
-from fl_core.provision.files import write_file
+from fl_core.provision.files import make_folder, write_file
 from fl_core.provision.kits import write_kit
 from fl_core.provision.project import Participant, Project, load_project, project_yaml
 
@@ -100,6 +100,8 @@ def provision(
         ]
         for folder in result.removed:
             shutil.rmtree(folder)
+    if not root.exists():
+        make_folder(root, 0o755)  # not left to the umask: others must not swap kits in it
     ca = _open_ca(project, result, add=add, revoke=revoke)
     if revoke is not None:
         _revoke(ca, revoke, result)
