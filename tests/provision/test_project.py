@@ -110,8 +110,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_missing_file_and_bad_yaml_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="project file not found"):
+    with pytest.raises(ConfigError, match=r"project file not found"):
         load_project(tmp_path / "nope.yml")
     (tmp_path / "PROJECT.yml").write_text("project: [")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"not valid YAML"):
         load_project(tmp_path / "PROJECT.yml")

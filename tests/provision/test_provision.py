@@ -144,7 +144,7 @@ def test_add_after_revoke_issues_a_new_certificate(tmp_path: Path, provisioned: 
 
 
 def test_add_needs_a_ca(tmp_path: Path) -> None:
-    with pytest.raises(ProvisionError, match="no CA in .*provision the project first"):
+    with pytest.raises(ProvisionError, match=r"no CA in .*provision the project first"):
         provision(_write(tmp_path, PROJECT), tmp_path / "out", add="site-1")
 
 
@@ -152,7 +152,7 @@ def test_changing_the_server_after_kits_were_handed_out_is_refused(
     tmp_path: Path, provisioned: Path
 ) -> None:
     _write(tmp_path, _with_site_3().replace("port: 8002", "port: 9000"))
-    with pytest.raises(ProvisionError, match="would not reach the server.*--new-ca"):
+    with pytest.raises(ProvisionError, match=r"would not reach the server.*--new-ca"):
         provision(tmp_path / "PROJECT.yml", tmp_path / "out", add="site-3")
 
 
@@ -183,7 +183,7 @@ def test_revoking_twice_keeps_one_entry_and_says_so(tmp_path: Path, provisioned:
 
 
 def test_revoke_refuses_a_name_the_ca_never_certified(tmp_path: Path, provisioned: Path) -> None:
-    with pytest.raises(ProvisionError, match="'site-9' holds no certificate of this CA"):
+    with pytest.raises(ProvisionError, match=r"'site-9' holds no certificate of this CA"):
         provision(tmp_path / "PROJECT.yml", tmp_path / "out", revoke="site-9")
 
 
@@ -210,20 +210,20 @@ def test_kits_without_their_ca_are_never_silently_replaced(
     import shutil
 
     shutil.rmtree(provisioned / "ca")
-    with pytest.raises(ProvisionError, match="holds kits .* but no CA.*--new-ca"):
+    with pytest.raises(ProvisionError, match=r"holds kits .* but no CA.*--new-ca"):
         provision(tmp_path / "PROJECT.yml", tmp_path / "out")
 
 
 def test_a_folder_that_is_not_a_kit_is_never_overwritten(tmp_path: Path) -> None:
     (tmp_path / "out" / "net" / "site-1").mkdir(parents=True)
     (tmp_path / "out" / "net" / "site-1" / "data.csv").write_text("precious")
-    with pytest.raises(ProvisionError, match="is not a startup kit; move it away"):
+    with pytest.raises(ProvisionError, match=r"is not a startup kit; move it away"):
         provision(_write(tmp_path, PROJECT), tmp_path / "out")
     assert (tmp_path / "out" / "net" / "site-1" / "data.csv").read_text() == "precious"
 
 
 def test_flags_go_one_at_a_time(tmp_path: Path) -> None:
-    with pytest.raises(ProvisionError, match="one at a time"):
+    with pytest.raises(ProvisionError, match=r"one at a time"):
         provision(_write(tmp_path, PROJECT), tmp_path / "out", add="site-1", new_ca=True)
 
 
@@ -236,7 +236,7 @@ def test_a_passphrase_encrypts_every_participant_key(tmp_path: Path) -> None:
         with pytest.raises(TypeError):
             serialization.load_pem_private_key(data, None)
         assert read_kit_credentials(kit.folder, b"s3cret").certificate.serial_number == kit.serial
-        with pytest.raises(CredentialError, match="encrypted with a passphrase"):
+        with pytest.raises(CredentialError, match=r"encrypted with a passphrase"):
             read_kit_credentials(kit.folder)
-        with pytest.raises(CredentialError, match="cannot be decrypted"):
+        with pytest.raises(CredentialError, match=r"cannot be decrypted"):
             read_kit_credentials(kit.folder, b"wrong")
