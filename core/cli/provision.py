@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -16,6 +17,7 @@ from fl_core.cli.usage import UsageError
 __all__ = ["add_provision_parser", "provision_command"]
 
 EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
 
 
 def add_provision_parser(sub: Any) -> None:
@@ -64,19 +66,25 @@ def _passphrase(variable: str | None) -> bytes | None:
 
 def provision_command(args: argparse.Namespace, out: TextIO) -> int:
     """Run `fl-core provision`; prints one line per kit, then where the CA is."""
+    from fl_core.config._checks import ConfigErrors
     from fl_core.provision import provision
 
     passphrase = _passphrase(args.passphrase_env)
     if passphrase is not None and args.revoke is not None:
         raise UsageError("--passphrase-env encrypts new kits; --revoke writes none")
-    result = provision(
-        args.project,
-        args.out,
-        add=args.add,
-        revoke=args.revoke,
-        new_ca=args.new_ca,
-        passphrase=passphrase,
-    )
+    try:
+        result = provision(
+            args.project,
+            args.out,
+            add=args.add,
+            revoke=args.revoke,
+            new_ca=args.new_ca,
+            passphrase=passphrase,
+        )
+    except ConfigErrors as exc:
+        for error in exc.errors:  # every problem of PROJECT.yml, each naming its key
+            print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     if result.removed:
         out.write(
             f"--new-ca: removed the old CA and {len(result.removed) - 1} kit(s); every kit "
