@@ -178,7 +178,7 @@ def test_only_refuses_a_plugin_that_is_not_installed() -> None:
 def test_blocked_plugins_are_not_loaded() -> None:
     registry = make_plugin_manager(blocked=["transport_inprocess"]).registry()
     assert "inprocess" not in registry.names("transport")
-    assert registry.names("security") == {"none": "security_none"}
+    assert registry.names("security") == {"none": "security_none", "pki": "security_pki"}
 
 
 def test_disable_autoload_env_loads_no_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
