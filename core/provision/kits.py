@@ -148,9 +148,10 @@ def readme_text(project: Project, participant: Participant, encrypted: bool) -> 
     lines = [
         f"# Startup kit: {kit}",
         "",
-        f"This folder is {what}. Keep it private: `credentials/` holds the private key",
-        "that proves who you are. It must stay mode 0700 (its files 0600), owned by the",
-        "user who runs fl-core; fl-core refuses a key others could read.",
+        f"This folder is {what}.",
+        "Keep it private: `credentials/` holds the private key that proves who you are.",
+        "It must stay mode 0700 (its files 0600), owned by the user who runs fl-core;",
+        "fl-core refuses a key that others could read.",
         "",
     ]
     if role in ("server", "site"):

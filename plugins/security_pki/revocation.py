@@ -63,7 +63,6 @@ class RevocationList:
         return (info.st_mtime_ns, info.st_size, info.st_ino)
 
     def _reload(self, stamp: _Stamp | None) -> None:
-        self._seen = stamp
         revoked = self._parse() if stamp is not None else "not found"
         if isinstance(revoked, str):
             log.warning(
@@ -72,10 +71,12 @@ class RevocationList:
                 revoked,
                 len(self._revoked),
             )
-            return
-        if revoked != self._revoked:
-            log.info("%s: %d certificate(s) revoked", self.path, len(revoked))
-        self._revoked = revoked
+        else:
+            if revoked != self._revoked:
+                log.info("%s: %d certificate(s) revoked", self.path, len(revoked))
+            self._revoked = revoked
+        # Only now: a caller that sees the new stamp must see the list read from it.
+        self._seen = stamp
 
     def _parse(self) -> frozenset[int] | str:
         """The revoked serials, or what is wrong with the file."""
