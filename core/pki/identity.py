@@ -15,13 +15,13 @@ joins the federation:
 
 from __future__ import annotations
 
-import hashlib
 from typing import Final
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from fl_core.spec.security import Identity
+from fl_core.config.kit import ADMIN_ROLES, ROLES
+from fl_core.spec.security import Identity, admin_cell_prefix
 
 __all__ = [
     "ADMIN_ROLES",
@@ -33,13 +33,6 @@ __all__ = [
 ]
 
 SERVER_CELL: Final = "server"
-ADMIN_ROLES: Final = ("project_admin", "org_admin", "lead", "member")
-ROLES: Final = ("server", "site", *ADMIN_ROLES)
-
-
-def admin_cell_prefix(email: str) -> str:
-    """The cell name an admin's certificate grants (and its prefix, for `prefix-...`)."""
-    return "admin-" + hashlib.sha256(email.encode()).hexdigest()[:16]
 
 
 def _under(cell: str, root: str, separator: str) -> bool:

@@ -9,7 +9,8 @@
       site_policy.yaml    site kits: who may do what on this site
       README.md           how to start it
 
-`fl_core.provision` writes kits; this module is what reads them. Credentials
+`fl_core.provision` writes kits; `fl_core.config.kit` reads `kit.yaml` and
+this module the credentials. Credentials
 are read like `fl_core.credentials` reads POC secrets: a file anyone but its
 owner could open, a symlink, or a folder others may enter is refused with the
 chmod that fixes it, since whoever read a key could act under its name.
@@ -19,18 +20,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-import yaml
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fl_core.config._checks import Checker, load_yaml
+from fl_core.config.kit import KIT_FILE
 from fl_core.credentials import CredentialError, read_private_file
-from fl_core.errors import ConfigError
-from fl_core.pki.identity import ROLES
 
 __all__ = [
     "AUTHORIZATION_FILE",
@@ -43,12 +41,9 @@ __all__ = [
     "README_FILE",
     "SITE_POLICY_FILE",
     "KitCredentials",
-    "KitInfo",
-    "load_kit_info",
     "read_kit_credentials",
 ]
 
-KIT_FILE: Final = "kit.yaml"
 CREDENTIALS_DIR: Final = "credentials"
 CERT_FILE: Final = "cert.pem"
 KEY_FILE: Final = "key.pem"
@@ -65,33 +60,6 @@ _REDO: Final = (
 
 
 @dataclass(frozen=True, slots=True)
-class KitInfo:
-    """What `kit.yaml` says: whose kit it is and where its server is."""
-
-    folder: Path
-    project: str
-    name: str
-    org: str
-    role: str
-    server_name: str
-    """The server's host name, as its certificate names it."""
-    server_host: str
-    """Where this participant reaches the server."""
-    server_port: int
-    transport: str
-
-    @property
-    def credentials_dir(self) -> Path:
-        """The kit's private folder."""
-        return self.folder / CREDENTIALS_DIR
-
-    @property
-    def crl_file(self) -> Path:
-        """The revocation list the provisioner copies into every kit."""
-        return self.folder / CRL_FILE
-
-
-@dataclass(frozen=True, slots=True)
 class KitCredentials:
     """A kit's certificate, its private key (decrypted, in memory) and its CA."""
 
@@ -102,46 +70,6 @@ class KitCredentials:
     """The key as unencrypted PKCS#8 PEM, for the transports; never written anywhere."""
     ca: x509.Certificate
     ca_pem: bytes
-
-
-def load_kit_info(folder: str | Path) -> KitInfo:
-    """Read `kit.yaml` in `folder`; `ConfigError` naming the file and key of a problem."""
-    root = Path(folder).resolve()
-    source = root / KIT_FILE
-    if not source.is_file():
-        raise ConfigError(
-            str(source),
-            "",
-            "not a startup kit (no kit.yaml); give the folder `fl-core provision` "
-            "wrote for this participant",
-        )
-    try:
-        data = load_yaml(source.read_bytes())
-    except OSError as exc:
-        raise ConfigError(str(source), "", f"cannot read the file: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(source), "", f"not valid YAML: {exc}") from exc
-    check = Checker(str(source))
-    keys = ("project", "name", "org", "role", "server", "transport")
-    top = check.mapping(data, "", keys, {k: f"the kit's {k}" for k in keys}, "a kit mapping")
-    texts = {k: check.string(top[k], k) for k in ("project", "name", "org", "role", "transport")}
-    if texts["role"] not in ROLES:
-        raise check.error("role", f"expected one of {', '.join(ROLES)}, got {texts['role']!r}")
-    server: Any = check.mapping(
-        top["server"], "server", ("name", "host", "port"), {"host": "a host", "port": "a port"}
-    )
-    host = check.string(server["host"], "server.host")
-    return KitInfo(
-        folder=root,
-        project=texts["project"],
-        name=texts["name"],
-        org=texts["org"],
-        role=texts["role"],
-        server_name=check.string(server.get("name", host), "server.name"),
-        server_host=host,
-        server_port=check.integer(server["port"], "server.port", 1, 65535),
-        transport=texts["transport"],
-    )
 
 
 def _read_pem(path: Path) -> bytes:

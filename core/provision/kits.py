@@ -124,6 +124,7 @@ def _federation_yaml(project: Project) -> str:
     scheme = project.transport
     data: dict[str, Any] = {
         "name": project.name,
+        "mode": "production",
         "transport": scheme,
         "security": {"name": "pki"},
         "launcher": "process",

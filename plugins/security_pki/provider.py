@@ -23,10 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fl_core.config.federation import FEDERATION_FILE
+from fl_core.config.kit import load_kit
 from fl_core.credentials import CredentialError
 from fl_core.errors import ConfigError, FlCoreError
 from fl_core.pki.identity import ADMIN_ROLES, grant_refusal, identity_of
-from fl_core.pki.kit import load_kit_info, read_kit_credentials
+from fl_core.pki.kit import CREDENTIALS_DIR, CRL_FILE, read_kit_credentials
 from fl_core.spec.security import (
     AdmissionRefused,
     Credentials,
@@ -78,21 +79,21 @@ class PkiSecurity(SecurityProvider):
     def __init__(
         self, kit: str | Path, *, passphrase: bytes | None = None, rights: Rights | None = None
     ) -> None:
-        self.kit = load_kit_info(kit)
-        material = read_kit_credentials(self.kit.folder, passphrase)
+        self.kit = load_kit(kit)
+        material = read_kit_credentials(self.kit.root, passphrase)
         self._material = material
         self._identity = identity_of(material.certificate)
         if (self._identity.name, self._identity.role) != (self.kit.name, self.kit.role):
             raise CredentialError(
-                self.kit.credentials_dir,
+                self.kit.root / CREDENTIALS_DIR,
                 f"the certificate names {_describe(self._identity)}, but kit.yaml says "
                 f"{self.kit.name} ({self.kit.role}); the kit was mixed up with another",
             )
         self._credentials = Credentials(material.certificate_pem, material.key_pem, material.ca_pem)
-        self._crl = RevocationList(self.kit.crl_file, material.ca)
+        self._crl = RevocationList(self.kit.root / CRL_FILE, material.ca)
         self._checked: dict[bytes, tuple[x509.Certificate, Identity]] = {}
         self.rights: Rights = (
-            rights if rights is not None else rights_for(self.kit.role, self.kit.folder)
+            rights if rights is not None else rights_for(self.kit.role, self.kit.root)
         )
 
     # --- who this participant is -----------------------------------------------------
@@ -106,7 +107,7 @@ class PkiSecurity(SecurityProvider):
         reason = grant_refusal(self._identity, identity)
         if reason:
             raise FlCoreError(
-                f"the kit {self.kit.folder} ({_describe(self._identity)}) holds no credentials "
+                f"the kit {self.kit.root} ({_describe(self._identity)}) holds no credentials "
                 f"for the cell {identity!r}: {reason}"
             )
         return self._credentials

@@ -1,4 +1,4 @@
-"""Reading a kit: kit.yaml checked by key, credentials as strictly as POC secrets."""
+"""Reading a kit: what the runtime reads of it, credentials as strictly as POC secrets."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from fl_core.config.federation import load_federation
+from fl_core.config.kit import load_kit
 from fl_core.credentials import CredentialError
-from fl_core.errors import ConfigError
-from fl_core.pki.kit import load_kit_info, read_kit_credentials
+from fl_core.pki.kit import read_kit_credentials
 from fl_core.provision import provision
 
 PROJECT = """\
@@ -34,28 +35,15 @@ def kit(out: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def test_kit_yaml_reads_back(kit: Path) -> None:
-    info = load_kit_info(kit)
+def test_what_provisioning_writes_the_runtime_reads(kit: Path) -> None:
+    info = load_kit(kit)
     assert (info.project, info.name, info.org, info.role) == ("net", "site-1", "a", "site")
-    assert (info.server_name, info.server_host, info.server_port) == (
-        "server.example.org",
-        "server.example.org",
-        8002,
-    )
-    assert info.transport == "grpc"
-
-
-def test_a_folder_without_kit_yaml_is_not_a_kit(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"not a startup kit"):
-        load_kit_info(tmp_path)
-
-
-def test_a_bad_kit_yaml_names_the_key(kit: Path) -> None:
-    text = (kit / "kit.yaml").read_text().replace("role: site", "role: king")
-    (kit / "kit.yaml").write_text(text)
-    with pytest.raises(ConfigError) as info:
-        load_kit_info(kit)
-    assert info.value.key == "role"
+    federation = load_federation(kit)
+    assert federation.mode == "production"
+    assert federation.security.name == "pki"
+    assert federation.server.url == "grpc://server.example.org:8002"
+    assert federation.server.listen == "grpc://0.0.0.0:8002"
+    assert federation.sites == ()
 
 
 def test_credentials_read_and_match(kit: Path) -> None:

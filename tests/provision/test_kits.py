@@ -100,6 +100,7 @@ def test_kit_yaml_and_federation_yaml_say_where_the_server_is(tmp_path: Path) ->
     }
     assert yaml.safe_load((kit / "federation.yaml").read_text()) == {
         "name": "hospital-net",
+        "mode": "production",
         "transport": "grpc",
         "security": {"name": "pki"},
         "launcher": "process",
