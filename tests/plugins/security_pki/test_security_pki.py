@@ -137,6 +137,9 @@ def test_credentials_only_for_cells_the_certificate_grants(kits: Path) -> None:
     assert admin.credentials(cell).certificate_chain
     with pytest.raises(FlCoreError, match=r"admin certificate grants only"):
         admin.credentials(admin_cell_prefix("lead@a.org"))
+    assert admin.credentials("admin") == admin.credentials(cell)  # what the admin client asks
+    with pytest.raises(FlCoreError, match=r"grants only site-1"):
+        site.credentials("admin")
 
 
 # --- the rights the provider decides with (defaults until the policy files are read) ---------
