@@ -50,7 +50,11 @@ class DefaultServerRights:
 
 
 class DefaultSitePolicy:
-    """A site's default policy: admins whom the server's defaults let do the same."""
+    """A site's default policy: admins whom the server's defaults let do the same.
+
+    `launcher:NAME` and `image:NAME` ask whether jobs may use a launcher or an
+    image here: only `process`, and any image.
+    """
 
     _SCOPES: Final = {
         "run_job": {"project_admin": "any", "lead": "any"},
@@ -61,6 +65,16 @@ class DefaultSitePolicy:
 
     def refusal(self, actor: Identity, right: str, owner: Identity | None = None) -> str:
         """Why this site does not let `actor` do `right` (on `owner`'s job), or ""."""
+        kind, _, what = right.partition(":")
+        if kind == "launcher" and what:
+            # Only the process launcher by default: a container launcher is the owner's choice.
+            return (
+                ""
+                if what == "process"
+                else f"this site allows only the launcher 'process', not {what!r}"
+            )
+        if kind == "image" and what:
+            return ""  # any image, by default
         scopes = self._SCOPES.get(right)
         if scopes is None:
             return (

@@ -166,6 +166,9 @@ def test_a_site_decides_with_its_default_policy(kits: Path) -> None:
     assert site.authorize(MEMBER, "run_job")
     assert site.authorize(ORG_ADMIN, "byoc")
     assert "no action 'submit_job'" in site.authorize(BOSS, "submit_job")
+    assert site.authorize(BOSS, "launcher:process") == ""
+    assert "only the launcher 'process', not 'docker'" in site.authorize(BOSS, "launcher:docker")
+    assert site.authorize(BOSS, "image:python:3.11") == ""
 
 
 def test_an_admin_kit_grants_nothing(kits: Path) -> None:
