@@ -165,7 +165,7 @@ class PkiSecurity(SecurityProvider):
         problem = self._certified(parsed, certificate)
         if problem:
             raise AdmissionRefused(
-                f"certificate of {_describe(identity)} {problem}; it may not be {name!r}"
+                f"certificate of {_describe(identity)}, claiming {name!r}, {problem}"
             )
         reason = grant_refusal(identity, name)
         if reason:

@@ -143,7 +143,9 @@ def test_a_revoked_site_is_refused_without_recreating_the_provider(kits: Path) -
     assert not server.revoked(identity)
     provision(kits.parents[1] / "PROJECT.yml", kits.parent, revoke="site-2")
     assert server.revoked(identity)
-    with pytest.raises(AdmissionRefused, match=r"site-2 \(site, org hospital-b\) was revoked"):
+    with pytest.raises(
+        AdmissionRefused, match=r"site-2 \(site, org hospital-b\), claiming 'site-2', was revoked"
+    ):
         server.admit(_der(kits / "site-2"), "site-2")
     assert server.admit(_der(kits / "site-1"), "site-1").name == "site-1"
 
