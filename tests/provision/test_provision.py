@@ -240,3 +240,20 @@ def test_a_passphrase_encrypts_every_participant_key(tmp_path: Path) -> None:
             read_kit_credentials(kit.folder)
         with pytest.raises(CredentialError, match=r"cannot be decrypted"):
             read_kit_credentials(kit.folder, b"wrong")
+
+
+def test_the_ca_key_is_read_as_strictly_as_any_credential(
+    tmp_path: Path, provisioned: Path
+) -> None:
+    key = provisioned / "ca" / "ca.key"
+    key.chmod(0o644)
+    with pytest.raises(CredentialError, match=rf"chmod 600 {key}"):
+        provision(tmp_path / "PROJECT.yml", tmp_path / "out", revoke="site-1")
+
+
+def test_a_lost_record_of_issued_certificates_stops_provisioning(
+    tmp_path: Path, provisioned: Path
+) -> None:
+    (provisioned / "ca" / "state.yaml").unlink()
+    with pytest.raises(ProvisionError, match=r"record of issued certificates is unreadable"):
+        provision(tmp_path / "PROJECT.yml", tmp_path / "out", revoke="site-1")
