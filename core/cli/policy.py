@@ -92,12 +92,12 @@ def policy_command(args: argparse.Namespace, out: TextIO) -> int:
 def _provider(kit: Path) -> SecurityProvider:
     from fl_core.config.federation import load_federation
     from fl_core.containers.parts import build_component, registry_of
+    from fl_core.containers.production import from_kit
     from fl_core.plugins import make_plugin_manager
     from fl_core.spec import ComponentKind
 
     federation = load_federation(kit)
-    security = federation.security
-    if security.name == "none":
+    if federation.security.name == "none":
         # `none` allows everything and reads no kit: saying "allowed" would
         # pass for a policy this folder does not have.
         raise ConfigError(
@@ -106,8 +106,11 @@ def _provider(kit: Path) -> SecurityProvider:
             "`none` enforces no policy (every action is allowed); `fl-core policy check` "
             "needs a startup kit written by `fl-core provision`",
         )
+    # Built as the kit's own participant builds it (`kit=` the kit's folder).
+    security = from_kit(federation).security
     registry = registry_of(make_plugin_manager())
-    options = {**security.options, "kit": federation.root}
-    provider = build_component(registry, ComponentKind.SECURITY.value, security.name, options)
+    provider = build_component(
+        registry, ComponentKind.SECURITY.value, security.name, security.options
+    )
     assert isinstance(provider, SecurityProvider)  # the registry checked the kind's interface
     return provider

@@ -178,12 +178,17 @@ class SitePolicy:
         self,
         actor: Identity,
         action: str,
+        *,
         launcher: str | None = None,
         image: str | None = None,
         owner: Identity | None = None,
     ) -> str:
         """Why `actor` may not do `action` here (on `owner`'s job, with that launcher and
-        image), or "" when it may. The reason names this file and the rule."""
+        image), or "" when it may. The reason names this file and the rule.
+
+        Keyword-only past `action`: `authorize(actor, action, owner)` reads
+        alike, and an owner passed where the launcher goes must not type-check.
+        """
         if action not in ACTIONS:
             return f"unknown site action '{action}'; site actions are {', '.join(ACTIONS)}"
         reason = self._rules_refusal(actor, action, owner)
@@ -364,12 +369,13 @@ class SitePolicyFile(PolicyFile[SitePolicy]):
         self,
         actor: Identity,
         action: str,
+        *,
         launcher: str | None = None,
         image: str | None = None,
         owner: Identity | None = None,
     ) -> str:
         """`SitePolicy.refusal` by the policy in force now."""
-        return self.current().refusal(actor, action, launcher, image, owner)
+        return self.current().refusal(actor, action, launcher=launcher, image=image, owner=owner)
 
 
 def site_policy_yaml_text() -> str:

@@ -135,6 +135,9 @@ def test_jobs_narrows_a_rule_to_own_or_org_jobs() -> None:
         f"{FILE}: abort_job: rule {{role: lead, jobs: own}}: role 'lead' (bob@b.org, org b) "
         "may abort_job only its own jobs; job submitted by alice@a.org"
     )
+    assert "only its own jobs" in policy.refusal(
+        bob, "abort_job", launcher="process", owner=Identity("alice@a.org", "a")
+    )
     # An admin of org a matches the second rule: its org's jobs, nobody else's.
     carol = Identity("carol@a.org", "a", "member")
     assert policy.authorize(carol, "abort_job", Identity("alice@a.org", "a")) == ""
@@ -174,11 +177,11 @@ def test_launchers_and_images_limits() -> None:
 def test_refusal_checks_the_action_then_launcher_and_image() -> None:
     policy = _policy("run_job: any\nlaunchers: [docker]\nimages: [ok:1]\n")
     lead = Identity("bob@b.org", "b", "lead")
-    assert policy.refusal(lead, "run_job", "docker", "ok:1") == ""
-    assert "launcher 'process'" in policy.refusal(lead, "run_job", "process", "ok:1")
-    assert "image 'bad:1'" in policy.refusal(lead, "run_job", "docker", "bad:1")
+    assert policy.refusal(lead, "run_job", launcher="docker", image="ok:1") == ""
+    assert "launcher 'process'" in policy.refusal(lead, "run_job", launcher="process", image="ok:1")
+    assert "image 'bad:1'" in policy.refusal(lead, "run_job", launcher="docker", image="bad:1")
     outsider = Identity("s", "b", "site")
-    assert "is not an admin" in policy.refusal(outsider, "run_job", "docker", "ok:1")
+    assert "is not an admin" in policy.refusal(outsider, "run_job", launcher="docker")
 
 
 @pytest.mark.parametrize("action", ["submit_job", "launcher:", "image:", "launcher", "", "RUN_JOB"])
@@ -259,7 +262,7 @@ def test_edits_take_effect_and_a_broken_edit_keeps_the_last_good_policy(
     caplog.set_level(logging.WARNING, LOGGER)
     path.write_text("run_job: [{org: b, jobs: all}]\n")
     assert policy.authorize(from_b, "run_job") == ""  # still the last good policy
-    assert policy.refusal(from_b, "run_job", "process") == ""
+    assert policy.refusal(from_b, "run_job", launcher="process") == ""
     warnings = _warnings(caplog)
     assert len(warnings) == 1
     assert str(path) in warnings[0] and "run_job.0.jobs" in warnings[0]
