@@ -162,6 +162,24 @@ class SitePolicy:
         `action` is one of `ACTIONS`, or `launcher:NAME` / `image:NAME` for
         the launcher and image a job asks for.
         """
+        return self.refusal(actor, action, owner)
+
+    def refusal(
+        self,
+        actor: Identity,
+        action: str,
+        owner: Identity | None = None,
+        *,
+        launcher: str | None = None,
+        image: str | None = None,
+    ) -> str:
+        """Why `actor` may not do `action` here (on `owner`'s job, and with that
+        launcher and image when given), or "" when it may.
+
+        `action` as for `authorize`. A refusal names this file and the rule.
+        `refusal(actor, action, owner)` is the shape the server's
+        `RightsFile.refusal` has, so a provider may hold either.
+        """
         kind, _, name = action.partition(":")
         if kind == "launcher" and name:
             return self.launcher_refusal(name)
@@ -172,25 +190,6 @@ class SitePolicy:
                 f"unknown site action '{action}'; site actions are "
                 f"{', '.join(ACTIONS)}, launcher:NAME and image:NAME"
             )
-        return self.refusal(actor, action, owner=owner)
-
-    def refusal(
-        self,
-        actor: Identity,
-        action: str,
-        *,
-        launcher: str | None = None,
-        image: str | None = None,
-        owner: Identity | None = None,
-    ) -> str:
-        """Why `actor` may not do `action` here (on `owner`'s job, with that launcher and
-        image), or "" when it may. The reason names this file and the rule.
-
-        Keyword-only past `action`: `authorize(actor, action, owner)` reads
-        alike, and an owner passed where the launcher goes must not type-check.
-        """
-        if action not in ACTIONS:
-            return f"unknown site action '{action}'; site actions are {', '.join(ACTIONS)}"
         reason = self._rules_refusal(actor, action, owner)
         if not reason and launcher is not None:
             reason = self.launcher_refusal(launcher)
@@ -369,13 +368,13 @@ class SitePolicyFile(PolicyFile[SitePolicy]):
         self,
         actor: Identity,
         action: str,
+        owner: Identity | None = None,
         *,
         launcher: str | None = None,
         image: str | None = None,
-        owner: Identity | None = None,
     ) -> str:
         """`SitePolicy.refusal` by the policy in force now."""
-        return self.current().refusal(actor, action, launcher=launcher, image=image, owner=owner)
+        return self.current().refusal(actor, action, owner, launcher=launcher, image=image)
 
 
 def site_policy_yaml_text() -> str:

@@ -288,3 +288,19 @@ def test_a_missing_or_broken_file_at_start_means_the_defaults(
     assert "images" in broken.problem
     assert broken.policy().actions == DEFAULT_POLICY.actions
     assert any("keeping the default site policy" in w and "images" in w for w in _warnings(caplog))
+
+
+def test_refusal_has_the_shape_of_the_servers_rights(tmp_path: Path) -> None:
+    # A provider may hold a RightsFile or a SitePolicyFile and ask either
+    # `refusal(actor, action, owner)`.
+    path = tmp_path / "site_policy.yaml"
+    path.write_text("abort_job: [{role: lead, jobs: own}]\nlaunchers: [process]\n")
+    policy = SitePolicyFile(path)
+    bob = Identity("bob@b.org", "b", "lead")
+    alices = Identity("alice@a.org", "a")
+    for action, owner in [("abort_job", alices), ("abort_job", bob), ("launcher:docker", None)]:
+        assert policy.refusal(bob, action, owner) == policy.authorize(bob, action, owner)
+    assert "only its own jobs" in policy.refusal(bob, "abort_job", alices)
+    assert policy.refusal(bob, "abort_job", bob) == ""
+    assert "launcher 'docker'" in policy.refusal(bob, "launcher:docker")
+    assert "image 'x:1'" in _policy("images: []\n").refusal(bob, "image:x:1")
