@@ -40,6 +40,7 @@ from typing import Final, Generic, TypeVar
 
 import yaml
 
+from fl_core.config.kit import ADMIN_ROLES
 from fl_core.errors import ConfigError
 from fl_core.spec.security import Identity
 
@@ -65,8 +66,6 @@ AUTHORIZATION_FILE: Final = "authorization.yaml"
 RIGHTS: Final = ("submit_job", "abort_job", "view_job", "download_job", "list_sites", "shutdown")
 """Every right an admin action needs; `view_job` covers list, status and logs."""
 
-ADMIN_ROLES: Final = ("project_admin", "org_admin", "lead", "member")
-"""The roles an admin's certificate may carry (its OU)."""
 
 _RIGHT_HELP: Final = {
     "submit_job": "submit a job",
