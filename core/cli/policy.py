@@ -40,7 +40,9 @@ def add_policy_parser(sub: Any) -> None:
         "Server kits: submit_job, abort_job, view_job, download_job, list_sites, shutdown. "
         "Site kits: run_job, byoc, read_results, abort_job, launcher:NAME, image:NAME.",
     )
-    check.add_argument("kit", type=Path, help="the startup kit (holds federation.yaml)")
+    check.add_argument(
+        "kit", type=Path, metavar="KIT", help="the startup kit (holds federation.yaml)"
+    )
     check.add_argument(
         "--as",
         dest="actor",
@@ -48,7 +50,9 @@ def add_policy_parser(sub: Any) -> None:
         metavar="NAME:ORG:ROLE",
         help="the admin asking, e.g. alice@hospital-a.org:hospital-a:lead",
     )
-    check.add_argument("action", help="the action or right, e.g. submit_job or run_job")
+    check.add_argument(
+        "action", metavar="ACTION", help="the action or right, e.g. submit_job or run_job"
+    )
     check.add_argument(
         "--owner",
         metavar="NAME:ORG",
@@ -90,12 +94,18 @@ def policy_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _provider(kit: Path) -> SecurityProvider:
-    from fl_core.config.federation import load_federation
+    from fl_core.config.federation import FEDERATION_FILE, load_federation
     from fl_core.containers.parts import build_component, registry_of
     from fl_core.containers.production import from_kit
     from fl_core.plugins import make_plugin_manager
     from fl_core.spec import ComponentKind
 
+    if kit.is_dir() and not (kit / FEDERATION_FILE).is_file():
+        raise ConfigError(
+            str(kit),
+            "",
+            f"not a startup kit: no {FEDERATION_FILE} (`fl-core provision` writes kits)",
+        )
     federation = load_federation(kit)
     if federation.security.name == "none":
         # `none` allows everything and reads no kit: saying "allowed" would

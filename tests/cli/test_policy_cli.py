@@ -211,7 +211,13 @@ def test_a_folder_without_a_kit_is_an_error(
 ) -> None:
     code, out, err = _check(capsys, str(tmp_path), "--as", "bob@b.org:b:lead", "submit_job")
     assert (code, out) == (1, "")
-    assert "federation file not found" in err
+    assert f"{tmp_path}: not a startup kit: no federation.yaml" in err
+
+
+def test_a_missing_kit_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _check(capsys, str(tmp_path / "nowhere"), "--as", "b@b:b:lead", "submit_job")
+    assert (code, out) == (1, "")
+    assert "not found" in err
 
 
 def test_security_none_has_no_policy_to_check(
