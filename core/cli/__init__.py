@@ -31,6 +31,7 @@ from fl_core.cli import signals as cli_signals
 from fl_core.cli.kits import add_kit_parsers, kit_command
 from fl_core.cli.poc import add_job_parsers, add_poc_parser, job_command, poc_command, run_poc
 from fl_core.cli.provision import add_provision_parser, provision_command
+from fl_core.cli.policy import add_policy_parser, policy_command
 from fl_core.cli.usage import UsageError
 from fl_core.errors import FlCoreError
 
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     add_poc_parser(sub)
     add_kit_parsers(sub)
     add_provision_parser(sub)
+    add_policy_parser(sub)
 
     sub.add_parser("plugins", help="list installed plugins and their components")
     sub.add_parser("version", help="print the version")
@@ -136,6 +138,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return code
         if args.command == "provision":
             return provision_command(args, sys.stdout)
+        if args.command == "policy":
+            return policy_command(args, sys.stdout)
         if args.command == "plugins":
             return _plugins(sys.stdout)
         print(f"fl-core {__version__}")
