@@ -38,6 +38,7 @@ ACCEPTED: Final = ("fl-core-link", "accepted")
 BACKOFF_START: Final = 0.05
 BACKOFF_MAX: Final = 1.0
 _NAME_MISMATCH: Final = "the TLS name check failed"
+_UNTRUSTED: Final = "TLS: the server certificate is not from a CA this end trusts"
 
 
 def identity(data: bytes) -> bytes:
@@ -95,6 +96,8 @@ async def dial(
             names = await tls_material.describe_names(host, port)
             why = tls_material.name_mismatch_message(server_name or host, names)
             raise TargetUnreachableError(url, why)
+        if why.startswith(_UNTRUSTED):
+            raise TargetUnreachableError(url, why)
         raise TargetUnreachableError(url, f"could not connect within {timeout:g} s ({why})")
     return channel, call
 
@@ -129,6 +132,9 @@ async def _open_call(
         if tls_material.NAME_MISMATCH in why:
             # Retrying cannot help: the listener holds another participant's certificate.
             return None, _NAME_MISMATCH
+        if tls_material.UNTRUSTED in why:
+            # Nor here: the listener's certificate is not one our CA vouches for.
+            return None, f"{_UNTRUSTED}: {why}"
         if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED):
             return None, f"not an fl-core grpc listener: {why}"
         if loop.time() + delay >= deadline:

@@ -111,6 +111,8 @@ def channel_credentials(creds: Credentials) -> grpc.ChannelCredentials:
 PROBE_TIMEOUT: Final = 5.0
 NAME_MISMATCH: Final = "Hostname Verification Check failed"
 """How gRPC's status details say that the server certificate does not name the target."""
+UNTRUSTED: Final = "CERTIFICATE_VERIFY_FAILED"
+"""How they say that its chain does not lead to a CA this end trusts."""
 
 
 def certificate_names(der: bytes) -> list[str]:

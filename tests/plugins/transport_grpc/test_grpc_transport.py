@@ -414,3 +414,19 @@ def test_transport_close_ends_every_link_once() -> None:
         link.client.send(Frame({}, b"x"))
     with pytest.raises(CellError, match="closed"):
         transport.connect(link.listener.url, 1.0)
+
+
+def test_a_server_from_another_ca_is_refused_at_once_saying_so(pki: Pki) -> None:
+    rogue = GrpcTransport(credentials=pki.rogue_server.credentials, require_client_cert=False)
+    client = GrpcTransport(credentials=pki.client.credentials)
+    try:
+        url = rogue.listen("grpc://127.0.0.1:0", Acceptor()).url
+        with pytest.raises(TargetUnreachableError) as info:
+            client.connect(url, timeout=WAIT)
+        message = str(info.value)
+        assert "the server certificate is not from a CA this end trusts" in message
+        assert "CERTIFICATE_VERIFY_FAILED" in message
+        assert "could not connect within" not in message  # not retried until the deadline
+    finally:
+        client.close()
+        rogue.close()
