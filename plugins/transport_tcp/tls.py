@@ -18,8 +18,6 @@ import tempfile
 from collections.abc import Iterator
 from typing import Final
 
-from cryptography import x509
-
 from fl_core.errors import ConfigError
 from fl_core.spec.security import Credentials
 
@@ -131,7 +129,8 @@ def contexts_from_credentials(
 
 NAME_MISMATCH_CODES: Final = frozenset({62, 64})
 """OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH."""
-PROBE_TIMEOUT: Final = 5.0
+PROBE_TIMEOUT: Final = 2.0
+"""Seconds to fetch a refused certificate again; `connect` allows 5 s past its timeout."""
 
 
 def is_name_mismatch(exc: ssl.SSLCertVerificationError) -> bool:
@@ -141,6 +140,8 @@ def is_name_mismatch(exc: ssl.SSLCertVerificationError) -> bool:
 
 def certificate_names(der: bytes) -> list[str]:
     """The host names and addresses a certificate's subject alternative names carry."""
+    from cryptography import x509  # only to explain a refusal: not on every import
+
     cert = x509.load_der_x509_certificate(der)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
