@@ -14,28 +14,40 @@ building one takes a few milliseconds; build one per test module::
         client = MyTransport(certfile=pki.client.certfile, keyfile=pki.client.keyfile,
                              cafile=pki.client.cafile, tls=True)
 
-Server certificates name `localhost`, `127.0.0.1` and `::1`, so a client that
-checks host names accepts them on loopback. Every identity trusts the real CA
-(the rogue ones included: what they present is what a server must refuse).
+Every certificate the CAs issue by default names `localhost`, `127.0.0.1`
+(and server ones `::1`) in its subject alternative names, so a client that
+checks host names accepts a server on loopback. `elsewhere` is a server
+certificate from the real CA that names only `ELSEWHERE`, the certificate of
+a genuine participant listening somewhere a client did not ask for: a client
+that checks host names must refuse it on loopback. `issue` makes more, with
+the names (DNS names or IP addresses) a test needs, from either CA. Every
+identity trusts the real CA (the rogue ones included: what they present is
+what a server must refuse). `Identity.der` is the certificate as a
+transport's `Connection.peer_certificate` gives it.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fl_core.spec.security import Credentials
 
-__all__ = ["Identity", "Pki"]
+__all__ = ["ELSEWHERE", "LOOPBACK_NAMES", "Identity", "Pki"]
 
-_LOOPBACK = ("127.0.0.1", "::1")
+LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1")
+"""What a certificate names by default: a client reaches its owner on loopback by either."""
+ELSEWHERE: Final = "elsewhere.invalid"
+"""The only host `Pki.elsewhere` names (`.invalid` never resolves)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,12 @@ class Identity:
         """`certfile`, `keyfile`, `cafile`: keyword options for a transport."""
         return {"certfile": self.certfile, "keyfile": self.keyfile, "cafile": self.cafile}
 
+    @property
+    def der(self) -> bytes:
+        """This end's certificate in DER, as the other end's TLS handshake verifies it."""
+        cert = x509.load_pem_x509_certificate(self.credentials.certificate_chain)
+        return cert.public_bytes(serialization.Encoding.DER)
+
 
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -60,6 +78,14 @@ def _name(cn: str) -> x509.Name:
 
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    """An IP SAN for an address, a DNS SAN for anything else."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 class _Ca:
@@ -89,23 +115,28 @@ class _Ca:
         )
 
     def issue(
-        self, cn: str, *, server: bool
+        self, cn: str, hosts: Sequence[str]
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         key = ec.generate_private_key(ec.SECP256R1())
-        names: list[x509.GeneralName] = [x509.DNSName("localhost")]
-        if server:
-            names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in _LOOPBACK]
-        cert = (
+        builder = (
             self._builder(_name(cn), key)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-            .add_extension(x509.SubjectAlternativeName(names), False)
-            .sign(self.key, hashes.SHA256())
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                False,
+            )
         )
-        return cert, key
+        if hosts:
+            names = x509.SubjectAlternativeName([_general_name(host) for host in hosts])
+            builder = builder.add_extension(names, False)
+        return builder.sign(self.key, hashes.SHA256()), key
 
 
 class Pki:
-    """A CA with `server` and `client`, and a rogue CA with `rogue_server` and `rogue_client`.
+    """A CA with `server`, `client` and `elsewhere`; a rogue CA with `rogue_server` and
+    `rogue_client`.
 
     `anonymous` trusts the CA and presents no certificate (empty chain and
     key), as a client of a server that does not ask for one.
@@ -113,14 +144,15 @@ class Pki:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        ca, rogue = _Ca("test-ca"), _Ca("rogue-ca")
-        self.ca_pem = _pem(ca.cert)
+        self._ca, self._rogue = _Ca("test-ca"), _Ca("rogue-ca")
+        self.ca_pem = _pem(self._ca.cert)
         self.cafile = self._write("ca.pem", self.ca_pem)
-        self.rogue_cafile = self._write("rogue-ca.pem", _pem(rogue.cert))
-        self.server = self._identity("server", ca, server=True)
-        self.client = self._identity("client", ca, server=False)
-        self.rogue_server = self._identity("rogue-server", rogue, server=True)
-        self.rogue_client = self._identity("rogue-client", rogue, server=False)
+        self.rogue_cafile = self._write("rogue-ca.pem", _pem(self._rogue.cert))
+        self.server = self.issue("server", hosts=(*LOOPBACK_NAMES, "::1"))
+        self.client = self.issue("client")
+        self.elsewhere = self.issue("elsewhere", hosts=(ELSEWHERE,))
+        self.rogue_server = self.issue("rogue-server", hosts=(*LOOPBACK_NAMES, "::1"), rogue=True)
+        self.rogue_client = self.issue("rogue-client", rogue=True)
         self.anonymous = Credentials(b"", b"", self.ca_pem)
 
     def _write(self, name: str, data: bytes) -> str:
@@ -128,8 +160,15 @@ class Pki:
         path.write_bytes(data)
         return str(path)
 
-    def _identity(self, cn: str, ca: _Ca, *, server: bool) -> Identity:
-        cert, key = ca.issue(cn, server=server)
+    def issue(
+        self, cn: str, *, hosts: Sequence[str] = LOOPBACK_NAMES, rogue: bool = False
+    ) -> Identity:
+        """A new certificate for common name `cn`, naming `hosts` (DNS names or IP addresses).
+
+        Issued by the rogue CA when `rogue`, else by the real one; no hosts:
+        no subject alternative names at all. Files are `<cn>.pem`/`<cn>.key`.
+        """
+        cert, key = (self._rogue if rogue else self._ca).issue(cn, hosts)
         cert_pem = _pem(cert)
         key_pem = key.private_bytes(
             serialization.Encoding.PEM,

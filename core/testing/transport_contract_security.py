@@ -20,6 +20,13 @@ as `transport_factory(hello_timeout=..., max_unadmitted=...)`::
         component = "mytcp"
         plugin = "my_plugin"
 
+Under TLS a listener's links give `Connection.peer_certificate`: the DER of
+the client certificate its handshake verified (None without one, and on a
+plaintext link), which is what a security provider binds to the cell name
+the peer claims. A dialing end checks that the listener's certificate names
+the URL's host; `Pki.elsewhere`, a certificate from the same CA that names
+another host, must be refused, with an error that names the host.
+
 A refused peer may see its `connect` raise `TargetUnreachableError`, or (TLS
 1.3 lets a client finish its handshake before the server has judged the
 client's certificate) get a connection that closes without delivering a
@@ -34,6 +41,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from typing import ClassVar
+from urllib.parse import urlparse
 
 import pytest
 
@@ -45,7 +53,13 @@ from fl_core.spec.transport import Frame, Listener, Transport
 from fl_core.testing.pki import Pki
 from fl_core.testing.registered import SecureFactory, TransportUnderTest
 from fl_core.testing.transport_contract_admission import AdmissionCases
-from fl_core.testing.transport_links import AUX, Acceptor, FrameRecorder, bytes_echo
+from fl_core.testing.transport_links import (
+    AUX,
+    Acceptor,
+    FrameRecorder,
+    bytes_echo,
+    open_link,
+)
 
 __all__ = ["HostileInputContract", "SecureTransportContract"]
 
@@ -197,6 +211,71 @@ class SecureTransportContract(TransportUnderTest):
                 conn.close()  # reached only if the client wrongly accepted the server
         finally:
             listener.close()
+
+    def test_a_client_refuses_a_server_whose_certificate_names_another_host(
+        self, make: SecureFactory, pki: Pki
+    ) -> None:
+        # The CA vouches for the certificate, but it names another host: a
+        # participant holding it must not pass for the one the URL names.
+        impostor = make(pki.elsewhere.credentials, True)
+        acceptor = Acceptor()
+        listener = impostor.listen(self.listen_url, acceptor)
+        host = urlparse(listener.url).hostname
+        assert host, listener.url
+        try:
+            with pytest.raises(CellError) as info:
+                conn = make(pki.client.credentials, False).connect(
+                    listener.url, self.refused_connect_timeout
+                )
+                conn.close()  # reached only if the client wrongly accepted the server
+            assert host in str(info.value), "the error must say which host was not named"
+            assert acceptor.accepted.empty(), "the refused listener's owner got a link"
+        finally:
+            listener.close()
+
+    def test_the_listener_sees_the_client_certificate_under_mutual_tls(
+        self, make: SecureFactory, pki: Pki
+    ) -> None:
+        server = make(pki.server.credentials, True)
+        listener = server.listen(self.listen_url, acceptor := Acceptor())
+        try:
+            for identity in (pki.client, pki.issue("site-2")):
+                seen = FrameRecorder()
+                conn = seen.start(
+                    make(identity.credentials, False).connect(listener.url, self.wait)
+                )
+                accepted, _ = acceptor.next(self.wait)
+                assert accepted.peer_certificate == identity.der
+                conn.close()
+        finally:
+            listener.close()
+
+    def test_no_peer_certificate_without_a_client_certificate(
+        self, make: SecureFactory, pki: Pki
+    ) -> None:
+        server = make(pki.server.credentials, False)
+        listener = server.listen(self.listen_url, acceptor := Acceptor())
+        try:
+            seen = FrameRecorder()
+            conn = seen.start(make(pki.anonymous, False).connect(listener.url, self.wait))
+            accepted, _ = acceptor.next(self.wait)
+            assert accepted.peer_certificate is None
+            conn.close()
+        finally:
+            listener.close()
+
+    def test_no_peer_certificate_on_a_plaintext_link(
+        self, transport_factory: Callable[[], Transport]
+    ) -> None:
+        transport = transport_factory()
+        try:
+            link = open_link(transport, self.listen_url, self.wait)
+            assert link.server.peer_certificate is None
+            assert link.client.peer_certificate is None
+            link.client.close()
+            link.listener.close()
+        finally:
+            transport.close()
 
 
 # --- hostile input ----------------------------------------------------------------------

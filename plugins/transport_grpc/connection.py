@@ -36,6 +36,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import ssl
 import threading
 import time
 from abc import abstractmethod
@@ -315,6 +316,18 @@ class GrpcConnection(LoopConnection):
             log.exception("grpc: the close handler for %s failed", self._peer)
 
 
+def peer_certificate(context: aio.ServicerContext[bytes, bytes]) -> bytes | None:
+    """The client certificate (DER) gRPC's TLS handshake verified for this call, or None.
+
+    gRPC puts it in the call's auth context only once the handshake has
+    checked it (chain and CA; never anything the peer said in a message).
+    """
+    pem = context.auth_context().get("x509_pem_cert")
+    if not pem:
+        return None
+    return ssl.PEM_cert_to_DER_cert(pem[0].decode("ascii"))
+
+
 async def _cancel(*tasks: asyncio.Task[Any]) -> None:
     for task in tasks:
         task.cancel()
@@ -339,6 +352,12 @@ class ServerConnection(GrpcConnection):
         )
         # Dropped when the RPC ends: a live gRPC object keeps gRPC's poller thread.
         self._context: aio.ServicerContext[bytes, bytes] | None = context
+        self._peer_certificate = peer_certificate(context)
+
+    @property
+    def peer_certificate(self) -> bytes | None:
+        """The client certificate (DER) the TLS handshake verified; None without one."""
+        return self._peer_certificate
 
     async def _read(self) -> bytes | None:
         assert self._context is not None

@@ -37,6 +37,8 @@ ACCEPTED: Final = ("fl-core-link", "accepted")
 """Initial metadata a listener sends when it takes a stream: the connect handshake."""
 BACKOFF_START: Final = 0.05
 BACKOFF_MAX: Final = 1.0
+_NAME_MISMATCH: Final = "the TLS name check failed"
+_UNTRUSTED: Final = "TLS: the server certificate is not from a CA this end trusts"
 
 
 def identity(data: bytes) -> bytes:
@@ -57,12 +59,14 @@ async def dial(
     *,
     credentials: Credentials | None,
     options: list[tuple[str, int | str]],
+    server_name: str | None = None,
 ) -> tuple[aio.Channel, aio.StreamStreamCall[bytes, bytes]]:
     """A new channel to `host:port` and a call on it that a listener accepted.
 
     Raises `TargetUnreachableError` if no listener accepted one within
-    `timeout` seconds; `asyncio.CancelledError` (the channel closed first)
-    if the transport stops it.
+    `timeout` seconds, or at once if the listener's certificate does not
+    name `server_name` (default: `host`); `asyncio.CancelledError` (the
+    channel closed first) if the transport stops it.
     """
     loop = asyncio.get_running_loop()
     target = address(host, port)
@@ -88,6 +92,12 @@ async def dial(
         del channel
         if cancelled:
             raise asyncio.CancelledError
+        if why == _NAME_MISMATCH:
+            names = await tls_material.describe_names(host, port)
+            why = tls_material.name_mismatch_message(server_name or host, names)
+            raise TargetUnreachableError(url, why)
+        if why.startswith(_UNTRUSTED):
+            raise TargetUnreachableError(url, why)
         raise TargetUnreachableError(url, f"could not connect within {timeout:g} s ({why})")
     return channel, call
 
@@ -104,7 +114,7 @@ async def _open_call(
             f"/{SERVICE}/{METHOD}",
             request_serializer=identity,
             response_deserializer=identity,
-        )(wait_for_ready=True)
+        )(wait_for_ready=False)
         code = grpc.StatusCode.UNKNOWN
         try:
             async with asyncio.timeout_at(deadline):
@@ -119,6 +129,12 @@ async def _open_call(
         except aio.AioRpcError as exc:
             code, why = exc.code(), f"{exc.code().name}: {exc.details()}"
         call.cancel()
+        if tls_material.NAME_MISMATCH in why:
+            # Retrying cannot help: the listener holds another participant's certificate.
+            return None, _NAME_MISMATCH
+        if tls_material.UNTRUSTED in why:
+            # Nor here: the listener's certificate is not one our CA vouches for.
+            return None, f"{_UNTRUSTED}: {why}"
         if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED):
             return None, f"not an fl-core grpc listener: {why}"
         if loop.time() + delay >= deadline:

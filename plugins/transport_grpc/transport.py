@@ -49,11 +49,16 @@ a connection with no stream is closed after `hello_timeout`
 TLS: `tls: true` with `certfile`, `keyfile`, `cafile` (PEM files), or
 `credentials` (PEM bytes from the security provider). Servers require a
 client certificate from the CA unless `require_client_cert` is false. The
-connecting end always checks the server's chain against the CA, and gRPC
-also checks that the server's certificate names the URL's host; unlike the
-tcp transport it cannot skip that check. Give server certificates the host
-names (or IP addresses) clients use, or set `server_name` to the name the
-server's certificate carries (gRPC's `ssl_target_name_override`).
+connecting end always checks the server's chain against the CA, and that the
+server's certificate names the URL's host (an IP address against its IP
+addresses): every participant's certificate chains to the same CA, so the
+chain alone would let any of them pose as the server. Give server
+certificates the host names (or IP addresses) clients use, or set
+`server_name` to the name the server's certificate carries (gRPC's
+`ssl_target_name_override`). A listener that fails the name check is refused
+at once, with the names its certificate does carry. A listener gives the
+client certificate its handshake verified as `Connection.peer_certificate`
+(from the call's auth context); dialed links give None.
 """
 
 from __future__ import annotations
@@ -244,6 +249,7 @@ class GrpcTransport(Transport):
             ("grpc.initial_reconnect_backoff_ms", int(BACKOFF_START * 1000)),
             ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX * 1000)),
         ]
+        self._server_name = server_name
         if server_name:
             self._channel_options.append(("grpc.ssl_target_name_override", server_name))
         self._loops = LoopThread("fl-grpc-loop", "the grpc transport")
@@ -385,6 +391,7 @@ class GrpcTransport(Transport):
             timeout,
             credentials=self._credentials,
             options=self._channel_options,
+            server_name=self._server_name,
         )
         conn = ClientConnection(
             asyncio.get_running_loop(),

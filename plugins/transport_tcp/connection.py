@@ -88,12 +88,18 @@ class TcpConnection(LoopConnection):
         self._body_buffer: BodyBufferProvider | None = None
         self.raw: asyncio.Transport | None = None
         """The socket's transport while a TLS handshake runs (aborting it ends the link)."""
+        self._peer_certificate: bytes | None = None
 
     # --- the Connection interface ---------------------------------------------
 
     @property
     def peer(self) -> str:
         return self._peer
+
+    @property
+    def peer_certificate(self) -> bytes | None:
+        """The certificate (DER) the TLS handshake verified; None on plaintext or without one."""
+        return self._peer_certificate
 
     def start(self, on_frame: FrameHandler, on_close: CloseHandler) -> None:
         """Begin delivering frames; reading from the socket starts only now."""
@@ -201,6 +207,10 @@ class TcpConnection(LoopConnection):
     def _attach(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self.raw = None
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            # What the handshake verified, never what the peer says in a frame.
+            self._peer_certificate = ssl_object.getpeercert(binary_form=True)
         if self._finished:  # refused while the socket was being set up
             transport.abort()
             return

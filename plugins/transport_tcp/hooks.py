@@ -13,6 +13,7 @@ _OPTIONS = {
     "keyfile": str,
     "cafile": str,
     "require_client_cert": bool,
+    "server_name": str,
     "max_body_size": int,
     "send_timeout": float,
     "handshake_timeout": float,

@@ -11,6 +11,16 @@ until its owner calls `admit()`. Until then its frames are at most
 `HELLO_MAX_FRAME` bytes, it is closed `hello_timeout` seconds after it was
 accepted (TLS handshake included), and each listener holds at most
 `max_unadmitted` of them, closing the oldest when one more arrives.
+
+TLS: `tls: true` with `certfile`, `keyfile`, `cafile` (PEM files), or
+`credentials` (PEM bytes from the security provider). Listeners require a
+client certificate from the CA unless `require_client_cert` is false. A
+dialing end checks the listener's chain against the CA and that its
+certificate names the URL's host (an IP address against its IP addresses),
+or `server_name` when that option is set; a listener that fails the name
+check is refused at once, with the names its certificate does carry. Both
+ends give the certificate the handshake verified as
+`Connection.peer_certificate`.
 """
 
 from __future__ import annotations
@@ -100,6 +110,7 @@ class TcpTransport(Transport):
         cafile: str | None = None,
         credentials: Credentials | None = None,
         require_client_cert: bool = True,
+        server_name: str | None = None,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         send_timeout: float = 60.0,
         handshake_timeout: float = 10.0,
@@ -124,6 +135,7 @@ class TcpTransport(Transport):
             self._server_ssl, self._client_ssl = tls_contexts.contexts_from_files(
                 certfile, keyfile, cafile, require_client_cert
             )
+        self._server_name = server_name
         self._max_body_size = max_body_size
         self._send_timeout = send_timeout
         self._handshake_timeout = handshake_timeout
@@ -252,6 +264,7 @@ class TcpTransport(Transport):
         delay = BACKOFF_START
         last: BaseException | None = None
         peer = f"{host}:{port}"
+        expected = self._server_name or host  # the name the listener's certificate must carry
         while True:
             conn = self._new_connection(url)
             left = deadline - loop.time()
@@ -262,16 +275,22 @@ class TcpTransport(Transport):
                         host,
                         port,
                         ssl=self._client_ssl,
-                        server_hostname=host if self._client_ssl else None,
+                        server_hostname=expected if self._client_ssl else None,
                         ssl_handshake_timeout=(
                             self._handshake_timeout if self._client_ssl else None
                         ),
                     )
                 return conn
             except ssl.SSLCertVerificationError as exc:
-                # Retrying cannot help: the server is not one our CA vouches for.
+                # Retrying cannot help: the server is not one our CA vouches for,
+                # or its certificate is another participant's.
                 self._connections.discard(conn)
-                raise TargetUnreachableError(url, f"TLS: {exc}") from exc
+                if not tls_contexts.is_name_mismatch(exc):
+                    raise TargetUnreachableError(url, f"TLS: {exc}") from exc
+                assert self._client_ssl is not None
+                names = await tls_contexts.describe_names(host, port, self._client_ssl)
+                why = tls_contexts.name_mismatch_message(expected, names)
+                raise TargetUnreachableError(url, why) from exc
             except (OSError, TimeoutError) as exc:
                 self._connections.discard(conn)
                 last = exc

@@ -282,8 +282,11 @@ def test_the_server_name_is_checked_unless_overridden(pki: Pki) -> None:
         acceptor = Acceptor()
         port = _target(server.listen("grpc://0.0.0.0:0", acceptor).url).rsplit(":", 1)[1]
         # 127.0.0.2 reaches the listener, but the certificate does not name it.
-        with pytest.raises(TargetUnreachableError):
-            plain.connect(f"grpc://127.0.0.2:{port}", timeout=1.0)
+        with pytest.raises(TargetUnreachableError) as info:
+            plain.connect(f"grpc://127.0.0.2:{port}", timeout=WAIT)
+        assert "TLS name check failed" in str(info.value)
+        assert "does not name the address 127.0.0.2" in str(info.value)
+        assert "(it names localhost, 127.0.0.1, ::1)" in str(info.value)
         conn = named.connect(f"grpc://127.0.0.2:{port}", timeout=WAIT)
         FrameRecorder().start(conn)
         acceptor.next(WAIT)
@@ -291,6 +294,21 @@ def test_the_server_name_is_checked_unless_overridden(pki: Pki) -> None:
     finally:
         for transport in (named, plain, server):
             transport.close()
+
+
+def test_a_server_name_option_the_certificate_lacks_is_refused(pki: Pki) -> None:
+    server = GrpcTransport(credentials=pki.server.credentials)
+    client = GrpcTransport(credentials=pki.client.credentials, server_name="server.example.org")
+    try:
+        url = server.listen("grpc://127.0.0.1:0", Acceptor()).url
+        with pytest.raises(TargetUnreachableError) as info:
+            client.connect(url, timeout=WAIT)
+        message = str(info.value)
+        assert "does not name the host name server.example.org" in message
+        assert "(it names localhost, 127.0.0.1, ::1)" in message
+    finally:
+        client.close()
+        server.close()
 
 
 # --- dead and frozen peers --------------------------------------------------------------
@@ -396,3 +414,19 @@ def test_transport_close_ends_every_link_once() -> None:
         link.client.send(Frame({}, b"x"))
     with pytest.raises(CellError, match="closed"):
         transport.connect(link.listener.url, 1.0)
+
+
+def test_a_server_from_another_ca_is_refused_at_once_saying_so(pki: Pki) -> None:
+    rogue = GrpcTransport(credentials=pki.rogue_server.credentials, require_client_cert=False)
+    client = GrpcTransport(credentials=pki.client.credentials)
+    try:
+        url = rogue.listen("grpc://127.0.0.1:0", Acceptor()).url
+        with pytest.raises(TargetUnreachableError) as info:
+            client.connect(url, timeout=WAIT)
+        message = str(info.value)
+        assert "the server certificate is not from a CA this end trusts" in message
+        assert "CERTIFICATE_VERIFY_FAILED" in message
+        assert "could not connect within" not in message  # not retried until the deadline
+    finally:
+        client.close()
+        rogue.close()

@@ -9,6 +9,7 @@ import ssl
 import tempfile
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,7 @@ class Box:
             )
 
 
-def _transport(leaf: Identity, **options: bool) -> TcpTransport:
+def _transport(leaf: Identity, **options: Any) -> TcpTransport:
     return TcpTransport(tls=True, **leaf.files(), **options)
 
 
@@ -276,3 +277,65 @@ def test_the_hello_timeout_covers_a_tls_handshake_that_never_ends(pki: Pki) -> N
         assert box.accepted == []  # the owner never saw it
     finally:
         transport.close()
+
+
+# --- who the peer is: certificates and host names ----------------------------------------
+
+
+def test_both_ends_see_the_certificate_their_handshake_verified(
+    pki: Pki, server: tuple[TcpTransport, Box, str]
+) -> None:
+    _, box, url = server
+    client = _transport(pki.client)
+    try:
+        conn = client.connect(url, timeout=WAIT)
+        conn.start(Box().add_frame, Box().add_close)
+        conn.send(Frame({"hello": "1"}, b"x"))
+        box.wait(frames=1)
+        assert box.accepted[-1].peer_certificate == pki.client.der
+        assert conn.peer_certificate == pki.server.der
+        conn.close()
+    finally:
+        client.close()
+
+
+def test_the_server_name_is_checked_unless_overridden(pki: Pki) -> None:
+    server = _transport(pki.server)
+    plain = _transport(pki.client)
+    named = _transport(pki.client, server_name="localhost")
+    box = Box()
+    try:
+        port = server.listen("tcp://0.0.0.0:0", box.on_connection).url.rsplit(":", 1)[1]
+        # 127.0.0.2 reaches the listener, but the certificate does not name it.
+        with pytest.raises(CellError) as info:
+            plain.connect(f"tcp://127.0.0.2:{port}", timeout=WAIT)
+        assert "TLS name check failed" in str(info.value)
+        assert "does not name the address 127.0.0.2" in str(info.value)
+        assert "(it names localhost, 127.0.0.1, ::1)" in str(info.value)
+        conn = named.connect(f"tcp://127.0.0.2:{port}", timeout=WAIT)
+        conn.start(Box().add_frame, Box().add_close)
+        conn.send(Frame({"hello": "1"}, b"x"))
+        box.wait(frames=1)
+        conn.close()
+    finally:
+        for transport in (named, plain, server):
+            transport.close()
+
+
+def test_a_server_name_option_the_certificate_lacks_is_refused(pki: Pki) -> None:
+    server = _transport(pki.server)
+    client = TcpTransport(credentials=pki.client.credentials, server_name="server.example.org")
+    try:
+        url = server.listen("tcp://127.0.0.1:0", Box().on_connection).url
+        with pytest.raises(CellError, match=r"does not name the host name server\.example\.org"):
+            client.connect(url, timeout=WAIT)
+    finally:
+        client.close()
+        server.close()
+
+
+def test_the_factory_takes_server_name_from_a_job_config() -> None:
+    with pytest.raises(ConfigError) as info:
+        hooks._make_tcp(server_name="")
+    assert info.value.key == "components.transport.options.server_name"
+    hooks._make_tcp(server_name="server.example.org").close()
