@@ -30,8 +30,8 @@ from fl_core import __version__
 from fl_core.cli import signals as cli_signals
 from fl_core.cli.kits import add_kit_parsers, kit_command
 from fl_core.cli.poc import add_job_parsers, add_poc_parser, job_command, poc_command, run_poc
-from fl_core.cli.provision import add_provision_parser, provision_command
 from fl_core.cli.policy import add_policy_parser, policy_command
+from fl_core.cli.provision import add_provision_parser, provision_command
 from fl_core.cli.usage import UsageError
 from fl_core.errors import FlCoreError
 

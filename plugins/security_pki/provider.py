@@ -27,7 +27,13 @@ from fl_core.config.kit import load_kit
 from fl_core.credentials import CredentialError
 from fl_core.errors import ConfigError, FlCoreError
 from fl_core.pki.identity import ADMIN_ROLES, grant_refusal, identity_of
-from fl_core.pki.kit import CREDENTIALS_DIR, CRL_FILE, read_kit_credentials
+from fl_core.pki.kit import (
+    AUTHORIZATION_FILE,
+    CREDENTIALS_DIR,
+    CRL_FILE,
+    SITE_POLICY_FILE,
+    read_kit_credentials,
+)
 from fl_core.spec.security import (
     AdmissionRefused,
     Credentials,
@@ -36,7 +42,9 @@ from fl_core.spec.security import (
     Signature,
     SignatureError,
 )
+from fl_plugins.security_pki.authorization import RightsFile
 from fl_plugins.security_pki.revocation import RevocationList
+from fl_plugins.security_pki.site_policy import SitePolicyFile
 
 __all__ = ["PkiSecurity", "Rights", "from_options", "rights_for"]
 
@@ -57,16 +65,25 @@ class Rights(Protocol):
         ...
 
 
-def rights_for(role: str, kit: Path) -> Rights:
-    """The rights a kit decides with: the server's, a site's policy, or none (an admin)."""
-    # A stand-in until the readers of authorization.yaml and site_policy.yaml land.
-    from fl_plugins.security_pki import _rights_defaults
+class NoRights:
+    """An admin's kit: nothing is decided on an admin's machine, so everything is refused."""
 
+    def refusal(self, actor: Identity, right: str, owner: Identity | None = None) -> str:
+        """Always a refusal."""
+        return f"an admin's kit grants no rights ({right!r} asked by {actor.name or 'nobody'})"
+
+
+def rights_for(role: str, kit: Path) -> Rights:
+    """The rights a kit decides with: the server's, a site's own policy, or none (an admin).
+
+    Both files are read again whenever they change, and a broken edit keeps
+    the last good rules (see `RightsFile`, `SitePolicyFile`).
+    """
     if role == "server":
-        return _rights_defaults.DefaultServerRights()
+        return RightsFile(kit / AUTHORIZATION_FILE)
     if role == "site":
-        return _rights_defaults.DefaultSitePolicy()
-    return _rights_defaults.NoRights()
+        return SitePolicyFile(kit / SITE_POLICY_FILE)
+    return NoRights()
 
 
 def _describe(identity: Identity) -> str:
