@@ -68,8 +68,16 @@ def _common_name(cert: x509.Certificate) -> str:
     return value if isinstance(value, str) else value.decode()
 
 
-def check_credentials(identity: str, credentials: Credentials) -> None:
-    """Fail the test unless `credentials` are well-formed PEM for `identity` (see the module)."""
+def check_credentials(
+    identity: str, credentials: Credentials, provider: SecurityProvider | None = None
+) -> None:
+    """Fail the test unless `credentials` are well-formed PEM for `identity` (see the module).
+
+    With a `provider` that proves names, the certificate must be one that
+    `provider.admit` takes for `identity` (a server certificate named after
+    its host is the cell `server`); otherwise its common name must be the
+    identity or a cell above it.
+    """
     assert isinstance(credentials, Credentials), type(credentials)
     for field in ("certificate_chain", "private_key", "root_certificates"):
         assert isinstance(getattr(credentials, field), bytes), f"{field} is not bytes"
@@ -82,9 +90,12 @@ def check_credentials(identity: str, credentials: Credentials) -> None:
     )
     leaf = x509.load_pem_x509_certificates(credentials.certificate_chain)[0]
     name = _common_name(leaf)
-    assert identity == name or identity.startswith(name + "."), (
-        f"the certificate for {identity!r} names {name!r}"
-    )
+    if provider is not None and provider.proves_names:
+        provider.admit(leaf.public_bytes(serialization.Encoding.DER), identity)  # raises if not
+    else:
+        assert identity == name or identity.startswith(name + "."), (
+            f"the certificate for {identity!r} names {name!r}"
+        )
     issuers = [root for root in roots if root.subject == leaf.issuer]
     assert issuers, f"the certificate of {identity!r} was not issued by a root it carries"
     leaf.verify_directly_issued_by(issuers[0])  # raises if the signature is wrong
@@ -156,7 +167,7 @@ class SecurityProviderContract:
                     raise
                 continue  # an identity the provider was not set up with
             if credentials is not None:
-                check_credentials(identity, credentials)
+                check_credentials(identity, credentials, provider)
 
     def test_known_identities_get_certificates_naming_them(
         self, provider: SecurityProvider
@@ -168,7 +179,7 @@ class SecurityProviderContract:
             credentials = provider.credentials(identity)
             assert credentials is not None, f"no credentials for {identity!r}"
             assert credentials.certificate_chain, f"{identity!r} would present no certificate"
-            check_credentials(identity, credentials)
+            check_credentials(identity, credentials, provider)
 
     def test_a_stranger_gets_no_certificate(self, provider: SecurityProvider) -> None:
         try:

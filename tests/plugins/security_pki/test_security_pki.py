@@ -196,7 +196,7 @@ class TestPkiSiteKitContract(SecurityProviderContract):
 
 
 class TestPkiServerKitContract(SecurityProviderContract):
-    """The contract with the server's kit (its host name is `server` here, see the report)."""
+    """The contract with the server's kit (its host name is `server` here)."""
 
     component = "pki"
     plugin = "security_pki"
@@ -212,3 +212,25 @@ class TestPkiServerKitContract(SecurityProviderContract):
     @pytest.fixture
     def provider_options(self, kits: Path) -> dict[str, Any]:
         return {"kit": str(kits / "server")}
+
+
+@pytest.fixture(scope="module")
+def hosted_kits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("pki-hosted")
+    text = PROJECT.replace("{name: server, port", "{name: server.example.org, port")
+    (folder / "PROJECT.yml").write_text(text)
+    provision(folder / "PROJECT.yml", folder / "out")
+    return folder / "out" / "net"
+
+
+class TestPkiServerKitNamedAfterItsHostContract(SecurityProviderContract):
+    """The contract with a server kit whose certificate names its host, as in production."""
+
+    component = "pki"
+    plugin = "security_pki"
+    authenticates = True
+    known_identities = ("server", "server.job7")
+
+    @pytest.fixture
+    def provider_options(self, hosted_kits: Path) -> dict[str, Any]:
+        return {"kit": str(hosted_kits / "server.example.org")}
