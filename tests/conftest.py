@@ -20,6 +20,7 @@ REAL_PROCESS_MODULES = {
     "roles/client_job/test_process_executor.py",
     "cli/test_cli.py",
     "cli/test_cli_poc.py",
+    "cli/test_cli_kits.py",
     "plugins/pipe_cell/test_pipe_cell.py",
     "plugins/pipe_file/test_pipe_file.py",
     "plugins/transport_tcp/test_tcp_tls.py",

@@ -47,6 +47,11 @@ def add_kit_parsers(sub: Any) -> None:
         parser.add_argument(
             "kit", type=Path, help="the startup kit folder (from fl-core provision)"
         )
+        parser.add_argument(
+            "--workspace",
+            type=Path,
+            help="where the participant keeps jobs, logs and its audit log (default: in the kit)",
+        )
         if name == "start":
             parser.add_argument(
                 "--timeout", type=float, default=60.0, help="seconds to wait for it to come up"
@@ -56,6 +61,8 @@ def add_kit_parsers(sub: Any) -> None:
 def kit_command(args: argparse.Namespace, out: TextIO) -> int:
     """Run `start`, `stop` or `status`; the exit code."""
     kit = load_kit(args.kit)
+    if args.workspace is not None:
+        kit = elsewhere(kit, args.workspace)
     if args.command == "status":
         return status(kit, out)
     if kit.kind == "admin":
@@ -68,6 +75,32 @@ def kit_command(args: argparse.Namespace, out: TextIO) -> int:
     else:
         stop(kit, out)
     return 0
+
+
+def elsewhere(kit: KitConfig, workspace: Path) -> KitConfig:
+    """`kit` run with its workspace under `workspace`: a copy of its federation file there.
+
+    The copy names the kit (`security.options.kit`), so the certificate, key,
+    revocation list and policies are still read from the kit itself.
+    """
+    from dataclasses import replace
+
+    import yaml
+
+    workspace = workspace.resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    data = yaml.safe_load(kit.federation_file.read_text())
+    security = data.get("security") if isinstance(data, dict) else None
+    if isinstance(security, str):
+        security = {"name": security}
+    if not isinstance(security, dict):
+        raise KitError(f"{kit.federation_file}: no security provider to point at the kit")
+    data["security"] = {
+        **security,
+        "options": {**security.get("options", {}), "kit": str(kit.root)},
+    }
+    (workspace / "federation.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return replace(kit, elsewhere=workspace)
 
 
 def _pid(kit: KitConfig) -> int | None:
@@ -151,8 +184,8 @@ def stop(kit: KitConfig, out: TextIO, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-    # Every process of this participant names the kit on its command line.
-    left = sweep(kit.root)
+    # Every process of this participant names its workspace or the kit on its command line.
+    left = sweep(kit.root) + sweep(kit.federation_file.parent)
     (kit.workspace / "pid").unlink(missing_ok=True)
     if pid is None and not left:
         out.write(f"{kit.name}: not running\n")

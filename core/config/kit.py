@@ -37,6 +37,9 @@ class KitConfig:
     name: str
     org: str
     role: str
+    elsewhere: Path | None = None
+    """Where the participant runs when not inside the kit (`fl-core start --workspace`):
+    that folder holds a copy of the federation file that names the kit."""
 
     @property
     def kind(self) -> str:
@@ -46,12 +49,12 @@ class KitConfig:
     @property
     def federation_file(self) -> Path:
         """The federation config the kit's processes read."""
-        return self.root / "federation.yaml"
+        return (self.elsewhere or self.root) / "federation.yaml"
 
     @property
     def workspace(self) -> Path:
-        """Where the participant's processes keep their state (inside the kit)."""
-        return self.root / ("server" if self.role == "server" else self.name)
+        """Where the participant's processes keep their state (inside the kit by default)."""
+        return (self.elsewhere or self.root) / ("server" if self.role == "server" else self.name)
 
     @property
     def certificate(self) -> Path:
