@@ -267,3 +267,10 @@ def test_a_missing_file_means_the_defaults_and_says_so(
     assert rights.refusal(BOB, "shutdown") == ""
     path.unlink()  # removed again: back to the defaults
     assert "has no right 'shutdown'" in rights.refusal(BOB, "shutdown")
+
+
+def test_the_file_a_server_kit_is_provisioned_with_says_the_defaults() -> None:
+    # Provisioning (core) writes the file; this plugin reads it: one table, twice written.
+    from fl_core.provision.kits import authorization_text
+
+    assert Rights.parse(authorization_text(), "authorization.yaml").roles == DEFAULT_RIGHTS

@@ -304,3 +304,14 @@ def test_refusal_has_the_shape_of_the_servers_rights(tmp_path: Path) -> None:
     assert policy.refusal(bob, "abort_job", bob) == ""
     assert "launcher 'docker'" in policy.refusal(bob, "launcher:docker")
     assert "image 'x:1'" in _policy("images: []\n").refusal(bob, "image:x:1")
+
+
+def test_the_file_a_site_kit_is_provisioned_with_says_the_defaults() -> None:
+    from fl_core.provision.kits import site_policy_text
+
+    written = SitePolicy.parse(site_policy_text("site-1"), "site_policy.yaml")
+    assert (written.actions, written.launchers, written.images) == (
+        DEFAULT_POLICY.actions,
+        DEFAULT_POLICY.launchers,
+        DEFAULT_POLICY.images,
+    )
