@@ -236,3 +236,86 @@ def test_an_unknown_security_provider_is_named(
     code, out, err = _check(capsys, str(kit), "--as", "bob@b.org:b:lead", "submit_job")
     assert (code, out) == (1, "")
     assert "unknown security 'vault'" in err and "kit_policy (plugin kit_policy)" in err
+
+
+# --- with real kits from fl-core provision ------------------------------------------------
+
+REAL_PROJECT = """\
+project: real
+server: {name: server.example.org, port: 8002, org: ops}
+sites: [{name: site-1, org: hospital-a}]
+admins: [{name: boss@a.org, org: hospital-a, role: project_admin}]
+"""
+
+
+@pytest.fixture(scope="module")
+def real_kits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fl_core.provision import provision
+
+    folder = tmp_path_factory.mktemp("real-kits")
+    (folder / "project.yml").write_text(REAL_PROJECT)
+    provision(folder / "project.yml", folder / "out")
+    return folder / "out" / "real"
+
+
+@pytest.mark.parametrize(
+    ("kit", "who", "action", "code", "said"),
+    [
+        ("server.example.org", "m@b.org:hospital-b:member", "submit_job", 1, "has no right"),
+        ("server.example.org", "l@b.org:hospital-b:lead", "submit_job", 0, "allowed"),
+        ("server.example.org", "o@b.org:hospital-b:org_admin", "shutdown", 1, "'shutdown'"),
+        ("site-1", "l@b.org:hospital-b:lead", "run_job", 0, "allowed"),
+        ("site-1", "m@b.org:hospital-b:member", "run_job", 1, "site_policy.yaml: run_job"),
+        ("site-1", "boss@a.org:hospital-a:project_admin", "launcher:docker", 1, "docker"),
+    ],
+)
+def test_a_provisioned_kit_decides_as_its_participant_would(
+    real_kits: Path,
+    capsys: pytest.CaptureFixture[str],
+    kit: str,
+    who: str,
+    action: str,
+    code: int,
+    said: str,
+) -> None:
+    assert main(["policy", "check", str(real_kits / kit), "--as", who, action]) == code
+    out = capsys.readouterr().out
+    assert said in out, out
+
+
+def test_an_edit_of_the_site_policy_shows_at_once(
+    real_kits: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = real_kits / "site-1" / "site_policy.yaml"
+    saved = policy.read_text()
+    try:
+        policy.write_text("run_job: [{org: hospital-b}]\n")
+        assert (
+            main(
+                [
+                    "policy",
+                    "check",
+                    str(real_kits / "site-1"),
+                    "--as",
+                    "l@b.org:hospital-b:lead",
+                    "run_job",
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "policy",
+                    "check",
+                    str(real_kits / "site-1"),
+                    "--as",
+                    "boss@a.org:hospital-a:project_admin",
+                    "run_job",
+                ]
+            )
+            == 1
+        )
+    finally:
+        policy.write_text(saved)
+    assert "refused" in capsys.readouterr().out
