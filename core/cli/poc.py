@@ -1,6 +1,7 @@
 """The POC and admin commands of `fl-core` (wired in by `fl_core.cli`).
 
 fl-core poc prepare|start|stop|status [--workspace DIR] [--clients N] [--transport T] [--force]
+                                      [--secure]
 fl-core job submit JOB_DIR | list | status ID | abort ID | logs ID [--site S]
             | download ID [--output DIR]                      [--workspace DIR]
 fl-core run --mode poc JOB [--clients N] [--workspace OUT] [--transport T]
@@ -56,6 +57,12 @@ def add_poc_parser(sub: Any) -> None:
                 action="store_true",
                 help="empty a --workspace that already holds something (refused if it runs)",
             )
+            action.add_argument(
+                "--secure",
+                action="store_true",
+                help="provision a local project and run it from its startup kits, as "
+                "production does (mutual TLS, signed jobs, policies)",
+            )
         if name in ("start", "stop"):
             action.add_argument(
                 "--timeout", type=float, default=60.0, help="seconds to wait (default: 60)"
@@ -109,9 +116,16 @@ def _positive(text: str) -> int:
 def poc_command(args: argparse.Namespace, out: TextIO) -> int:
     """Run `fl-core poc <action>`."""
     from fl_core.cli import poc_federation as poc
+    from fl_core.cli import poc_secure as secure
     from fl_core.config.federation import load_federation
 
+    if args.poc_command == "prepare" and args.secure:
+        return _secure_command(args, out)
+    if args.poc_command != "prepare" and secure.is_secure(args.workspace):
+        return _secure_command(args, out)
     if args.poc_command == "prepare":
+        if args.force:
+            secure.refuse_running(args.workspace)  # a secure POC there has no federation.yaml
         _check_transport(args.transport)
         config = poc.prepare(args.workspace, args.clients, args.transport, args.force)
         out.write(
@@ -130,6 +144,44 @@ def poc_command(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"POC in {config.root} is stopped\n")
         return EXIT_OK
     return _print_status(poc.status(config), out)
+
+
+def _secure_command(args: argparse.Namespace, out: TextIO) -> int:
+    """`fl-core poc ...` of a secure POC: each participant run from its kit."""
+    from fl_core.cli import poc_secure as secure
+
+    if args.poc_command == "prepare":
+        if args.transport not in ("grpc", "tcp"):
+            raise UsageError(
+                f"--transport: a secure POC runs over grpc or tcp, not {args.transport!r}"
+            )
+        _check_transport(args.transport)
+        poc = secure.prepare_secure(args.workspace, args.clients, args.transport, args.force)
+        out.write(
+            f"prepared a secure POC in {poc.root}: kits for server {secure.SERVER}, "
+            f"{len(poc.sites)} sites ({', '.join(poc.sites)}) and admin {secure.ADMIN} "
+            f"in {poc.kits} over {args.transport}\n"
+        )
+        return EXIT_OK
+    poc = secure.load_secure(args.workspace)
+    if args.poc_command == "start":
+        secure.start_secure(poc, args.timeout, on_progress=lambda line: _line(out, line))
+        out.write(f"secure POC in {poc.root} is running ({len(poc.sites)} sites)\n")
+        return EXIT_OK
+    if args.poc_command == "stop":
+        for note in secure.stop_secure(poc):
+            _line(out, note)
+        out.write(f"secure POC in {poc.root} is stopped\n")
+        return EXIT_OK
+    state = secure.status_secure(poc, out)
+    if state["error"]:
+        out.write(f"error: {state['error']}\n")
+    out.write(f"jobs: {len(state['jobs'])}\n")
+    for job in state["jobs"]:
+        out.write(f"  {_job_row(job)}\n")
+    running = "running" if state["running"] else "not running"
+    out.write(f"secure POC in {poc.root} is {running}\n")
+    return EXIT_OK if state["running"] else EXIT_FAILED
 
 
 def _print_status(state: dict[str, Any], out: TextIO) -> int:
@@ -175,6 +227,7 @@ def _line(out: TextIO, text: str) -> None:
 
 def job_command(args: argparse.Namespace, out: TextIO) -> int:
     """Run an admin action of `fl-core job` against the POC in `--workspace` (or `--kit`)."""
+    from fl_core.cli import poc_secure as secure
     from fl_core.config.federation import load_federation
     from fl_core.containers.poc import admin_client
 
@@ -185,6 +238,8 @@ def job_command(args: argparse.Namespace, out: TextIO) -> int:
         if kit.kind != "admin":
             raise UsageError(f"{kit.root} is the kit of {kit.role} {kit.name}, not an admin's")
         config = load_federation(kit.federation_file)
+    elif secure.is_secure(args.workspace):
+        config = secure.load_secure(args.workspace).admin_federation()
     else:
         config = load_federation(args.workspace)
     with admin_client(config, wait=0.0) as admin:
@@ -218,6 +273,7 @@ def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     remove its temporary folder, and a second signal does not cut that short.
     """
     from fl_core.cli import poc_federation as poc
+    from fl_core.cli import poc_secure as secure
     from fl_core.cli.workspace import empty_model_warning, fresh_workspace
     from fl_core.config import load_job
 
@@ -238,20 +294,34 @@ def run_poc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _line(out, f"moved the earlier run in {output} to {aside}")
     started = time.monotonic()
     cli_signals.teardown_only()
+    # --secure (when the `run` parser offers it): the same job from a provisioned project's kits.
+    kits = secure.prepare_secure if getattr(args, "secure", False) else None
+    if kits is not None and transport not in ("grpc", "tcp"):
+        raise UsageError(f"--transport: a secure POC runs over grpc or tcp, not {transport!r}")
     tmp = Path(tempfile.mkdtemp(prefix="fl-poc-"))
     try:
-        config = poc.prepare(tmp / "poc", clients, transport)
+        project = kits(tmp / "poc", clients, transport) if kits is not None else None
+        config = (
+            project.admin_federation() if project else poc.prepare(tmp / "poc", clients, transport)
+        )
         try:
             out.write(
                 f"fl-core poc: job {job.name}, {clients} sites, {job.rounds} rounds, "
-                f"over {transport} (workspace {config.root})\n"
+                f"over {transport} (workspace {tmp / 'poc'})\n"
             )
             out.flush()
-            poc.start(config, on_progress=None if args.quiet else lambda s: _line(out, s))
+            progress = None if args.quiet else lambda s: _line(out, s)
+            if project is not None:
+                secure.start_secure(project, on_progress=progress)
+            else:
+                poc.start(config, on_progress=progress)
             record, missing = _submit_and_follow(config, job, output, out, err, quiet=args.quiet)
         finally:
             with cli_signals.held():
-                poc.stop(config)
+                if project is not None:
+                    secure.stop_secure(project)
+                else:
+                    poc.stop(config)
     finally:
         with cli_signals.held():
             # Whatever a signal cut short (a process spawned but not yet recorded), none of

@@ -37,6 +37,7 @@ __all__ = [
     "PocError",
     "PocStartError",
     "WorkspaceNotEmptyError",
+    "clear",
     "pid_running",
     "prepare",
     "start",
@@ -104,7 +105,7 @@ def prepare(
     if workspace.is_dir() and any(workspace.iterdir()):
         if not force:
             raise WorkspaceNotEmptyError(workspace)
-        _clear(workspace)
+        clear(workspace)
     sites = [f"site-{index}" for index in range(1, clients + 1)]
     text = federation_yaml(
         "poc", sites, transport=transport, server={"listen": f"{transport}://127.0.0.1:0"}
@@ -154,7 +155,8 @@ def write_credentials(config: FederationConfig) -> None:
         write_secret(config.server_key_file(party), secret)
 
 
-def _clear(workspace: Path) -> None:
+def clear(workspace: Path) -> None:
+    """Empty `workspace`; refuses (`PocError`) while the POC prepared there runs."""
     source = workspace / FEDERATION_FILE
     if source.is_file():
         try:
