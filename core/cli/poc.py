@@ -254,6 +254,11 @@ def job_command(args: argparse.Namespace, out: TextIO) -> int:
         elif action == "abort":
             record = admin.abort(args.job_id)
             out.write(f"{args.job_id}: {record.get('state')}\n")
+            refused = record.get("refused") or []
+            for line in refused:  # sites whose own policy kept their part running
+                out.write(f"{line}\n")
+            if refused:
+                return EXIT_FAILED
         elif action == "logs":
             out.write(admin.logs(args.job_id, args.site or "server"))
         else:

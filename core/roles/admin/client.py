@@ -36,6 +36,7 @@ from fl_core.roles.protocol.parent import (
     Field,
 )
 from fl_core.roles.protocol.signed_job import sign_job
+from fl_core.roles.protocol.signed_request import sign_request
 from fl_core.spec.security import SecurityProvider, admin_cell_prefix
 from fl_core.spec.transport import Transport
 
@@ -288,8 +289,20 @@ class AdminClient:
         return self._json(AdminTopic.STATUS, {Field.JOB_ID: job_id})
 
     def abort(self, job_id: str) -> dict[str, Any]:
-        """Abort the job; returns its record once every process of it is gone."""
-        return self._json(AdminTopic.ABORT, {Field.JOB_ID: job_id}, ABORT_TIMEOUT)
+        """Abort the job; returns its record once every process of it is gone.
+
+        With a certificate the request is signed, and each site decides with
+        its own policy whether its part stops: the record's `refused` lists
+        what each site that refused said (see `fl_core.roles.protocol.signed_request`).
+        """
+        headers = self._signed_request("abort_job", job_id)
+        return self._json(AdminTopic.ABORT, {Field.JOB_ID: job_id}, ABORT_TIMEOUT, headers)
+
+    def _signed_request(self, action: str, job_id: str) -> dict[str, str]:
+        """This admin's signature of `action` on `job_id`, as headers ({} without a certificate)."""
+        if self.security is None or self.security.identity() is None:
+            return {}
+        return sign_request(self.security, action, job_id)
 
     def logs(self, job_id: str, which: str = "server") -> str:
         """The tail of the server job's log, or of a site's client job log (`which` = site)."""

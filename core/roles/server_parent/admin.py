@@ -30,6 +30,13 @@ from fl_core.roles.protocol.parent import (
     json_object,
 )
 from fl_core.roles.protocol.signed_job import verify_job
+from fl_core.roles.protocol.signed_request import (
+    REFUSED,
+    ReplayGuard,
+    is_signed,
+    signed_part,
+    verify_request,
+)
 from fl_core.roles.server_parent.job_store import JobRecord
 from fl_core.spec.security import Identity, SignatureError
 
@@ -64,6 +71,7 @@ class AdminService:
 
     def __init__(self, engine: ServerEngine) -> None:
         self.engine = engine
+        self._replays = ReplayGuard()
         handlers = {
             AdminTopic.SUBMIT: self._on_submit,
             AdminTopic.LIST: self._on_list,
@@ -172,8 +180,12 @@ class AdminService:
         if record.state.final:
             why = f" ({record.reason})" if record.reason else ""
             raise FlCoreError(f"job {record.job_id} has already ended: {record.state}{why}")
+        signed = self._signed_abort(message, record)
+        # Before the abort starts: each site gets the admin's request with its abort_job.
+        self.engine.driver.sign_abort(record.job_id, signed)
         job = self.engine.abort_job(record.job_id, "aborted by the admin")
         if job is None:  # it had not started: recorded aborted at once
+            self.engine.driver.sign_abort(record.job_id, {})
             return self.engine.store.get(record.job_id).to_json()
         # Answered from a thread: the handler must not hold a dispatcher thread.
         threading.Thread(
@@ -181,10 +193,43 @@ class AdminService:
         ).start()
         return DEFERRED
 
+    def _signed_abort(self, message: Message, record: JobRecord) -> dict[str, str]:
+        """The admin's signed abort request, checked here; {} without certificates (a POC).
+
+        Each site checks it again and decides with its own policy; the server
+        only makes sure it was signed by the admin who asks, for this job, now.
+        """
+        security = self.engine.security
+        if not security.proves_names:
+            return {}
+        actor = self.actor(message.origin)
+        try:
+            if not is_signed(message.headers):
+                raise SignatureError(
+                    "the abort carries no signature of the admin (each site checks who asks "
+                    "it to stop its part); use an fl-core client that signs it"
+                )
+            signer = verify_request(
+                security, message.headers, "abort_job", record.job_id, replays=self._replays
+            )
+            if (signer.name, signer.org) != (actor.name, actor.org):
+                raise SignatureError(f"the abort was signed by {signer}, not by {actor}")
+        except SignatureError as exc:
+            self.engine.audit(actor, "abort_job", f"job {record.job_id}", f"refused: {exc}")
+            raise FlCoreError(f"{actor} may not abort_job (job {record.job_id}): {exc}") from exc
+        return signed_part(message.headers)
+
     def _reply_when_done(self, message: Message, job: JobRun) -> None:
         job.done.wait(ABORT_GRACE * 4)
+        self.engine.driver.sign_abort(job.job_id, {})
+        reply: dict[str, object] = self.engine.store.get(job.job_id).to_json()
+        if job.refusals:
+            actor = self.actor(message.origin)
+            for refusal in job.refusals:
+                self.engine.audit(actor, "abort_job", f"job {job.job_id}", f"refused: {refusal}")
+            reply[REFUSED] = list(job.refusals)
         try:
-            self.engine.cell.reply(message, self.engine.store.get(job.job_id).to_json())
+            self.engine.cell.reply(message, reply)
         except CellError as exc:
             log.info("abort of %s: the admin is gone: %s", job.job_id, exc)
 

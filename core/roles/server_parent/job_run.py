@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import sys
 import threading
@@ -56,6 +57,8 @@ class JobRun:
     done: threading.Event = field(default_factory=threading.Event)
     ending: dict[str, object] | None = None
     """The end being written (retried while the disk refuses it); shown meanwhile."""
+    refusals: list[str] = field(default_factory=list)
+    """What each site that refused an admin's signed abort said (its own policy)."""
 
 
 class JobDriver:
@@ -78,6 +81,16 @@ class JobDriver:
         self.url = url
         """Where the server parent listens (known once it does)."""
         self.python = python
+        self._signed_aborts: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def sign_abort(self, job_id: str, headers: dict[str, str]) -> None:
+        """Carry the admin's signed abort request (headers) to the sites, or forget it ({})."""
+        with self._lock:
+            if headers:
+                self._signed_aborts[job_id] = dict(headers)
+            else:
+                self._signed_aborts.pop(job_id, None)
 
     def deploy_and_watch(self, job: JobRun) -> tuple[JobState, str]:
         record = self.store.get(job.job_id)
@@ -171,8 +184,16 @@ class JobDriver:
         return JobState.FAILED, reason
 
     def end_sites(self, job: JobRun) -> None:
-        """Make sure no client job of `job` is left on any site."""
+        """Make sure no client job of `job` is left on any site.
+
+        An admin's abort carries the admin's signed request, and each site
+        decides with its own policy: a refusal is kept in `job.refusals`. The
+        server's own ends (the job finished or failed, a site lost, shutdown)
+        are unsigned, and every site obeys them.
+        """
         reason = job.abort_reason or "the job ended"
+        with self._lock:
+            signed = self._signed_aborts.pop(job.job_id, {})
         for site in job.sites:
             try:
                 self.cell.request(
@@ -181,9 +202,13 @@ class JobDriver:
                     ParentTopic.ABORT_JOB,
                     {Field.JOB_ID: job.job_id, Field.REASON: reason},
                     COMMAND_TIMEOUT,
+                    headers=signed or None,
                 )
             except CellError as exc:
                 log.info("job %s: %s did not confirm its end: %s", job.job_id, site, exc)
+                if signed and isinstance(exc, RemoteError):
+                    # The site's own words, without the name of its exception's class.
+                    job.refusals.append(re.sub(r"^\w*Error: ", "", exc.detail, count=1))
 
     def abort(self, job: JobRun, reason: str, state: JobState = JobState.ABORTED) -> None:
         if job.abort_reason is None:
