@@ -1,4 +1,4 @@
-"""An admin's abort carries the admin's signature, and each site decides about its own part.
+"""An admin's abort (and a site log request) carries the admin's signature; each site decides.
 
 Real kits (`poc prepare --secure` provisions them with `fl_core.provision`),
 real processes started from them, mutual TLS on loopback.
@@ -43,9 +43,9 @@ def running(tmp_path: Path) -> Iterator[poc_secure.SecurePoc]:
     ok(run_cli("poc", "prepare", "--secure", "--clients", "2", "--workspace", str(ws)))
     poc = poc_secure.load_secure(ws)
     policy = poc.kits / "site-2" / "site_policy.yaml"
-    text, count = re.subn(r"(?m)^abort_job: .*$", "abort_job: none", policy.read_text())
-    assert count == 1
-    policy.write_text(text)  # site-2 lets no admin abort its part
+    text, count = re.subn(r"(?m)^(abort_job|read_results): .*$", r"\1: none", policy.read_text())
+    assert count == 2
+    policy.write_text(text)  # site-2 lets no admin abort its part or read its logs
     try:
         ok(run_cli("poc", "start", "--workspace", str(ws)))
         yield poc
@@ -123,3 +123,27 @@ def test_the_server_refuses_an_abort_without_the_admins_signature(
     ]
     audit = AuditLog(poc.kit("localhost").workspace / "audit.jsonl").entries()
     assert any("carries no signature" in e["result"] for e in audit), json.dumps(audit)
+
+
+def test_a_sites_log_is_shown_by_the_site_itself_if_its_policy_allows(
+    running: poc_secure.SecurePoc, tmp_path: Path
+) -> None:
+    poc = running
+    job_id = submit_and_wait_running(poc, tmp_path)
+    ws = str(poc.root)
+    # The site's log itself (the server does not read it from the site's disk).
+    shown = ok(run_cli("job", "logs", job_id, "--site", "site-1", "--workspace", ws))
+    on_disk = (poc.kit("site-1").workspace / "jobs" / job_id / "log.txt").read_text()
+    assert shown and shown in on_disk  # the log may grow after it was shown
+    refused = run_cli("job", "logs", job_id, "--site", "site-2", "--workspace", ws)
+    assert refused.returncode == 1
+    assert f"site-2 refused to show its log of job {job_id}: " in refused.stderr, refused.stderr
+    assert "read_results" in refused.stderr
+    (entry,) = [
+        e
+        for e in AuditLog(poc.kit("site-2").workspace / "audit.jsonl").entries()
+        if e["action"] == "read_results"
+    ]
+    assert entry["who"].startswith("admin@poc.local") and entry["result"].startswith("refused")
+    unknown = run_cli("job", "logs", job_id, "--site", "site-9", "--workspace", ws)
+    assert unknown.returncode == 1 and "ran on site-1, site-2" in unknown.stderr

@@ -36,7 +36,7 @@ from fl_core.roles.protocol.parent import (
     Field,
 )
 from fl_core.roles.protocol.signed_job import sign_job
-from fl_core.roles.protocol.signed_request import sign_request
+from fl_core.roles.protocol.signed_request import REFUSED, sign_request
 from fl_core.spec.security import SecurityProvider, admin_cell_prefix
 from fl_core.spec.transport import Transport
 
@@ -247,12 +247,20 @@ class AdminClient:
             )
         return reply
 
-    def _bytes(self, topic: AdminTopic, payload: object, timeout: float | None = None) -> bytes:
-        reply = self._request(topic, payload, timeout)
+    def _bytes(
+        self,
+        topic: AdminTopic,
+        payload: object,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
+        reply = self._request(topic, payload, timeout, headers)
         if isinstance(reply, bytes | bytearray | memoryview):
             return bytes(reply)
         if reply is None:
             return b""
+        if isinstance(reply, dict) and isinstance(reply.get(REFUSED), str):
+            raise AdminRequestError(topic, reply[REFUSED])  # a site's own refusal
         raise AdminRequestError(
             topic, f"expected bytes from the server parent, got {type(reply).__name__}"
         )
@@ -306,7 +314,11 @@ class AdminClient:
 
     def logs(self, job_id: str, which: str = "server") -> str:
         """The tail of the server job's log, or of a site's client job log (`which` = site)."""
-        data = self._bytes(AdminTopic.LOGS, {Field.JOB_ID: job_id, Field.WHICH: which})
+        # A site's log is the site's to show: it checks this admin's signed request itself.
+        headers = self._signed_request("read_results", job_id) if which != "server" else {}
+        data = self._bytes(
+            AdminTopic.LOGS, {Field.JOB_ID: job_id, Field.WHICH: which}, headers=headers
+        )
         return data.decode("utf-8", errors="replace")
 
     def download(self, job_id: str, dest: Path) -> Path:

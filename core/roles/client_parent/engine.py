@@ -37,12 +37,13 @@ from fl_core.config.site import DEFAULT_LAUNCHER, SITE_FILE, SiteConfig
 from fl_core.credentials import read_secret
 from fl_core.errors import CellError, FlCoreError
 from fl_core.pids import describe_exit, read_tail, write_status
+from fl_core.roles.client_parent.admin_requests import SiteDecisions
 from fl_core.roles.protocol.job_package import unpack_job
 from fl_core.roles.protocol.parent import ABORT_GRACE, DIRECT_TOKEN_ENV, Field, ParentTopic
 from fl_core.roles.protocol.signed_job import verify_job
-from fl_core.roles.protocol.signed_request import ReplayGuard, is_signed, verify_request
+from fl_core.roles.protocol.signed_request import SITE_LOGS
 from fl_core.spec.launcher import JobHandle, Launcher, LaunchSpec, ProcessType
-from fl_core.spec.security import Identity, SecurityProvider, SignatureError
+from fl_core.spec.security import Identity, SecurityProvider
 from fl_core.spec.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class ClientEngine:
         """What this site allows, whatever the server asks (its own `site.yaml`)."""
         self.security = security
         self.audit = AuditLog(self.workspace / AUDIT_FILE)
+        self.decisions = SiteDecisions(site, security, self.audit)
+        """What this site decides itself about an admin's signed abort or logs request."""
         # Read now: a site without its credential must not start at all.
         self._key = None if proved else read_secret(config.site_key_file(site))
         self.cell = Cell(site, transport)
@@ -135,9 +138,6 @@ class ClientEngine:
         there (the cell's own reconnect only retries the old URL)."""
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
-        self._owners: dict[str, Identity] = {}
-        """Who signed each job deployed here (the owner an abort's policy check asks about)."""
-        self._replays = ReplayGuard()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         for topic, handler in (
@@ -145,6 +145,7 @@ class ClientEngine:
             (ParentTopic.START_JOB, self._on_start_job),
             (ParentTopic.ABORT_JOB, self._on_abort_job),
             (ParentTopic.SHUTDOWN, self._on_shutdown),
+            (SITE_LOGS, self._on_logs),
         ):
             self.cell.register_handler(Channel.CLIENT_MAIN, topic, _from_server(handler))
 
@@ -279,8 +280,7 @@ class ClientEngine:
             self.audit.record(message.origin, "deploy", f"job {job_id}", f"refused: {refusal}")
             raise FlCoreError(f"{self.site} refused job {job_id}: {refusal}")
         self.audit.record(signer or message.origin, "deploy", f"job {job_id}", "accepted")
-        if signer is not None:
-            self._owners[job_id] = signer  # whose job it is, when an admin asks to abort it
+        self.decisions.record_owner(folder, signer)  # whose job it is, for this site's policy
         log.info("%s: job %s deployed", self.site, job_id)
         return {}
 
@@ -348,7 +348,7 @@ class ClientEngine:
             job = self._jobs.get(job_id)
         if job is None:
             return {}
-        refusal = self._abort_refusal(message, job_id, reason)
+        refusal = self.decisions.abort_refusal(message, job_id, self.job_dir(job_id), reason)
         if refusal:
             log.warning("%s: refused to abort job %s: %s", self.site, job_id, refusal)
             raise FlCoreError(f"{self.site} refused to abort job {job_id}: {refusal}")
@@ -362,32 +362,6 @@ class ClientEngine:
 
         threading.Thread(target=stop_and_reply, name="fl-abort", daemon=True).start()
         return DEFERRED
-
-    def _abort_refusal(self, message: Message, job_id: str, reason: str) -> str:
-        """Why this site keeps its part of `job_id` running, or "" to stop it.
-
-        An admin's abort carries the admin's signed request: this site checks
-        the signature itself and asks its own policy, with the job's signer
-        (recorded at deploy) as its owner. An unsigned abort is the server's
-        own (the job ended or failed, a site was lost, shutdown): obeyed.
-        """
-        security = self.security
-        if security is None or not is_signed(message.headers):
-            if security is not None and security.proves_names:
-                self.audit.record(message.origin, "abort_job", f"job {job_id}", f"done: {reason}")
-            return ""
-        signer: Identity | str = message.origin
-        try:
-            signer = verify_request(
-                security, message.headers, "abort_job", job_id, replays=self._replays
-            )
-            refusal = security.authorize(signer, "abort_job", self._owners.get(job_id))
-        except SignatureError as exc:
-            refusal = str(exc)
-        self.audit.record(
-            signer, "abort_job", f"job {job_id}", f"refused: {refusal}" if refusal else "done"
-        )
-        return refusal
 
     def _stop_job(self, job: _Job, reason: str) -> None:
         job.aborting = True
@@ -412,7 +386,6 @@ class ClientEngine:
                 ended = [(j, code) for j, code in ended if code is not None]
                 for job, _ in ended:
                     del self._jobs[job.job_id]
-                    self._owners.pop(job.job_id, None)
             for job, code in ended:
                 assert code is not None
                 reason = ""
@@ -446,6 +419,11 @@ class ClientEngine:
                     log.warning("%s: could not report the end of %s: %s", self.site, job_id, exc)
                     return
                 time.sleep(0.2)
+
+    def _on_logs(self, message: Message) -> object:
+        data = message.payload if isinstance(message.payload, dict) else {}
+        job_id = _job_id(data.get(Field.JOB_ID))
+        return self.decisions.logs(message, job_id, self.job_dir(job_id))
 
     def _on_shutdown(self, message: Message) -> object:
         threading.Thread(

@@ -14,6 +14,10 @@ it with its own security provider: the signature, the signer's certificate
 that it is at most `MAX_AGE` seconds old, and that its nonce was not seen
 before. A server cannot forge it, nor reuse one for another job.
 
+The same carries `read_results` when an admin asks for a site's log of a
+job in production (`SITE_LOGS`): the server cannot read a site's disk, so
+it asks the site, which shows it only if its own policy allows.
+
 Without certificates (`none`, a POC) nothing is signed and nothing checked.
 """
 
@@ -36,6 +40,7 @@ __all__ = [
     "REQUEST",
     "SIGNATURE",
     "SIGNER",
+    "SITE_LOGS",
     "ReplayGuard",
     "is_signed",
     "sign_request",
@@ -49,6 +54,9 @@ SIGNER: Final = "admin-signer"
 """Header: the signer's certificate (base64 of its PEM)."""
 SIGNATURE: Final = "admin-signature"
 """Header: the signature over the request (base64)."""
+SITE_LOGS: Final = "site_logs"
+"""`CLIENT_MAIN` topic: `{job_id}` from SP, with the admin's signed `read_results`
+request as headers -> bytes, the tail of that site's client job log."""
 REFUSED: Final = "refused"
 """Key of the abort's reply: what each site that refused said (`site-2 refused to abort ...`)."""
 FORMAT: Final = "fl-core admin request v1"

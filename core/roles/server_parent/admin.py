@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 from fl_core.cell.cell import DEFERRED
 from fl_core.cell.channels import Channel
 from fl_core.cell.message import Message
-from fl_core.errors import CellError, ConfigError, FlCoreError
+from fl_core.errors import CellError, ConfigError, FlCoreError, RemoteError
 from fl_core.roles.protocol.parent import (
     ABORT_GRACE,
     ADMIN_PREFIX,
@@ -32,6 +33,7 @@ from fl_core.roles.protocol.parent import (
 from fl_core.roles.protocol.signed_job import verify_job
 from fl_core.roles.protocol.signed_request import (
     REFUSED,
+    SITE_LOGS,
     ReplayGuard,
     is_signed,
     signed_part,
@@ -180,7 +182,7 @@ class AdminService:
         if record.state.final:
             why = f" ({record.reason})" if record.reason else ""
             raise FlCoreError(f"job {record.job_id} has already ended: {record.state}{why}")
-        signed = self._signed_abort(message, record)
+        signed = self._signed(message, "abort_job", record)
         # Before the abort starts: each site gets the admin's request with its abort_job.
         self.engine.driver.sign_abort(record.job_id, signed)
         job = self.engine.abort_job(record.job_id, "aborted by the admin")
@@ -193,8 +195,9 @@ class AdminService:
         ).start()
         return DEFERRED
 
-    def _signed_abort(self, message: Message, record: JobRecord) -> dict[str, str]:
-        """The admin's signed abort request, checked here; {} without certificates (a POC).
+    def _signed(self, message: Message, action: str, record: JobRecord) -> dict[str, str]:
+        """The admin's signed request to `action` the job, checked here; {} without
+        certificates (a POC).
 
         Each site checks it again and decides with its own policy; the server
         only makes sure it was signed by the admin who asks, for this job, now.
@@ -206,17 +209,17 @@ class AdminService:
         try:
             if not is_signed(message.headers):
                 raise SignatureError(
-                    "the abort carries no signature of the admin (each site checks who asks "
-                    "it to stop its part); use an fl-core client that signs it"
+                    f"the request carries no signature of the admin (each site checks who asks "
+                    f"to {action} there); use an fl-core client that signs it"
                 )
             signer = verify_request(
-                security, message.headers, "abort_job", record.job_id, replays=self._replays
+                security, message.headers, action, record.job_id, replays=self._replays
             )
             if (signer.name, signer.org) != (actor.name, actor.org):
-                raise SignatureError(f"the abort was signed by {signer}, not by {actor}")
+                raise SignatureError(f"the request was signed by {signer}, not by {actor}")
         except SignatureError as exc:
-            self.engine.audit(actor, "abort_job", f"job {record.job_id}", f"refused: {exc}")
-            raise FlCoreError(f"{actor} may not abort_job (job {record.job_id}): {exc}") from exc
+            self.engine.audit(actor, action, f"job {record.job_id}", f"refused: {exc}")
+            raise FlCoreError(f"{actor} may not {action} (job {record.job_id}): {exc}") from exc
         return signed_part(message.headers)
 
     def _reply_when_done(self, message: Message, job: JobRun) -> None:
@@ -239,6 +242,20 @@ class AdminService:
         which = str(data.get(Field.WHICH) or "server")
         if which == "server":
             path = self.engine.store.workspace(record.job_id) / "log.txt"
+        elif self.engine.security.proves_names:
+            # Production: a site's disk is its own. The site shows its log if its own
+            # policy lets the admin (whose signed request it checks itself) read_results.
+            if which not in record.sites:
+                sites = ", ".join(record.sites) or "none yet"
+                raise FlCoreError(f"no log {which!r}: job {record.job_id} ran on {sites}")
+            signed = self._signed(message, "read_results", record)
+            threading.Thread(
+                target=self._site_log,
+                args=(message, which, record.job_id, signed),
+                name="fl-site-log",
+                daemon=True,
+            ).start()
+            return DEFERRED
         elif which in self.engine.config.sites:
             # Sites keep their own logs; on one machine (POC) the server can read them.
             path = self.engine.config.site_dir(which) / "jobs" / record.job_id / "log.txt"
@@ -249,6 +266,25 @@ class AdminService:
         with open(path, "rb") as fh:
             fh.seek(max(0, path.stat().st_size - LOG_TAIL))
             return fh.read()
+
+    def _site_log(self, message: Message, site: str, job_id: str, signed: dict[str, str]) -> None:
+        """Ask `site` for its log of `job_id` and pass the answer (or its refusal) on."""
+        reply: object
+        try:
+            answer = self.engine.cell.request(
+                site, Channel.CLIENT_MAIN, SITE_LOGS, {Field.JOB_ID: job_id}, 30.0, signed
+            )
+            reply = answer.payload
+        except CellError as exc:
+            # The admin client raises this text (a deferred reply cannot be an error).
+            text = exc.detail if isinstance(exc, RemoteError) else f"{site} did not answer: {exc}"
+            reply = {REFUSED: re.sub(r"^\w*Error: ", "", text, count=1)}
+            actor = self.actor(message.origin)
+            self.engine.audit(actor, "read_results", f"job {job_id}", f"refused: {reply[REFUSED]}")
+        try:
+            self.engine.cell.reply(message, reply)
+        except CellError as exc:
+            log.info("logs of %s: the admin is gone: %s", job_id, exc)
 
     def _on_download(self, message: Message) -> object:
         record = self._record(message)
