@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
         help="--mode poc: the federation's transport, any installed one "
         "(default: the job's, else tcp)",
     )
+    run.add_argument(
+        "--secure",
+        action="store_true",
+        help="--mode poc: run from provisioned kits (mutual TLS, signed jobs), as production does",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no per-round progress")
 
     job = sub.add_parser("job", help="job commands")
@@ -213,8 +218,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         if args.threads is not None:
             raise UsageError("--threads applies to --mode simulator only")
         return run_poc(args, out, sys.stderr)
-    if args.transport is not None:
-        raise UsageError("--transport applies to --mode poc only")
+    if args.transport is not None or args.secure:
+        raise UsageError("--transport and --secure apply to --mode poc only")
     if args.mode == "production":
         raise UsageError(
             "production runs from startup kits, not from `run`: `fl-core provision PROJECT.yml "

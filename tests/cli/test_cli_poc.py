@@ -54,7 +54,8 @@ def test_poc_workspace_defaults_to_fl_poc_in_the_current_folder(tmp_path: Path) 
         (["job", "status"], "the following arguments are required: job_id"),
         (["job", "logs", "abc", "--site"], "--site: expected one argument"),
         (["run", "--mode", "poc", str(HELLO), "--threads", "2"], "--threads applies to --mode"),
-        (["run", str(HELLO), "--transport", "grpc"], "--transport applies to --mode poc only"),
+        (["run", str(HELLO), "--transport", "grpc"], "--secure apply to --mode poc only"),
+        (["run", str(HELLO), "--secure"], "--secure apply to --mode poc only"),
     ],
 )
 def test_usage_errors_exit_2_and_say_what(args: list[str], message: str) -> None:

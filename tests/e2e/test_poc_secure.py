@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -109,25 +108,19 @@ def test_prepare_secure_refuses_a_running_poc_and_plain_prepare_stays_plain(
 def test_run_poc_with_secure_runs_the_job_from_fresh_kits_and_leaves_nothing(
     tmp_path: Path,
 ) -> None:
-    # `fl-core run --mode poc JOB --secure` once the `run` parser offers the flag
-    # (fl_core.cli owns that parser); run_poc already takes it.
     out = tmp_path / "result"
-    code = (
-        "import argparse, sys\n"
-        "from fl_core.cli import signals\n"
-        "from fl_core.cli.poc import run_poc\n"
-        "args = argparse.Namespace(job=__import__('pathlib').Path(sys.argv[1]), clients=2,\n"
-        "    transport='grpc', workspace=__import__('pathlib').Path(sys.argv[2]), quiet=True,\n"
-        "    secure=True)\n"
-        "with signals.handled():\n"
-        "    sys.exit(run_poc(args, sys.stdout, sys.stderr))\n"
-    )
     job = hello_job(tmp_path / "job", 2)
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(job), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_cli(
+        "run",
+        "--mode",
+        "poc",
+        str(job),
+        "--secure",
+        "--transport",
+        "grpc",
+        "--workspace",
+        str(out),
+        "-q",
     )
     assert "finished in" in ok(proc)
     assert_exact(out, rounds=2, clients=2)
