@@ -98,6 +98,9 @@ class ParentTopic(enum.StrEnum):
     SHUTDOWN = "shutdown"
     SITE_LOST = "site_lost"
     ABORT = "abort"
+    SITE_LOGS = "site_logs"
+    """Server parent -> client parent: the tail of a job's log there, asked with the
+    admin's signed `read_results` request (see `fl_core.roles.protocol.signed_request`)."""
 
 
 class AdminTopic(enum.StrEnum):

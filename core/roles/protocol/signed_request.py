@@ -32,6 +32,7 @@ import time
 from collections.abc import Mapping
 from typing import Final
 
+from fl_core.roles.protocol.parent import ParentTopic
 from fl_core.spec.security import Identity, SecurityProvider, Signature, SignatureError
 
 __all__ = [
@@ -54,7 +55,7 @@ SIGNER: Final = "admin-signer"
 """Header: the signer's certificate (base64 of its PEM)."""
 SIGNATURE: Final = "admin-signature"
 """Header: the signature over the request (base64)."""
-SITE_LOGS: Final = "site_logs"
+SITE_LOGS: Final = ParentTopic.SITE_LOGS
 """`CLIENT_MAIN` topic: `{job_id}` from SP, with the admin's signed `read_results`
 request as headers -> bytes, the tail of that site's client job log."""
 REFUSED: Final = "refused"
