@@ -13,10 +13,12 @@ checking it, only to say in the error which names it does carry.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Final
 
 import grpc
+from grpc import aio
 
 from fl_core.errors import ConfigError
 from fl_core.spec.security import Credentials
@@ -109,3 +111,15 @@ NAME_MISMATCH: Final = "Hostname Verification Check failed"
 """How gRPC's status details say that the server certificate does not name the target."""
 UNTRUSTED: Final = "CERTIFICATE_VERIFY_FAILED"
 """How they say that its chain does not lead to a CA this end trusts."""
+
+
+def peer_certificate(context: aio.ServicerContext[bytes, bytes]) -> bytes | None:
+    """The client certificate (DER) gRPC's TLS handshake verified for this call, or None.
+
+    gRPC puts it in the call's auth context only once the handshake has
+    checked it (chain and CA; never anything the peer said in a message).
+    """
+    pem = context.auth_context().get("x509_pem_cert")
+    if not pem:
+        return None
+    return ssl.PEM_cert_to_DER_cert(pem[0].decode("ascii"))
