@@ -51,7 +51,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import production_job  # bench/production_job.py: --part job (this folder is on sys.path)
+import production_grpc  # bench/production_grpc.py: raw grpc baselines (this folder is on sys.path)
+import production_job  # bench/production_job.py: --part job
 
 MiB = 1024 * 1024
 CHUNK = 4 * MiB
@@ -245,6 +246,8 @@ ROLES: dict[str, Callable[[list[str]], None]] = {
     "raw-server": lambda a: role_raw_server(a[0], int(a[1]), int(a[2])),
     "raw-site": lambda a: role_raw_site(a[0], int(a[1]), int(a[2]), int(a[3])),
     "job-admin": lambda a: production_job.role_job_admin(a[0], a[1], int(a[2])),
+    "grpc-sink": lambda a: production_grpc.role_grpc_sink(a[0]),
+    "grpc-push": lambda a: production_grpc.role_grpc_push(a[0], *map(int, a[1:5])),
 }
 
 
@@ -409,6 +412,20 @@ def run_cell(folder: str, size: int, count: int) -> dict[str, Any]:
     return result
 
 
+def run_grpc(folder: str, size: int, message: int, count: int) -> list[float]:
+    """Seconds per upload of `size` bytes by raw grpc in `message`-byte messages."""
+    sink = Proc("grpc-sink", folder)
+    try:
+        port = sink.read()["port"]
+        push = Proc("grpc-push", folder, port, size, message, count)
+        seconds: list[float] = push.read()["up"]
+        push.popen.wait(timeout=60)
+    finally:
+        sink.popen.kill()
+        sink.popen.wait()
+    return seconds
+
+
 def _round_seconds(run: dict[str, list[float]]) -> float:
     """The median seconds of a round (down + up), the first round left out."""
     rounds = zip(run["down"][1:], run["up"][1:], strict=True)
@@ -443,6 +460,17 @@ def part_throughput(folder: str, size: int, repeat: int) -> None:
         f"site sending {statistics.median(cell['cpu_up'][1:]) / gib:.2f}; server, both ways "
         f"{cell['server_cpu'] / (2 * gib * (repeat + 1)):.2f} (all rounds)"
     )
+    from fl_plugins.transport_grpc.fragments import FRAGMENT
+
+    raw_up = statistics.median(raw["up"][1:])
+    for message, why in ((FRAGMENT, "the most a listener takes"), (2 * MiB, "a stream chunk")):
+        pushed = run_grpc(folder, size, message, repeat + 1)
+        grpc_s = statistics.median(pushed[1:])
+        print(
+            f"  up   raw grpc + mTLS client stream, {message // 1024} KiB messages ({why}): "
+            f"{gib / grpc_s:5.2f} GiB/s = {raw_up / grpc_s:.2f}x of the raw socket"
+            f"  [s: {' '.join(f'{t:.2f}' for t in pushed)}]"
+        )
     raw_round, cell_round = _round_seconds(raw), _round_seconds(cell)
     ratio = raw_round / cell_round
     print(
