@@ -23,7 +23,11 @@ measured in the same run with the same keys:
   (`sendall` -> `recv_into` a touched, preallocated buffer, the ceiling),
   run before and after the cells; the faster of the two counts.
   The first round lands in fresh memory and is shown apart; the ratio is of
-  the median of the later ones. Target: >= 0.5x.
+  the median of the later ones. Target: >= 0.5x. Also shown: the CPU
+  seconds per GiB of each end (robust to other load, unlike the times), and
+  a raw grpcio mTLS upload of the same bytes (`production_grpc.py`) in
+  64 KiB messages, the most a grpc listener takes from a dialer (the
+  admission rule), and in 2 MiB ones: the ceiling of a site's upload.
 
     .venv/bin/python bench/production.py --part handshake          # 300 joins, median of 3
     .venv/bin/python bench/production.py --part throughput --size-mib 1024
