@@ -23,10 +23,19 @@ measured in the same run with the same keys:
   (`sendall` -> `recv_into` a touched, preallocated buffer, the ceiling),
   run before and after the cells; the faster of the two counts.
   The first round lands in fresh memory and is shown apart; the ratio is of
-  the median of the later ones. Target: >= 0.5x.
+  the median of the later ones. Target: >= 0.5x. Also shown: the CPU
+  seconds per GiB of each end (robust to other load, unlike the times), and
+  a raw grpcio mTLS upload of the same bytes (`production_grpc.py`) in
+  64 KiB messages, the most a grpc listener takes from a dialer (the
+  admission rule), and in 2 MiB ones: the ceiling of a site's upload.
 
     .venv/bin/python bench/production.py --part handshake          # 300 joins, median of 3
     .venv/bin/python bench/production.py --part throughput --size-mib 1024
+    .venv/bin/python bench/production.py --part job                # as root: namespaces
+
+`--part job` (bench/production_job.py): hello-numpy N=2 R=5 in production
+(namespaces, kits, grpc + mTLS) against the same job in POC, submit to
+finished. Target: <= 1.3x.
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import production_grpc  # bench/production_grpc.py: raw grpc baselines (this folder is on sys.path)
+import production_job  # bench/production_job.py: --part job
 
 MiB = 1024 * 1024
 CHUNK = 4 * MiB
@@ -151,7 +163,9 @@ def role_cell_server(folder: str, size: int, transport: str) -> None:
     cell.register_handler(Channel.AUX_COMMUNICATION, "fetch", lambda m: model)
     cell.register_handler(Channel.AUX_COMMUNICATION, "sink", lambda m: None)
     _say(url=cell.listen(f"{transport}://127.0.0.1:0"))
+    cpu = time.process_time()
     sys.stdin.read()
+    _say(cpu=time.process_time() - cpu)  # this process's CPU seconds while serving
     cell.close()
     cell.transport.close()
 
@@ -164,16 +178,18 @@ def role_cell_site(folder: str, url: str, count: int) -> None:
 
     cell = Cell("site-0", GrpcTransport(credentials=_credentials(folder, "site-0")))
     cell.connect_parent(url)
-    down, up = [], []
+    down, up, cpu_down, cpu_up = [], [], [], []
     for _ in range(count):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         model = cell.request("server", Channel.AUX_COMMUNICATION, "fetch", timeout=600).payload
-        middle = time.perf_counter()
+        middle, cpu_middle = time.perf_counter(), time.process_time()
         cell.request("server", Channel.AUX_COMMUNICATION, "sink", model, timeout=600)
         up.append(time.perf_counter() - middle)
         down.append(middle - start)
+        cpu_up.append(time.process_time() - cpu_middle)
+        cpu_down.append(cpu_middle - cpu_start)
         del model
-    _say(down=down, up=up)
+    _say(down=down, up=up, cpu_down=cpu_down, cpu_up=cpu_up)
     cell.close()
     cell.transport.close()
 
@@ -233,6 +249,9 @@ ROLES: dict[str, Callable[[list[str]], None]] = {
     "cell-site": lambda a: role_cell_site(a[0], a[1], int(a[2])),
     "raw-server": lambda a: role_raw_server(a[0], int(a[1]), int(a[2])),
     "raw-site": lambda a: role_raw_site(a[0], int(a[1]), int(a[2]), int(a[3])),
+    "job-admin": lambda a: production_job.role_job_admin(a[0], a[1], int(a[2])),
+    "grpc-sink": lambda a: production_grpc.role_grpc_sink(a[0]),
+    "grpc-push": lambda a: production_grpc.role_grpc_push(a[0], *map(int, a[1:5])),
 }
 
 
@@ -381,16 +400,34 @@ def run_raw(folder: str, size: int, count: int) -> dict[str, list[float]]:
     return result
 
 
-def run_cell(folder: str, size: int, count: int) -> dict[str, list[float]]:
+def run_cell(folder: str, size: int, count: int) -> dict[str, Any]:
+    """The site's seconds (and CPU seconds) per way and round; the server's CPU seconds."""
     server = Proc("cell-server", folder, size, "grpc")
     try:
         url = server.read()["url"]
         site = Proc("cell-site", folder, url, count)
-        result = site.read()
+        result: dict[str, Any] = site.read()
         site.popen.wait(timeout=60)
+        assert server.popen.stdin is not None
+        server.popen.stdin.close()
+        result["server_cpu"] = server.read()["cpu"]
     finally:
         server.stop()
     return result
+
+
+def run_grpc(folder: str, size: int, message: int, count: int) -> list[float]:
+    """Seconds per upload of `size` bytes by raw grpc in `message`-byte messages."""
+    sink = Proc("grpc-sink", folder)
+    try:
+        port = sink.read()["port"]
+        push = Proc("grpc-push", folder, port, size, message, count)
+        seconds: list[float] = push.read()["up"]
+        push.popen.wait(timeout=60)
+    finally:
+        sink.popen.kill()
+        sink.popen.wait()
+    return seconds
 
 
 def _round_seconds(run: dict[str, list[float]]) -> float:
@@ -420,6 +457,24 @@ def part_throughput(folder: str, size: int, repeat: int) -> None:
             f"  [s raw: {' '.join(f'{t:.2f}' for t in raw[way])};"
             f" cell: {' '.join(f'{t:.2f}' for t in cell[way])}]"
         )
+    # CPU seconds per GiB moved: robust to other load, unlike the times (both ends of
+    # the cell run share 2 cores; the server's figure covers both ways and all rounds).
+    print(
+        f"  CPU s per GiB: site receiving {statistics.median(cell['cpu_down'][1:]) / gib:.2f}, "
+        f"site sending {statistics.median(cell['cpu_up'][1:]) / gib:.2f}; server, both ways "
+        f"{cell['server_cpu'] / (2 * gib * (repeat + 1)):.2f} (all rounds)"
+    )
+    from fl_plugins.transport_grpc.fragments import FRAGMENT
+
+    raw_up = statistics.median(raw["up"][1:])
+    for message, why in ((FRAGMENT, "the most a listener takes"), (2 * MiB, "a stream chunk")):
+        pushed = run_grpc(folder, size, message, repeat + 1)
+        grpc_s = statistics.median(pushed[1:])
+        print(
+            f"  up   raw grpc + mTLS client stream, {message // 1024} KiB messages ({why}): "
+            f"{gib / grpc_s:5.2f} GiB/s = {raw_up / grpc_s:.2f}x of the raw socket"
+            f"  [s: {' '.join(f'{t:.2f}' for t in pushed)}]"
+        )
     raw_round, cell_round = _round_seconds(raw), _round_seconds(cell)
     ratio = raw_round / cell_round
     print(
@@ -431,7 +486,7 @@ def part_throughput(folder: str, size: int, repeat: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--role", help=argparse.SUPPRESS)
-    parser.add_argument("--part", choices=("handshake", "throughput"), action="append")
+    parser.add_argument("--part", choices=("handshake", "throughput", "job"), action="append")
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--joins", type=int, default=300, help="connections per handshake case")
@@ -440,7 +495,11 @@ def main() -> None:
     if args.role:
         ROLES[args.role](rest)
         return
-    parts = args.part or ["handshake", "throughput"]
+    parts = args.part or ["handshake", "throughput", "job"]
+    if "job" in parts:
+        production_job.part_job(args.repeat)
+        if parts == ["job"]:
+            return
     with tempfile.TemporaryDirectory() as folder:
         from fl_core.testing.pki import Pki
 

@@ -18,6 +18,7 @@ from grpc import aio
 
 from fl_core.errors import TargetUnreachableError
 from fl_core.spec.security import Credentials
+from fl_core.tls_names import describe_names, name_mismatch_message
 from fl_plugins.transport_grpc import tls as tls_material
 
 __all__ = [
@@ -93,8 +94,8 @@ async def dial(
         if cancelled:
             raise asyncio.CancelledError
         if why == _NAME_MISMATCH:
-            names = await tls_material.describe_names(host, port)
-            why = tls_material.name_mismatch_message(server_name or host, names)
+            names = await describe_names(host, port, alpn=("h2",))
+            why = name_mismatch_message(server_name or host, names)
             raise TargetUnreachableError(url, why)
         if why.startswith(_UNTRUSTED):
             raise TargetUnreachableError(url, why)

@@ -6,6 +6,7 @@ most `FRAGMENT` bytes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Final
 
@@ -17,7 +18,9 @@ from fl_core.serialization.envelope import (
     decode_frame_header,
     decode_prefix,
 )
-from fl_core.spec.transport import HELLO_MAX_FRAME, Frame
+from fl_core.spec.transport import HELLO_MAX_FRAME, BodyBufferProvider, Frame
+
+log = logging.getLogger("fl_plugins.transport_grpc")
 
 FRAGMENT: Final = PREFIX_SIZE + MAX_HEADER_SIZE
 """The largest gRPC message a listener takes: any prefix and header fit in one."""
@@ -34,13 +37,26 @@ def encode_messages(head: bytes, body: memoryview, fragment: int | None) -> list
 
 
 class FrameAssembler:
-    """Gathers a frame from the gRPC messages that carry it."""
+    """Gathers a frame from the gRPC messages that carry it.
 
-    def __init__(self, max_body_size: int, admitted: Callable[[], bool]) -> None:
+    A frame that arrives in one message is handed on as a view of it. One
+    cut into several is gathered into the buffer `body_buffer()` offers (see
+    `Connection.receive_into`: for a model's chunk, the model's own memory,
+    which spares the owner a copy), or else into a new bytearray. Neither is
+    asked for or allocated before the header has passed the admission check.
+    """
+
+    def __init__(
+        self,
+        max_body_size: int,
+        admitted: Callable[[], bool],
+        body_buffer: Callable[[], BodyBufferProvider | None] = lambda: None,
+    ) -> None:
         self._max_body_size = max_body_size
         self._admitted = admitted
+        self._body_buffer = body_buffer
         self._headers: dict[str, str] = {}
-        self._body: bytearray | None = None
+        self._body: bytearray | memoryview | None = None
         self._got = 0
 
     def feed(self, data: bytes) -> Frame | None:
@@ -74,9 +90,29 @@ class FrameAssembler:
         if got == header.body_size:
             body = None if header.body_kind is BodyKind.NONE else view[start:]
             return Frame(header.headers, body)
-        self._headers, self._body, self._got = header.headers, bytearray(header.body_size), got
+        self._headers, self._got = header.headers, got
+        self._body = self._target(header.headers, header.body_size)
         self._body[:got] = view[start:]
         return None
+
+    def _target(self, headers: dict[str, str], size: int) -> bytearray | memoryview:
+        """Where a body of `size` bytes is gathered: the owner's buffer if it offers one."""
+        provider = self._body_buffer()
+        if provider is not None:
+            try:
+                offered = provider(headers, size)
+            except Exception:
+                log.exception("grpc: the body buffer provider failed")
+                offered = None
+            if (
+                offered is not None
+                and offered.nbytes == size
+                and not offered.readonly
+                and offered.format == "B"
+                and offered.ndim == 1
+            ):
+                return offered
+        return bytearray(size)
 
     def _continue(self, data: bytes) -> Frame | None:
         assert self._body is not None

@@ -7,19 +7,18 @@ to its certificate is a `ConfigError` when the transport is built.
 
 A dialing end checks that the listener's certificate names the URL's host
 (gRPC does it; `server_name` replaces the host). When that check fails,
-`describe_names` fetches the certificate again, without checking it, only to
-say in the error which names it does carry.
+`fl_core.tls_names.describe_names` fetches the certificate again, without
+checking it, only to say in the error which names it does carry.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import ssl
 from pathlib import Path
 from typing import Final
 
 import grpc
+from grpc import aio
 
 from fl_core.errors import ConfigError
 from fl_core.spec.security import Credentials
@@ -108,67 +107,19 @@ def channel_credentials(creds: Credentials) -> grpc.ChannelCredentials:
     )
 
 
-PROBE_TIMEOUT: Final = 2.0
-"""Seconds to fetch a refused certificate again; `connect` allows 5 s past its timeout."""
 NAME_MISMATCH: Final = "Hostname Verification Check failed"
 """How gRPC's status details say that the server certificate does not name the target."""
 UNTRUSTED: Final = "CERTIFICATE_VERIFY_FAILED"
 """How they say that its chain does not lead to a CA this end trusts."""
 
 
-def certificate_names(der: bytes) -> list[str]:
-    """The host names and addresses a certificate's subject alternative names carry."""
-    from cryptography import x509
+def peer_certificate(context: aio.ServicerContext[bytes, bytes]) -> bytes | None:
+    """The client certificate (DER) gRPC's TLS handshake verified for this call, or None.
 
-    cert = x509.load_der_x509_certificate(der)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    names: list[str] = list(san.get_values_for_type(x509.DNSName))
-    names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    return names
-
-
-async def describe_names(host: str, port: int) -> str:
-    """`"it names a, b"`: what the listener at `host:port` presents; "" if it cannot tell.
-
-    A TLS handshake that takes any certificate and sends nothing: the
-    certificate is only read, to explain a refusal, never trusted.
+    gRPC puts it in the call's auth context only once the handshake has
+    checked it (chain and CA; never anything the peer said in a message).
     """
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    probe.check_hostname = False
-    probe.verify_mode = ssl.CERT_NONE
-    probe.set_alpn_protocols(["h2"])
-    try:
-        async with asyncio.timeout(PROBE_TIMEOUT):
-            _, writer = await asyncio.open_connection(host, port, ssl=probe, server_hostname=host)
-    except (OSError, TimeoutError, ssl.SSLError):
-        return ""
-    try:
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    finally:
-        writer.transport.abort()
-    if not der:
-        return ""
-    try:
-        names = certificate_names(der)
-    except ValueError:
-        return ""
-    return f"it names {', '.join(names)}" if names else "it has no subject alternative names"
-
-
-def name_mismatch_message(expected: str, names: str) -> str:
-    """The error for a listener whose certificate does not name `expected`."""
-    try:
-        ipaddress.ip_address(expected)
-        kind = "address"
-    except ValueError:
-        kind = "host name"
-    found = f" ({names})" if names else ""
-    return (
-        f"TLS name check failed: the server certificate does not name the {kind} "
-        f"{expected}{found}; connect by a name the certificate carries, or set the "
-        "transport option server_name to one"
-    )
+    pem = context.auth_context().get("x509_pem_cert")
+    if not pem:
+        return None
+    return ssl.PEM_cert_to_DER_cert(pem[0].decode("ascii"))

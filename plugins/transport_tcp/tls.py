@@ -3,15 +3,14 @@
 A dialing end checks the listener's chain against the CA and that the
 listener's certificate names the host it dialed (or the `server_name` option):
 a certificate the CA gave another participant must not pass for this one.
-When that name check fails, `describe_names` fetches the certificate again,
-without checking it, only to say in the error which names it does carry.
+When that name check fails, `fl_core.tls_names.describe_names` fetches the
+certificate again, without checking it, only to say in the error which names
+it does carry.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ipaddress
 import os
 import ssl
 import tempfile
@@ -129,76 +128,8 @@ def contexts_from_credentials(
 
 NAME_MISMATCH_CODES: Final = frozenset({62, 64})
 """OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH."""
-PROBE_TIMEOUT: Final = 2.0
-"""Seconds to fetch a refused certificate again; `connect` allows 5 s past its timeout."""
 
 
 def is_name_mismatch(exc: ssl.SSLCertVerificationError) -> bool:
     """Whether the handshake failed because the certificate does not name the host."""
     return exc.verify_code in NAME_MISMATCH_CODES
-
-
-def certificate_names(der: bytes) -> list[str]:
-    """The host names and addresses a certificate's subject alternative names carry."""
-    from cryptography import x509  # only to explain a refusal: not on every import
-
-    cert = x509.load_der_x509_certificate(der)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    names: list[str] = list(san.get_values_for_type(x509.DNSName))
-    names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    return names
-
-
-def probe_context(client: ssl.SSLContext) -> ssl.SSLContext:
-    """A client context that takes any server certificate: only to read its names."""
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    probe.check_hostname = False
-    probe.verify_mode = ssl.CERT_NONE
-    # Never used to send data: its handshake ends the moment it has the certificate.
-    probe.minimum_version = client.minimum_version
-    return probe
-
-
-async def describe_names(host: str, port: int, client: ssl.SSLContext) -> str:
-    """`"it names a, b"`: what the listener at `host:port` presents; "" if it cannot tell."""
-    try:
-        async with asyncio.timeout(PROBE_TIMEOUT):
-            _, writer = await asyncio.open_connection(
-                host, port, ssl=probe_context(client), server_hostname=host
-            )
-    except (OSError, TimeoutError, ssl.SSLError):
-        return ""
-    try:
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    finally:
-        writer.transport.abort()
-    if not der:
-        return ""
-    try:
-        names = certificate_names(der)
-    except ValueError:
-        return ""
-    return f"it names {', '.join(names)}" if names else "it has no subject alternative names"
-
-
-def name_mismatch_message(host: str, names: str) -> str:
-    """The error for a listener whose certificate does not name `host`."""
-    kind = "address" if _is_ip(host) else "host name"
-    found = f" ({names})" if names else ""
-    return (
-        f"TLS name check failed: the server certificate does not name the {kind} "
-        f"{host}{found}; connect by a name the certificate carries, or set the "
-        "transport option server_name to one"
-    )
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

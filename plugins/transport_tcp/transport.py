@@ -44,6 +44,7 @@ from fl_core.spec.transport import (
     Listener,
     Transport,
 )
+from fl_core.tls_names import describe_names, name_mismatch_message
 from fl_plugins.transport_tcp import tls as tls_contexts
 from fl_plugins.transport_tcp.connection import FrameProtocol, TcpConnection
 
@@ -288,8 +289,10 @@ class TcpTransport(Transport):
                 if not tls_contexts.is_name_mismatch(exc):
                     raise TargetUnreachableError(url, f"TLS: {exc}") from exc
                 assert self._client_ssl is not None
-                names = await tls_contexts.describe_names(host, port, self._client_ssl)
-                why = tls_contexts.name_mismatch_message(expected, names)
+                names = await describe_names(
+                    host, port, minimum_version=self._client_ssl.minimum_version
+                )
+                why = name_mismatch_message(expected, names)
                 raise TargetUnreachableError(url, why) from exc
             except (OSError, TimeoutError) as exc:
                 self._connections.discard(conn)
