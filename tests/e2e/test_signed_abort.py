@@ -56,9 +56,17 @@ def running(tmp_path: Path) -> Iterator[poc_secure.SecurePoc]:
 
 
 def client_job(poc: poc_secure.SecurePoc, site: str, job_id: str) -> list[int]:
-    """Pids of `site`'s client job of `job_id` (its command line names the site's job folder)."""
+    """Pids of `site`'s client job of `job_id` (its command line names the site's job folder).
+
+    Not its supervisor, whose command line names the client job too: a snapshot
+    taken before the supervisor has started the client job would hold it alone.
+    """
     folder = poc.kit(site).workspace / "jobs" / job_id / "job"
-    return [pid for pid, cmd in processes_under(folder) if " client-job " in cmd]
+    return [
+        pid
+        for pid, cmd in processes_under(folder)
+        if " client-job " in cmd and "supervise.py" not in cmd
+    ]
 
 
 def submit_and_wait_running(poc: poc_secure.SecurePoc, tmp_path: Path) -> str:
