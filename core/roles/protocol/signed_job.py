@@ -32,6 +32,8 @@ __all__ = [
     "MANIFEST",
     "SIGNATURE",
     "SIGNER",
+    "decode_signed",
+    "encode_signed",
     "job_manifest",
     "sign_job",
     "signed_headers",
@@ -82,24 +84,46 @@ def sign_job(security: SecurityProvider, folder: Path, job_name: str) -> dict[st
 
 def signed_headers(manifest: bytes, signature: Signature | None) -> dict[str, str]:
     """Headers for `manifest` and its `signature` ({} when there is no signature)."""
+    return encode_signed((MANIFEST, SIGNER, SIGNATURE), manifest, signature)
+
+
+def encode_signed(
+    names: tuple[str, str, str], data: bytes, signature: Signature | None
+) -> dict[str, str]:
+    """Signed `data` as three base64 headers: the data, the signer's certificate and
+    the signature, under `names` in that order ({} when there is no signature)."""
     if signature is None:
         return {}
     encode = base64.b64encode
-    return {
-        MANIFEST: encode(manifest).decode(),
-        SIGNER: encode(signature.certificate).decode(),
-        SIGNATURE: encode(signature.value).decode(),
-    }
+    values = (data, signature.certificate, signature.value)
+    return {name: encode(value).decode() for name, value in zip(names, values, strict=True)}
+
+
+def decode_signed(
+    headers: Mapping[str, str], names: tuple[str, str, str], limit: int
+) -> tuple[bytes, Signature]:
+    """What `encode_signed` put in `headers`; the data may be `limit` bytes at most.
+
+    Raises `SignatureError` for a missing, oversized or malformed header,
+    before any signature work.
+    """
+    data, certificate, value = (
+        _decoded(headers, name, size)
+        for name, size in zip(names, (limit, MAX_SIGNER, MAX_SIGNER), strict=True)
+    )
+    return data, Signature(certificate, value)
 
 
 def _decoded(headers: Mapping[str, str], name: str, limit: int) -> bytes:
     text = headers.get(name, "")
+    if not text:
+        raise SignatureError(f"the signed data has no {name} header")
     if len(text) > limit * 4 // 3 + 4:
-        raise SignatureError(f"the job's {name} header is over {limit} bytes")
+        raise SignatureError(f"the {name} header is over {limit} bytes")
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise SignatureError(f"the job's {name} header is not base64") from None
+        raise SignatureError(f"the {name} header is not base64") from None
 
 
 def verify_job(
@@ -113,10 +137,7 @@ def verify_job(
     """
     if not any(name in headers for name in (MANIFEST, SIGNER, SIGNATURE)):
         return security.verify(b"", None), {}
-    manifest = _decoded(headers, MANIFEST, MAX_MANIFEST)
-    signature = Signature(
-        _decoded(headers, SIGNER, MAX_SIGNER), _decoded(headers, SIGNATURE, MAX_SIGNER)
-    )
+    manifest, signature = decode_signed(headers, (MANIFEST, SIGNER, SIGNATURE), MAX_MANIFEST)
     signer = security.verify(manifest, signature)
     try:
         data = json.loads(manifest)

@@ -23,8 +23,6 @@ Without certificates (`none`, a POC) nothing is signed and nothing checked.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import secrets
 import threading
@@ -33,7 +31,8 @@ from collections.abc import Mapping
 from typing import Final
 
 from fl_core.roles.protocol.parent import ParentTopic
-from fl_core.spec.security import Identity, SecurityProvider, Signature, SignatureError
+from fl_core.roles.protocol.signed_job import decode_signed, encode_signed
+from fl_core.spec.security import Identity, SecurityProvider, SignatureError
 
 __all__ = [
     "MAX_AGE",
@@ -64,7 +63,6 @@ FORMAT: Final = "fl-core admin request v1"
 MAX_AGE: Final = 300.0
 """Seconds a signed request stays valid, either way of the verifier's clock."""
 _MAX_REQUEST: Final = 2048
-_MAX_SIGNER: Final = 8 * 1024
 
 
 def sign_request(security: SecurityProvider, action: str, job_id: str) -> dict[str, str]:
@@ -77,15 +75,7 @@ def sign_request(security: SecurityProvider, action: str, job_id: str) -> dict[s
         "nonce": secrets.token_hex(16),
     }
     request = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-    signature = security.sign(request)
-    if signature is None:
-        return {}
-    encode = base64.b64encode
-    return {
-        REQUEST: encode(request).decode(),
-        SIGNER: encode(signature.certificate).decode(),
-        SIGNATURE: encode(signature.value).decode(),
-    }
+    return encode_signed((REQUEST, SIGNER, SIGNATURE), request, security.sign(request))
 
 
 def is_signed(headers: Mapping[str, str]) -> bool:
@@ -96,18 +86,6 @@ def is_signed(headers: Mapping[str, str]) -> bool:
 def signed_part(headers: Mapping[str, str]) -> dict[str, str]:
     """The signed request's headers out of `headers`, to pass on unchanged."""
     return {name: headers[name] for name in (REQUEST, SIGNER, SIGNATURE) if name in headers}
-
-
-def _decoded(headers: Mapping[str, str], name: str, limit: int) -> bytes:
-    text = headers.get(name, "")
-    if not text:
-        raise SignatureError(f"the signed request has no {name} header")
-    if len(text) > limit * 4 // 3 + 4:
-        raise SignatureError(f"the request's {name} header is over {limit} bytes")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise SignatureError(f"the request's {name} header is not base64") from None
 
 
 class ReplayGuard:
@@ -143,10 +121,7 @@ def verify_request(
     signature, a signer the provider does not trust, another action or job,
     a request older (or newer) than `MAX_AGE`, or a nonce `replays` saw.
     """
-    request = _decoded(headers, REQUEST, _MAX_REQUEST)
-    signature = Signature(
-        _decoded(headers, SIGNER, _MAX_SIGNER), _decoded(headers, SIGNATURE, _MAX_SIGNER)
-    )
+    request, signature = decode_signed(headers, (REQUEST, SIGNER, SIGNATURE), _MAX_REQUEST)
     signer = security.verify(request, signature)
     if signer is None:
         raise SignatureError("this participant cannot check who signed the request")
