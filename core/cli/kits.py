@@ -14,22 +14,27 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
-import sys
+import signal
 import time
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from fl_core.cli.poc_federation import sweep
+from fl_core.cli.poc_federation import (
+    LOG_FILE,
+    PID_FILE,
+    pid_running,
+    read_pid,
+    spawn,
+    sweep,
+    wait_gone,
+)
 from fl_core.cli.usage import UsageError
-from fl_core.config.federation import load_federation
+from fl_core.config.federation import URL_FILE, load_federation
 from fl_core.config.kit import KitConfig, load_kit
 from fl_core.errors import FlCoreError
-from fl_core.pids import STATUS_FILE, pid_alive, read_tail
+from fl_core.pids import STATUS_FILE, read_tail
 
-LOG_FILE: Final = "log.txt"
 EXPIRY_WARNING_DAYS: Final = 30
-_MAIN: Final = "fl_core.processes.main"
 
 
 class KitError(FlCoreError):
@@ -104,11 +109,8 @@ def elsewhere(kit: KitConfig, workspace: Path) -> KitConfig:
 
 
 def _pid(kit: KitConfig) -> int | None:
-    try:
-        pid = int((kit.workspace / "pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if pid_alive(pid) else None
+    pid = read_pid(kit.workspace / PID_FILE)
+    return pid if pid is not None and pid_running(pid) else None
 
 
 def _status_file(kit: KitConfig) -> dict[str, Any]:
@@ -127,7 +129,7 @@ def start(kit: KitConfig, out: TextIO, timeout: float = 60.0) -> None:
         raise KitError(f"{kit.name} is already running from {kit.root} (pid {running})")
     workspace = kit.workspace
     workspace.mkdir(parents=True, exist_ok=True)
-    for stale in ("pid", STATUS_FILE, "url"):
+    for stale in (PID_FILE, STATUS_FILE, URL_FILE):
         (workspace / stale).unlink(missing_ok=True)
     role = (
         ["server-parent", str(kit.federation_file)]
@@ -136,16 +138,7 @@ def start(kit: KitConfig, out: TextIO, timeout: float = 60.0) -> None:
     )
     log = workspace / LOG_FILE
     offset = log.stat().st_size if log.is_file() else 0
-    with open(log, "ab") as sink:
-        # Its own session: it outlives this command and the terminal it ran in.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", _MAIN, *role],
-            cwd=workspace,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn(role, workspace)
     deadline = time.monotonic() + timeout
     while True:
         code = proc.poll()
@@ -155,8 +148,8 @@ def start(kit: KitConfig, out: TextIO, timeout: float = 60.0) -> None:
                 f"{kit.name} exited with code {code} while starting; its log says:\n{tail}"
             )
         state = _status_file(kit)
-        if kit.kind == "server" and (workspace / "url").is_file():
-            url = (workspace / "url").read_text().strip()
+        if kit.kind == "server" and (workspace / URL_FILE).is_file():
+            url = (workspace / URL_FILE).read_text().strip()
             out.write(
                 f"{kit.name}: server parent of {kit.project} listening on {url} (pid {proc.pid})\n"
             )
@@ -180,13 +173,13 @@ def stop(kit: KitConfig, out: TextIO, timeout: float = 30.0) -> None:
     """Stop the kit's parent (its jobs stop with it), then end anything left of it."""
     pid = _pid(kit)
     if pid is not None:
-        os.kill(pid, 15)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    # Every process of this participant names its workspace or the kit on its command line.
-    left = sweep(kit.root) + sweep(kit.federation_file.parent)
-    (kit.workspace / "pid").unlink(missing_ok=True)
+        os.kill(pid, signal.SIGTERM)
+        wait_gone([pid], timeout)
+    # Every process of this participant names the kit (or its workspace elsewhere).
+    left = sweep(kit.root)
+    if kit.elsewhere is not None:
+        left += sweep(kit.elsewhere)
+    (kit.workspace / PID_FILE).unlink(missing_ok=True)
     if pid is None and not left:
         out.write(f"{kit.name}: not running\n")
         return

@@ -197,7 +197,8 @@ def _is_poc_process(pid: int) -> bool:
     return _MAIN.encode() in cmdline
 
 
-def _read_pid(path: Path) -> int | None:
+def read_pid(path: Path) -> int | None:
+    """The pid in a pid file, or None if there is none."""
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):
@@ -214,7 +215,7 @@ def _processes(config: FederationConfig) -> list[tuple[str, Path]]:
 def _pids(config: FederationConfig) -> list[tuple[str, int]]:
     found = []
     for name, folder in _processes(config):
-        pid = _read_pid(folder / PID_FILE)
+        pid = read_pid(folder / PID_FILE)
         if pid is not None:
             found.append((name, pid))
     return found
@@ -228,10 +229,12 @@ def _tail(path: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _spawn(args: list[str], folder: Path) -> subprocess.Popen[bytes]:
+def spawn(args: list[str], folder: Path) -> subprocess.Popen[bytes]:
+    """Start `fl_core.processes.main ARGS` in `folder`, appending to its `log.txt`."""
     with open(folder / LOG_FILE, "ab") as log:
-        # A new session: Ctrl-C in the user's terminal reaches only the CLI,
-        # which then shuts the POC down in order.
+        # A new session: Ctrl-C in the user's terminal reaches only the CLI
+        # (which then shuts a POC down in order), and a participant started
+        # from a kit outlives the command that started it.
         return subprocess.Popen(
             [sys.executable, "-m", _MAIN, *args],
             cwd=folder,
@@ -242,7 +245,7 @@ def _spawn(args: list[str], folder: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
     """Wait up to `timeout` for `pids` to exit; returns those still running."""
     deadline = time.monotonic() + timeout
     left = [pid for pid in pids if pid_running(pid)]
@@ -260,7 +263,7 @@ def _terminate(pids: list[int], grace: float = KILL_WAIT) -> list[int]:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        pids = _wait_gone(pids, grace)
+        pids = wait_gone(pids, grace)
         if not pids:
             break
     return pids
@@ -337,11 +340,11 @@ def start(
 
     source = str(config.source)
     started: dict[str, subprocess.Popen[bytes]] = {
-        "server": _spawn(["server-parent", source], config.server_dir)
+        "server": spawn(["server-parent", source], config.server_dir)
     }
     try:
         for site in config.sites:
-            started[site] = _spawn(["client-parent", source, site], config.site_dir(site))
+            started[site] = spawn(["client-parent", source, site], config.site_dir(site))
         _wait_registered(config, started, timeout, on_progress)
     except BaseException:
         # Includes Ctrl-C while waiting: nothing this call started may outlive it.
@@ -437,7 +440,7 @@ def stop(config: FederationConfig, timeout: float = 30.0) -> list[str]:
                 admin.shutdown()
         except FlCoreError as exc:
             notes.append(f"the server parent did not take the shutdown ({exc}); terminating")
-    left = _wait_gone(pids.values(), timeout if "server" in pids else 0.0)
+    left = wait_gone(pids.values(), timeout if "server" in pids else 0.0)
     if left:
         names = [name for name, pid in pids.items() if pid in left]
         if "server" in pids:
