@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from fl_core.cli.poc_federation import (
+from fl_core.cli.processes import (
     LOG_FILE,
     PID_FILE,
     pid_running,
@@ -108,7 +108,8 @@ def elsewhere(kit: KitConfig, workspace: Path) -> KitConfig:
     return replace(kit, elsewhere=workspace)
 
 
-def _pid(kit: KitConfig) -> int | None:
+def running_pid(kit: KitConfig) -> int | None:
+    """The pid of the kit's parent process if it runs, else None."""
     pid = read_pid(kit.workspace / PID_FILE)
     return pid if pid is not None and pid_running(pid) else None
 
@@ -124,7 +125,7 @@ def _status_file(kit: KitConfig) -> dict[str, Any]:
 def start(kit: KitConfig, out: TextIO, timeout: float = 60.0) -> None:
     """Launch the kit's parent process and wait until it is up (listening, or joined)."""
     federation = load_federation(kit.federation_file)  # a broken kit fails here, not later
-    running = _pid(kit)
+    running = running_pid(kit)
     if running is not None:
         raise KitError(f"{kit.name} is already running from {kit.root} (pid {running})")
     workspace = kit.workspace
@@ -171,7 +172,7 @@ def start(kit: KitConfig, out: TextIO, timeout: float = 60.0) -> None:
 
 def stop(kit: KitConfig, out: TextIO, timeout: float = 30.0) -> None:
     """Stop the kit's parent (its jobs stop with it), then end anything left of it."""
-    pid = _pid(kit)
+    pid = running_pid(kit)
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         wait_gone([pid], timeout)
@@ -210,7 +211,7 @@ def status(kit: KitConfig, out: TextIO) -> int:
         out.write(f"  certificate: expires in {int(days)} days{warn}\n")
     if kit.kind == "admin":
         return 0
-    pid = _pid(kit)
+    pid = running_pid(kit)
     if pid is None:
         out.write("  state: stopped\n")
         return 3

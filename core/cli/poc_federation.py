@@ -11,16 +11,27 @@ workspaces run side by side.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
+from fl_core.cli.processes import (
+    LOG_FILE,
+    PID_FILE,
+    POLL,
+    TAIL_LINES,
+    is_runtime_process,
+    pid_running,
+    read_pid,
+    spawn,
+    sweep,
+    tail,
+    terminate,
+    wait_gone,
+)
 from fl_core.config.federation import (
     FEDERATION_FILE,
     FederationConfig,
@@ -30,7 +41,6 @@ from fl_core.config.federation import (
 from fl_core.containers.poc import admin_client
 from fl_core.credentials import CredentialError, new_secret, write_secret
 from fl_core.errors import FlCoreError
-from fl_core.pids import pid_alive
 from fl_core.roles.admin.client import AdminClient, AdminRefusedError
 
 __all__ = [
@@ -45,15 +55,6 @@ __all__ = [
     "stop",
     "sweep",
 ]
-
-PID_FILE: Final = "pid"
-LOG_FILE: Final = "log.txt"
-TAIL_LINES: Final = 20
-"""Lines of a process's log shown when it did not come up."""
-KILL_WAIT: Final = 5.0
-"""Seconds a process has to exit after SIGTERM before SIGKILL."""
-_POLL: Final = 0.1
-_MAIN: Final = "fl_core.processes.main"
 
 
 class PocError(FlCoreError):
@@ -96,17 +97,8 @@ def prepare(
     Refuses a non-empty `workspace` unless `force`; even with `force` it
     refuses a workspace whose POC is still running.
     """
-    if clients < 1:
-        raise PocError(f"a POC needs at least 1 client, got {clients}")
     check_poc_transport(transport)
-    workspace = Path(workspace).resolve()
-    if workspace.exists() and not workspace.is_dir():
-        raise PocError(f"the POC workspace {workspace} is a file, not a folder")
-    if workspace.is_dir() and any(workspace.iterdir()):
-        if not force:
-            raise WorkspaceNotEmptyError(workspace)
-        clear(workspace)
-    sites = [f"site-{index}" for index in range(1, clients + 1)]
+    workspace, sites = make_room(workspace, clients, force)
     text = federation_yaml(
         "poc", sites, transport=transport, server={"listen": f"{transport}://127.0.0.1:0"}
     )
@@ -117,6 +109,28 @@ def prepare(
         folder.mkdir()
     write_credentials(config)
     return config
+
+
+def make_room(
+    workspace: Path, clients: int, force: bool, before_clear: Callable[[Path], None] | None = None
+) -> tuple[Path, list[str]]:
+    """The resolved `workspace`, emptied with `force`, and the names of `clients` sites.
+
+    Refuses fewer than one client, a file, and a non-empty folder without
+    `force`; `before_clear` may refuse too (a POC of another kind running there).
+    """
+    if clients < 1:
+        raise PocError(f"a POC needs at least 1 client, got {clients}")
+    workspace = Path(workspace).resolve()
+    if workspace.exists() and not workspace.is_dir():
+        raise PocError(f"the POC workspace {workspace} is a file, not a folder")
+    if workspace.is_dir() and any(workspace.iterdir()):
+        if not force:
+            raise WorkspaceNotEmptyError(workspace)
+        if before_clear is not None:
+            before_clear(workspace)
+        clear(workspace)
+    return workspace, [f"site-{index}" for index in range(1, clients + 1)]
 
 
 def check_poc_transport(name: str) -> None:
@@ -178,33 +192,6 @@ def clear(workspace: Path) -> None:
 # --- processes ---------------------------------------------------------------------
 
 
-def pid_running(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie is not; our own zombies are reaped)."""
-    try:
-        # A POC started by this process is our child: reap it, or it lingers as a zombie.
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    return pid_alive(pid)
-
-
-def _is_poc_process(pid: int) -> bool:
-    # A stale pid file may name a pid the OS has since given to something else.
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return pid_running(pid)  # no /proc: trust the pid file
-    return _MAIN.encode() in cmdline
-
-
-def read_pid(path: Path) -> int | None:
-    """The pid in a pid file, or None if there is none."""
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def _processes(config: FederationConfig) -> list[tuple[str, Path]]:
     """(name, workspace) of SP and every CP."""
     return [("server", config.server_dir)] + [
@@ -219,98 +206,6 @@ def _pids(config: FederationConfig) -> list[tuple[str, int]]:
         if pid is not None:
             found.append((name, pid))
     return found
-
-
-def _tail(path: Path, lines: int = TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def spawn(args: list[str], folder: Path) -> subprocess.Popen[bytes]:
-    """Start `fl_core.processes.main ARGS` in `folder`, appending to its `log.txt`."""
-    with open(folder / LOG_FILE, "ab") as log:
-        # A new session: Ctrl-C in the user's terminal reaches only the CLI
-        # (which then shuts a POC down in order), and a participant started
-        # from a kit outlives the command that started it.
-        return subprocess.Popen(
-            [sys.executable, "-m", _MAIN, *args],
-            cwd=folder,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
-    """Wait up to `timeout` for `pids` to exit; returns those still running."""
-    deadline = time.monotonic() + timeout
-    left = [pid for pid in pids if pid_running(pid)]
-    while left and time.monotonic() < deadline:
-        time.sleep(_POLL)
-        left = [pid for pid in left if pid_running(pid)]
-    return left
-
-
-def _terminate(pids: list[int], grace: float = KILL_WAIT) -> list[int]:
-    """SIGTERM, then SIGKILL what is left after `grace`; returns pids that survived both."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        pids = wait_gone(pids, grace)
-        if not pids:
-            break
-    return pids
-
-
-def _naming(root: Path) -> list[int]:
-    """Live processes (not this one) whose command line names a path under `root`."""
-    needle = (str(root).rstrip("/") + "/").encode()
-    found: list[int] = []
-    try:
-        entries = list(Path("/proc").iterdir())
-    except OSError:
-        return found  # no /proc: the pid files are all there is
-    for entry in entries:
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue  # gone meanwhile
-        if needle in cmdline and pid_running(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def sweep(root: Path, grace: float = KILL_WAIT) -> list[int]:
-    """End every process whose command line names a path under `root`; return their pids.
-
-    For a POC folder that nothing else refers to, such as the temporary one of
-    `fl-core run --mode poc`: every process of a POC names its folder (server
-    and client parents their `federation.yaml`, job processes and their
-    supervisors their job folders, training processes their script). After a
-    clean `stop` there is nothing to find; this catches what an interrupted
-    `start` spawned but did not get to record. SIGTERM, then SIGKILL after `grace`.
-    """
-    root = Path(root).resolve()
-    ended: list[int] = []
-    # Again after each round: a parent ended in one round may have spawned a child just before.
-    for _ in range(3):
-        found = _naming(root)
-        if not found:
-            break
-        survivors = _terminate(found, grace)
-        if survivors:
-            raise PocError(f"could not stop processes {survivors} of the POC in {root}")
-        ended += found
-    return ended
 
 
 # --- start / stop / status ------------------------------------------------------
@@ -348,7 +243,7 @@ def start(
         _wait_registered(config, started, timeout, on_progress)
     except BaseException:
         # Includes Ctrl-C while waiting: nothing this call started may outlive it.
-        _terminate([proc.pid for proc in started.values()])
+        terminate([proc.pid for proc in started.values()])
         for proc in started.values():
             proc.poll()
         _remove_files(config)
@@ -404,7 +299,7 @@ def _wait_registered(
                 if last_error:
                     problem += f" (last error: {last_error})"
                 raise _start_error(config, problem, ["server", *missing])
-            time.sleep(_POLL)
+            time.sleep(POLL)
     finally:
         if admin is not None:
             admin.close()
@@ -413,7 +308,7 @@ def _wait_registered(
 def _start_error(config: FederationConfig, problem: str, names: list[str]) -> PocStartError:
     folders = dict(_processes(config))
     return PocStartError(
-        config.root, problem, {name: _tail(folders[name] / LOG_FILE) for name in names}
+        config.root, problem, {name: tail(folders[name] / LOG_FILE) for name in names}
     )
 
 
@@ -432,7 +327,9 @@ def stop(config: FederationConfig, timeout: float = 30.0) -> list[str]:
     when the shutdown was clean); raises `PocError` if a process survives
     SIGKILL.
     """
-    pids = {name: pid for name, pid in _pids(config) if pid_running(pid) and _is_poc_process(pid)}
+    pids = {
+        name: pid for name, pid in _pids(config) if pid_running(pid) and is_runtime_process(pid)
+    }
     notes: list[str] = []
     if "server" in pids:
         try:
@@ -445,7 +342,7 @@ def stop(config: FederationConfig, timeout: float = 30.0) -> list[str]:
         names = [name for name, pid in pids.items() if pid in left]
         if "server" in pids:
             notes.append(f"still running after {timeout:g} s: {', '.join(names)}; terminating")
-        survivors = _terminate(left)
+        survivors = terminate(left)
         if survivors:
             raise PocError(f"could not stop processes {survivors} of the POC in {config.root}")
     _remove_files(config)

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from fl_core.cli.poc_federation import PocError, PocStartError, WorkspaceNotEmptyError, clear
+from fl_core.cli import kits
+from fl_core.cli.poc_federation import PocError, PocStartError, make_room
 from fl_core.config.federation import FEDERATION_FILE, FederationConfig, load_federation
 from fl_core.config.kit import KitConfig, load_kit
 from fl_core.errors import FlCoreError
-from fl_core.pids import pid_alive
 
 __all__ = [
     "ADMIN",
@@ -114,10 +114,10 @@ def _running(poc: SecurePoc) -> list[str]:
     found = []
     for name in poc.participants:
         try:
-            pid = int((poc.kit(name).workspace / "pid").read_text().strip())
-        except (OSError, ValueError, FlCoreError):
-            continue
-        if pid_alive(pid):
+            pid = kits.running_pid(poc.kit(name))
+        except FlCoreError:
+            continue  # no kit there (any more): nothing of it runs
+        if pid is not None:
             found.append(f"{name} (pid {pid})")
     return found
 
@@ -147,18 +147,8 @@ def prepare_secure(
     """
     from fl_core.provision import provision
 
-    if clients < 1:
-        raise PocError(f"a POC needs at least 1 client, got {clients}")
-    workspace = Path(workspace).resolve()
-    if workspace.exists() and not workspace.is_dir():
-        raise PocError(f"the POC workspace {workspace} is a file, not a folder")
-    if workspace.is_dir() and any(workspace.iterdir()):
-        if not force:
-            raise WorkspaceNotEmptyError(workspace)
-        refuse_running(workspace)
-        clear(workspace)
+    workspace, sites = make_room(workspace, clients, force, refuse_running)
     workspace.mkdir(parents=True, exist_ok=True)
-    sites = [f"site-{index}" for index in range(1, clients + 1)]
     listed = ", ".join(f"{{name: {site}, org: {PROJECT}}}" for site in sites)
     (workspace / PROJECT_FILE).write_text(
         f"project: {PROJECT}\n"
@@ -201,7 +191,6 @@ def start_secure(
     On failure everything started is stopped and `PocStartError` carries
     what went wrong (a kit that does not start says why, e.g. its key file).
     """
-    from fl_core.cli import kits
     from fl_core.containers.poc import admin_client
 
     running = _running(poc)
@@ -238,7 +227,6 @@ def start_secure(
 
 def stop_secure(poc: SecurePoc) -> list[str]:
     """`fl-core stop KIT` for every site, then the server; returns what each said."""
-    from fl_core.cli import kits
 
     notes: list[str] = []
     out = _Lines(notes.append)
@@ -249,7 +237,6 @@ def stop_secure(poc: SecurePoc) -> list[str]:
 
 def status_secure(poc: SecurePoc, out: TextIO) -> dict[str, Any]:
     """Print `fl-core status KIT` of each participant; returns the jobs and whether all run."""
-    from fl_core.cli import kits
     from fl_core.containers.poc import admin_client
 
     # Every participant's status is printed, whatever the first one says.
