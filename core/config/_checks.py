@@ -67,6 +67,22 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
+def read_yaml_file(source: Path, missing: str) -> object:
+    """The YAML in the file `source`, as `load_yaml` reads it.
+
+    `ConfigError` naming the file when it is not there (`missing` says what,
+    and what to do), cannot be read, or is not YAML.
+    """
+    if not source.is_file():
+        raise ConfigError(str(source), "", missing)
+    try:
+        return load_yaml(source.read_bytes())
+    except OSError as exc:
+        raise ConfigError(str(source), "", f"cannot read the file: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(source), "", f"not valid YAML: {exc}") from exc
+
+
 def load_yaml(raw: bytes) -> object:
     """`yaml.safe_load`, except that a huge integer comes back as an `UnparsedNumber`."""
     return yaml.load(raw, Loader=_Loader)  # a SafeLoader subclass: no Python objects

@@ -43,9 +43,8 @@ from typing import Any, Final
 
 import yaml
 
-from fl_core.config._checks import Checker, describe, join, load_yaml
+from fl_core.config._checks import Checker, describe, join, read_yaml_file
 from fl_core.config.job import ComponentChoice
-from fl_core.errors import ConfigError
 
 FEDERATION_FILE: Final = "federation.yaml"
 SERVER_DIR: Final = "server"
@@ -131,14 +130,7 @@ def load_federation(path: str | Path) -> FederationConfig:
     source = Path(path).resolve()
     if source.is_dir():
         source = source / FEDERATION_FILE
-    if not source.is_file():
-        raise ConfigError(str(source), "", "federation file not found (run `fl-core poc prepare`)")
-    try:
-        data = load_yaml(source.read_bytes())
-    except OSError as exc:
-        raise ConfigError(str(source), "", f"cannot read the file: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(source), "", f"not valid YAML: {exc}") from exc
+    data = read_yaml_file(source, "federation file not found (run `fl-core poc prepare`)")
     return parse_federation(data, source)
 
 

@@ -18,10 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import yaml
-
-from fl_core.config._checks import Checker, load_yaml
-from fl_core.errors import ConfigError
+from fl_core.config._checks import Checker, read_yaml_file
 
 KIT_FILE: Final = "kit.yaml"
 ADMIN_ROLES: Final = ("project_admin", "org_admin", "lead", "member")
@@ -66,14 +63,8 @@ def load_kit(path: str | Path) -> KitConfig:
     """Read a kit's `kit.yaml`; `ConfigError` says what is wrong and where."""
     root = Path(path).resolve()
     source = root / KIT_FILE
-    if not source.is_file():
-        raise ConfigError(
-            str(source), "", "not a startup kit: no kit.yaml (kits are made by `fl-core provision`)"
-        )
-    try:
-        data = load_yaml(source.read_bytes())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(str(source), "", f"cannot read the kit: {exc}") from exc
+    missing = "not a startup kit: no kit.yaml (kits are made by `fl-core provision`)"
+    data = read_yaml_file(source, missing)
     check = Checker(str(source))
     top = check.mapping(
         data,

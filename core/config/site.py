@@ -16,11 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import yaml
-
-from fl_core.config._checks import Checker, describe, join, load_yaml
+from fl_core.config._checks import Checker, describe, join, read_yaml_file
 from fl_core.config.job import JobConfig
-from fl_core.errors import ConfigError
 
 SITE_FILE: Final = "site.yaml"
 DEFAULT_LAUNCHER: Final = "process"
@@ -52,12 +49,7 @@ def load_site_config(folder: Path) -> SiteConfig:
     source = folder / SITE_FILE
     if not source.exists():
         return SiteConfig(source)
-    try:
-        data = load_yaml(source.read_bytes())
-    except OSError as exc:
-        raise ConfigError(str(source), "", f"cannot read the file: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(source), "", f"not valid YAML: {exc}") from exc
+    data = read_yaml_file(source, "cannot read the file: not a regular file")
     check = Checker(str(source))
     top = check.mapping(data if data is not None else {}, "", ("launchers",), what="a site mapping")
     launchers: tuple[str, ...] | None = None

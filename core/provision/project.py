@@ -26,9 +26,8 @@ from typing import Any, Final
 
 import yaml
 
-from fl_core.config._checks import Checker, describe, join, load_yaml
+from fl_core.config._checks import Checker, describe, join, read_yaml_file
 from fl_core.config.federation import _SITE
-from fl_core.errors import ConfigError
 from fl_core.pki.identity import ADMIN_ROLES
 
 __all__ = ["Participant", "Project", "load_project", "parse_project", "project_yaml"]
@@ -97,15 +96,7 @@ def _is_ip(value: str) -> bool:
 def load_project(path: str | Path) -> Project:
     """Read and validate a PROJECT.yml; `ConfigError` (or several) naming file and key."""
     source = Path(path).resolve()
-    if not source.is_file():
-        raise ConfigError(str(source), "", "project file not found")
-    try:
-        data = load_yaml(source.read_bytes())
-    except OSError as exc:
-        raise ConfigError(str(source), "", f"cannot read the file: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(source), "", f"not valid YAML: {exc}") from exc
-    return parse_project(data, source)
+    return parse_project(read_yaml_file(source, "project file not found"), source)
 
 
 def parse_project(data: object, source: Path) -> Project:
