@@ -53,8 +53,9 @@ URL_FILE: Final = "url"
 ADMIN_DIR: Final = "admin"
 CREDENTIALS_DIR: Final = "credentials"
 
-_SITE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_RESERVED: Final = frozenset({SERVER_DIR, ADMIN_DIR})
+SITE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""What a site's name may be (fullmatch); also not one of `RESERVED_SITES`."""
+RESERVED_SITES: Final = frozenset({SERVER_DIR, ADMIN_DIR})
 _TOP_KEYS: Final = ("name", "mode", "transport", "security", "launcher", "server", "sites")
 MODES: Final = ("poc", "production")
 _SERVER_KEYS: Final = (
@@ -193,7 +194,7 @@ def _sites(check: Checker, raw_sites: object) -> tuple[str, ...]:
     sites: list[str] = []
     for index, site in enumerate(raw_sites):
         key = join("sites", index)
-        if not isinstance(site, str) or not _SITE.fullmatch(site) or site in _RESERVED:
+        if not isinstance(site, str) or not SITE_NAME.fullmatch(site) or site in RESERVED_SITES:
             raise check.error(
                 key,
                 "expected a site name of letters, digits, '-' and '_' "

@@ -27,7 +27,7 @@ from typing import Any, Final
 import yaml
 
 from fl_core.config._checks import Checker, describe, join, read_yaml_file
-from fl_core.config.federation import _SITE
+from fl_core.config.federation import RESERVED_SITES, SITE_NAME
 from fl_core.pki.identity import ADMIN_ROLES
 
 __all__ = ["Participant", "Project", "load_project", "parse_project", "project_yaml"]
@@ -37,10 +37,9 @@ DEFAULT_VALID_DAYS: Final = 365
 MAX_VALID_DAYS: Final = 3650
 _HOST_LABEL: Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _EMAIL: Final = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
-_PROJECT: Final = _SITE
+_PROJECT: Final = SITE_NAME
 _MAX_NAME: Final = 64
 """X.509 limits a certificate's CN and O to 64 characters."""
-_RESERVED_SITES: Final = ("server", "admin")
 _TOP_KEYS: Final = ("project", "transport", "valid_days", "server", "sites", "admins")
 
 
@@ -236,7 +235,9 @@ def _site(check: Checker, raw: object, key: str) -> Participant:
     )
     inner = Checker(check.source)
     name = inner.attempt(lambda: check.string(entry["name"], join(key, "name")), "")
-    if name and (not _SITE.fullmatch(name) or name in _RESERVED_SITES or name.startswith("admin-")):
+    if name and (
+        not SITE_NAME.fullmatch(name) or name in RESERVED_SITES or name.startswith("admin-")
+    ):
         inner.errors.append(
             check.error(
                 join(key, "name"),
