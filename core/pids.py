@@ -57,12 +57,25 @@ STATUS_FILE = "status.json"
 """What a parent process last said about itself (`fl-core status KIT` reads it)."""
 
 
-def write_status(folder: Path, data: dict[str, object]) -> None:
-    """Replace `folder/status.json` with `data` (and the time) in one step."""
-    import json
-    import time
+class StatusFile:
+    """`folder/status.json`, rewritten (in one step) only when what it says changes.
 
-    path = folder / STATUS_FILE
-    tmp = path.with_name(STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps({**data, "time": time.time()}) + "\n")
-    tmp.replace(path)
+    A parent reports every heartbeat or so; most reports repeat the last one,
+    and those cost no file write.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / STATUS_FILE
+        self._last = ""
+
+    def write(self, data: dict[str, object]) -> None:
+        """Say `data`, if it differs from what the file says."""
+        import json
+
+        text = json.dumps(data) + "\n"
+        if text == self._last:
+            return
+        tmp = self.path.with_name(STATUS_FILE + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.path)
+        self._last = text

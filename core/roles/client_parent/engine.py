@@ -36,7 +36,7 @@ from fl_core.config.job import JobConfig, load_job
 from fl_core.config.site import DEFAULT_LAUNCHER, SITE_FILE, SiteConfig
 from fl_core.credentials import read_secret
 from fl_core.errors import CellError, FlCoreError
-from fl_core.pids import describe_exit, read_tail, write_status
+from fl_core.pids import StatusFile, describe_exit, read_tail
 from fl_core.roles.client_parent.admin_requests import SiteDecisions
 from fl_core.roles.protocol.job_package import unpack_job
 from fl_core.roles.protocol.parent import ABORT_GRACE, DIRECT_TOKEN_ENV, Field, ParentTopic
@@ -121,6 +121,7 @@ class ClientEngine:
         """What this site allows, whatever the server asks (its own `site.yaml`)."""
         self.security = security
         self.audit = AuditLog(self.workspace / AUDIT_FILE)
+        self._status = StatusFile(self.workspace)  # what `fl-core status KIT` shows
         self.decisions = SiteDecisions(site, security, self.audit)
         """What this site decides itself about an admin's signed abort or logs request."""
         # Read now: a site without its credential must not start at all.
@@ -221,9 +222,7 @@ class ClientEngine:
         while not self._stopping.wait(self.interval):
             with self._lock:
                 jobs = sorted(self._jobs)
-            write_status(
-                self.workspace, {"server": self.server_url, "connected": not failing, "jobs": jobs}
-            )
+            self._status.write({"server": self.server_url, "connected": not failing, "jobs": jobs})
             try:
                 self._beat()
                 if failing:

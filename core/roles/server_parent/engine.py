@@ -32,7 +32,7 @@ from fl_core.cell.message import Message
 from fl_core.config.federation import FederationConfig
 from fl_core.credentials import read_secret
 from fl_core.errors import FlCoreError
-from fl_core.pids import describe_exit, write_status
+from fl_core.pids import StatusFile, describe_exit
 from fl_core.roles.protocol.parent import (
     ABORT_GRACE,
     ADMIN_PREFIX,
@@ -90,6 +90,7 @@ class ServerEngine:
         self.security = security
         """Proves who joins (`admit`) and decides each admin action (`authorize`)."""
         self.audit_log = AuditLog(config.server_dir / AUDIT_FILE)
+        self._status = StatusFile(config.server_dir)  # what `fl-core status KIT` shows
         self.check_job = check_job
         """What `fl-core job check` runs, against this server's plugins; run at submit."""
         self.transport = transport
@@ -272,7 +273,7 @@ class ServerEngine:
                 self.audit(name, "link", "server", "closed: its certificate was revoked")
             with self._lock:
                 state = {"sites": sorted(self._sites), "jobs": sorted(self._running)}
-            write_status(self.config.server_dir, {"url": self.url, **state})
+            self._status.write({"url": self.url, **state})
             now = time.monotonic()
             with self._lock:
                 dead = [
