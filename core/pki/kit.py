@@ -36,9 +36,11 @@ __all__ = [
     "CERT_FILE",
     "CREDENTIALS_DIR",
     "CRL_FILE",
+    "DEFAULT_RIGHTS",
     "KEY_FILE",
     "KIT_FILE",
     "README_FILE",
+    "RIGHTS",
     "SITE_POLICY_FILE",
     "KitCredentials",
     "read_kit_credentials",
@@ -52,6 +54,37 @@ CRL_FILE: Final = "crl.pem"
 AUTHORIZATION_FILE: Final = "authorization.yaml"
 SITE_POLICY_FILE: Final = "site_policy.yaml"
 README_FILE: Final = "README.md"
+
+RIGHTS: Final = ("submit_job", "abort_job", "view_job", "download_job", "list_sites", "shutdown")
+"""Every right an admin action needs; `view_job` covers list, status and logs."""
+DEFAULT_RIGHTS: Final[dict[str, dict[str, str]]] = {
+    "project_admin": dict.fromkeys(RIGHTS, "any"),
+    "org_admin": {
+        "submit_job": "none",
+        "abort_job": "org",
+        "view_job": "any",
+        "download_job": "org",
+        "list_sites": "any",
+        "shutdown": "none",
+    },
+    "lead": {
+        "submit_job": "any",
+        "abort_job": "own",
+        "view_job": "any",
+        "download_job": "own",
+        "list_sites": "any",
+        "shutdown": "none",
+    },
+    "member": {
+        "submit_job": "none",
+        "abort_job": "none",
+        "view_job": "any",
+        "download_job": "none",
+        "list_sites": "any",
+        "shutdown": "none",
+    },
+}
+"""The server's default rights (NVIDIA FLARE's default roles): role -> right -> scope."""
 
 _MAX_PEM: Final = 64 * 1024
 _REDO: Final = (

@@ -21,6 +21,7 @@ from fl_core.pki.kit import (
     CERT_FILE,
     CREDENTIALS_DIR,
     CRL_FILE,
+    DEFAULT_RIGHTS,
     KEY_FILE,
     KIT_FILE,
     README_FILE,
@@ -34,36 +35,6 @@ __all__ = ["DEFAULT_RIGHTS", "authorization_text", "site_policy_text", "write_ki
 
 PRIVATE: Final = 0o600
 PUBLIC: Final = 0o644
-
-RIGHTS: Final = ("submit_job", "abort_job", "view_job", "download_job", "list_sites", "shutdown")
-DEFAULT_RIGHTS: Final[dict[str, dict[str, str]]] = {
-    "project_admin": dict.fromkeys(RIGHTS, "any"),
-    "org_admin": {
-        "submit_job": "none",
-        "abort_job": "org",
-        "view_job": "any",
-        "download_job": "org",
-        "list_sites": "any",
-        "shutdown": "none",
-    },
-    "lead": {
-        "submit_job": "any",
-        "abort_job": "own",
-        "view_job": "any",
-        "download_job": "own",
-        "list_sites": "any",
-        "shutdown": "none",
-    },
-    "member": {
-        "submit_job": "none",
-        "abort_job": "none",
-        "view_job": "any",
-        "download_job": "none",
-        "list_sites": "any",
-        "shutdown": "none",
-    },
-}
-"""The server's default rights (NVIDIA FLARE's default roles): role -> right -> scope."""
 
 
 def authorization_text() -> str:

@@ -42,6 +42,8 @@ import yaml
 
 from fl_core.config.kit import ADMIN_ROLES
 from fl_core.errors import ConfigError
+from fl_core.pki.kit import DEFAULT_RIGHTS as PROVISIONED_RIGHTS
+from fl_core.pki.kit import RIGHTS
 from fl_core.spec.security import Identity
 
 __all__ = [
@@ -62,9 +64,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AUTHORIZATION_FILE: Final = "authorization.yaml"
-
-RIGHTS: Final = ("submit_job", "abort_job", "view_job", "download_job", "list_sites", "shutdown")
-"""Every right an admin action needs; `view_job` covers list, status and logs."""
 
 
 _RIGHT_HELP: Final = {
@@ -92,37 +91,11 @@ def _frozen(table: Mapping[str, Mapping[str, Scope]]) -> Mapping[str, Mapping[st
     return MappingProxyType({role: MappingProxyType(dict(got)) for role, got in table.items()})
 
 
-def _scopes(**scopes: str) -> dict[str, Scope]:
-    return {right: Scope(scopes[right]) for right in RIGHTS}
-
-
+# One table: provisioning (core) writes it into every server kit's authorization.yaml.
 DEFAULT_RIGHTS: Final[Mapping[str, Mapping[str, Scope]]] = _frozen(
     {
-        "project_admin": dict.fromkeys(RIGHTS, Scope.ANY),
-        "org_admin": _scopes(
-            submit_job="none",
-            abort_job="org",
-            view_job="any",
-            download_job="org",
-            list_sites="any",
-            shutdown="none",
-        ),
-        "lead": _scopes(
-            submit_job="any",
-            abort_job="own",
-            view_job="any",
-            download_job="own",
-            list_sites="any",
-            shutdown="none",
-        ),
-        "member": _scopes(
-            submit_job="none",
-            abort_job="none",
-            view_job="any",
-            download_job="none",
-            list_sites="any",
-            shutdown="none",
-        ),
+        role: {right: Scope(scope) for right, scope in rights.items()}
+        for role, rights in PROVISIONED_RIGHTS.items()
     }
 )
 """Role -> right -> scope when the server kit has no (good) `authorization.yaml`."""
